@@ -1,0 +1,192 @@
+"""`sibeatgan`: the command line, one subcommand per pipeline stage."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import click
+
+from sibeatgan.config import ConfigError, Params, load_params
+from sibeatgan.fetch import DataError
+
+USER_ERRORS = (ConfigError, DataError, FileNotFoundError, ValueError)
+
+
+def with_params(func):
+    """Add --params and -S/--set, and turn user errors into one clear line (exit 1)."""
+
+    @click.option(
+        "--params",
+        "params_path",
+        default="params.yaml",
+        show_default=True,
+        type=click.Path(dir_okay=False),
+        help="Parameter file to read.",
+    )
+    @click.option(
+        "-S",
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override one parameter, e.g. -S train.epochs=5 -S student.kd=false (repeatable).",
+    )
+    @functools.wraps(func)
+    def wrapper(params_path: str, overrides: tuple[str, ...], **kwargs):
+        try:
+            p = load_params(params_path, list(overrides))
+            return func(p, **kwargs)
+        except USER_ERRORS as err:
+            raise click.ClickException(str(err)) from err
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sibeatgan")
+def main() -> None:
+    """SI-BeatGAN: unsupervised ECG arrhythmia detection on MIT-BIH with a BeatGAN teacher and
+    a distilled student, tracked with MLflow. The stages run in order with `dvc repro`:
+    preprocess -> train-teacher -> train-student -> evaluate. Every knob is in params.yaml."""
+
+
+@main.command("fetch-data")
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder holding the MIT-BIH WFDB records (.hea/.dat/.atr and RECORDS). Default: "
+    "$MITDB_DIR, or a download from PhysioNet when neither is given.",
+)
+@click.option(
+    "--dest",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the records go. Default: data.mitdb_dir of params.yaml (data/mitdb).",
+)
+@with_params
+def fetch_data(p: Params, source: Path | None, dest: Path | None) -> None:
+    """Put MIT-BIH 1.0.0 into the data folder, checking every file's sha256 against
+    PhysioNet's list. Files already present and intact are kept; none is replaced before its
+    new copy is verified."""
+    from sibeatgan.fetch import fetch
+
+    env = os.environ.get("MITDB_DIR")
+    source = source or (Path(env) if env else None)
+    dest = dest or Path(p.data.mitdb_dir)
+    result = fetch(dest, source)
+    click.echo(f"{dest}: {result['verified']} files verified ({result['copied']} fetched)")
+
+
+@main.command()
+@click.option(
+    "--metrics",
+    default="metrics/preprocess.json",
+    show_default=True,
+    help="Where to write the per-class and per-split beat counts.",
+)
+@with_params
+def preprocess(p: Params, metrics: str) -> None:
+    """Extract beats (both leads, 320 samples around each R), normalise them, and split them
+    into train / val / test for data.fold. Same params, same bytes."""
+    from sibeatgan.preprocess import run_preprocess
+
+    summary = run_preprocess(p, metrics)
+    click.echo(f"beats per class: {summary['class_counts']}  -> {p.data.prepared_dir}")
+
+
+@main.command("train-teacher")
+@with_params
+def train_teacher(p: Params) -> None:
+    """Train the BeatGAN teacher; keep G and D of the epoch chosen by train.selection."""
+    from sibeatgan.stages import train_model
+
+    info = train_model(p, "teacher")
+    click.echo(f"teacher: best val AUC {info['best_val_auc']:.4f} (MLflow run {info['run_id']})")
+
+
+@main.command("train-student")
+@click.option(
+    "--teacher-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of the teacher's G.pt, D.pt and fit.json. Default: models/teacher.",
+)
+@with_params
+def train_student(p: Params, teacher_dir: Path | None) -> None:
+    """Train the student with the frozen teacher's guidance (student.kd, student.fd)."""
+    from sibeatgan.stages import train_model
+
+    info = train_model(p, "student", teacher_dir=teacher_dir)
+    click.echo(f"student: best val AUC {info['best_val_auc']:.4f} (MLflow run {info['run_id']})")
+
+
+@main.command()
+@with_params
+def evaluate(p: Params) -> None:
+    """Score teacher and student on the test set: AUC, AP, F1 and per-class recall at the
+    val-chosen threshold, oracle F1; ROC/PR curves; register both and choose the champion."""
+    from sibeatgan.stages import evaluate as run_evaluate
+
+    reports = run_evaluate(p)
+    for role, r in reports.items():
+        click.echo(
+            f"{role:8s} test AUC {r['test_auc']:.4f}  AP {r['test_ap']:.4f}  "
+            f"F1@val-threshold {r['test_f1']:.4f}"
+        )
+
+
+@main.command()
+@with_params
+def promote(p: Params) -> None:
+    """Point the registry alias `champion` at the best version for this config: the best
+    student when it beats the teacher on registry.metric, else the teacher."""
+    from mlflow import MlflowClient
+
+    from sibeatgan import registry, tracking
+
+    tracking.setup()
+    registry.promote(
+        MlflowClient(), p.registry.model_name, p.registry.metric, tracking.teacher_config_key(p)
+    )
+
+
+@main.command("run-experiment")
+@click.option("--kd", type=click.BOOL, default=None, help="Score distillation on/off (true/false).")
+@click.option("--fd", type=click.BOOL, default=None, help="Feature distillation on/off.")
+@click.option("--epochs", type=int, default=None, help="Epochs for teacher and student.")
+@click.option("--fold", type=int, default=None, help="Test fold 0-4.")
+@click.option("--seed", type=int, default=None, help="Seed for split, init and batches.")
+@click.option("--records", default="", help="Comma-separated record numbers; empty = params.yaml.")
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("outputs"),
+    show_default=True,
+    help="Folder for prepared data, checkpoints and figures.",
+)
+@with_params
+def run_experiment(p: Params, kd, fd, epochs, fold, seed, records: str, output: Path) -> None:
+    """Student training with the teacher's guidance, all under one MLflow run: the entry point
+    of `mlflow run .`. The teacher is reused from the tracking store when one of the same fold
+    and config exists, else trained first (as a child run)."""
+    from sibeatgan.config import with_overrides
+    from sibeatgan.experiment import run_experiment as run
+
+    chosen = {
+        "student.kd": kd,
+        "student.fd": fd,
+        "train.epochs": epochs,
+        "data.fold": fold,
+        "seed": seed,
+    }
+    overrides = [f"{k}={v}" for k, v in chosen.items() if v is not None]
+    if records.strip():
+        overrides.append(f"preprocess.records=[{records}]")
+    p = with_overrides(p, overrides)
+    reports = run(p, output)
+    for role, r in reports.items():
+        click.echo(f"{role:8s} test AUC {r['test_auc']:.4f}  AP {r['test_ap']:.4f}")

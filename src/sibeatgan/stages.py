@@ -1,0 +1,202 @@
+"""The training and evaluation stages: what `dvc repro` and `mlflow run` call."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow.exceptions import MlflowException
+
+from sibeatgan import plots, registry, tracking
+from sibeatgan.config import Params
+from sibeatgan.distill import Distiller
+from sibeatgan.io import load_state_dict, read_json, save_state_dict, write_csv, write_json
+from sibeatgan.layout import DEFAULT_LAYOUT, ROLES, Layout
+from sibeatgan.metrics import detection_report, pr_points, roc_points
+from sibeatgan.models import Generator, build_models, count_params
+from sibeatgan.preprocess import Prepared, load_prepared, prepared_key
+from sibeatgan.scoring import pick_device, score
+from sibeatgan.split import TEST, TRAIN, VAL
+from sibeatgan.train import fit
+
+
+def load_checked(p: Params) -> Prepared:
+    """The prepared data, refusing data made with other preprocessing or split params."""
+    data = load_prepared(p.data.prepared_dir)
+    if data.meta.get("key") != prepared_key(p):
+        raise ValueError(
+            f"{p.data.prepared_dir} was made with other preprocess/split params "
+            f"(fold {data.meta.get('fold')}, split {data.meta.get('split')}, "
+            f"seed {data.meta.get('seed')}); rerun `sibeatgan preprocess` with these params"
+        )
+    return data
+
+
+def set_threads(p: Params) -> None:
+    if p.train.threads > 0:
+        torch.set_num_threads(p.train.threads)
+
+
+def student_width(p: Params) -> int:
+    return max(1, round(p.model.width * p.student.width_mult))
+
+
+def load_generator(model_dir: Path, device: torch.device | str = "cpu") -> Generator:
+    info = read_json(model_dir / "fit.json")
+    g = Generator(info["nc"], info["nz"], info["width"])
+    g.load_state_dict(load_state_dict(model_dir / "G.pt"))
+    return g.to(device).eval()
+
+
+def train_model(
+    p: Params,
+    role: str,
+    layout: Layout = DEFAULT_LAYOUT,
+    teacher_dir: Path | None = None,
+    use_active_run: bool = False,
+) -> dict:
+    """Train the teacher, or a student guided by the teacher in `teacher_dir`; save G and D of
+    the selected epoch as state dicts, and track the run in MLflow."""
+    set_threads(p)
+    data = load_checked(p)
+    nc = p.data.channels
+    train_x, _ = data.part(TRAIN, nc)
+    val_x, val_cls = data.part(VAL, nc)
+    if len(train_x) < p.train.batch_size:
+        raise ValueError(
+            f"only {len(train_x)} training beats, fewer than train.batch_size "
+            f"{p.train.batch_size}; use more records or a smaller batch"
+        )
+    device = pick_device()
+    width = p.model.width if role == "teacher" else student_width(p)
+    g, d = build_models(nc, p.model.nz, width, p.seed)
+    distiller, extra_tags = None, {}
+    if role == "student":
+        teacher_dir = teacher_dir or layout.model_dir("teacher")
+        teacher = load_generator(teacher_dir, device)
+        teacher_info = read_json(teacher_dir / "fit.json")
+        extra_tags["teacher_run_id"] = teacher_info.get("run_id") or ""
+        if p.student.init_from_teacher:
+            g.load_state_dict(teacher.state_dict())
+            d.load_state_dict(load_state_dict(teacher_dir / "D.pt"))
+        if p.student.kd or p.student.fd:
+            distiller = Distiller(teacher, p.student, width).to(device)
+    g, d = g.to(device), d.to(device)
+    out = layout.model_dir(role)
+
+    with tracking.training_run(p, role, use_active_run, **extra_tags) as run:
+        t0 = time.perf_counter()
+        result = fit(
+            g,
+            d,
+            train_x,
+            val_x,
+            (val_cls > 0).astype(int),
+            p.train,
+            p.seed,
+            distiller,
+            on_step=tracking.log_step,
+            on_epoch=tracking.log_epoch,
+            desc=role,
+        )
+        train_time = time.perf_counter() - t0
+        g.load_state_dict(result.g_state)
+        d.load_state_dict(result.d_state)
+        save_state_dict(out / "G.pt", result.g_state)
+        save_state_dict(out / "D.pt", result.d_state)
+        write_csv(
+            layout.plot(f"{role}_history.csv"),
+            {k: [r[k] for r in result.history] for k in result.history[0]},
+        )
+        best = result.history[result.best_epoch - 1]
+        summary = {
+            "role": role,
+            "selection": result.selection,
+            "best_epoch": result.best_epoch,
+            "best_val_auc": max(r["val_auc"] for r in result.history),
+            "selected_val_auc": best["val_auc"],
+            "selected_val_ap": best["val_ap"],
+            "d_resets": result.d_resets,
+            "train_time_s": train_time,
+            "g_params": count_params(g),
+            "d_params": count_params(d),
+        }
+        curves = plots.training_curves(result.history, role, layout.plot(f"{role}_training.png"))
+        mlflow.log_metrics(
+            {k: float(v) for k, v in summary.items() if k not in ("role", "selection")}
+        )
+        mlflow.log_artifact(str(out / "G.pt"), artifact_path="checkpoints")
+        mlflow.log_artifact(str(out / "D.pt"), artifact_path="checkpoints")
+        mlflow.log_artifact(str(layout.plot(f"{role}_history.csv")))
+        tracking.log_figure_files([curves])
+        model_uri = tracking.log_generator(g, nc)
+        info = {
+            **summary,
+            "nc": nc,
+            "nz": p.model.nz,
+            "width": width,
+            "run_id": run.info.run_id,
+            "model_uri": model_uri,
+            "teacher_config": tracking.teacher_config_key(p),
+        }
+        write_json(out / "fit.json", info)
+        mlflow.log_artifact(str(out / "fit.json"), artifact_path="checkpoints")
+        write_json(layout.metrics(f"{role}_train"), summary)
+    return info
+
+
+def evaluate(p: Params, layout: Layout = DEFAULT_LAYOUT, roles: tuple[str, ...] = ROLES) -> dict:
+    """Test metrics of each model, curves for `dvc plots`, figures, and the registry update."""
+    set_threads(p)
+    data = load_checked(p)
+    nc = p.data.channels
+    val_x, val_cls = data.part(VAL, nc)
+    test_x, test_cls = data.part(TEST, nc)
+    device = pick_device()
+    reports, curves = {}, {}
+    for role in roles:
+        g = load_generator(layout.model_dir(role), device)
+        val_s = score(g, val_x, p.train.score_batch_size)
+        test_s = score(g, test_x, p.train.score_batch_size)
+        report = detection_report(val_cls, val_s, test_cls, test_s)
+        test_y = (test_cls > 0).astype(int)
+        roc = roc_points(test_y, test_s, p.evaluate.curve_points)
+        pr = pr_points(test_y, test_s, p.evaluate.curve_points)
+        write_csv(layout.plot(f"{role}_roc.csv"), roc)
+        write_csv(layout.plot(f"{role}_pr.csv"), pr)
+        hist = plots.score_histogram(
+            test_s,
+            test_cls,
+            report["threshold"],
+            f"{role}: test scores",
+            layout.plot(f"{role}_scores.png"),
+        )
+        reports[role] = report
+        curves[role] = {"roc": roc, "pr": pr, "auc": report["test_auc"], "ap": report["test_ap"]}
+        _log_to_training_run(layout.model_dir(role), report, [hist])
+    figure = plots.detection_curves(curves, layout.plot("roc_pr.png"))
+    write_json(layout.metrics("evaluate"), reports)
+    for role in roles:
+        _log_to_training_run(layout.model_dir(role), {}, [figure])
+    registry.register_and_promote(p, layout, reports)
+    return reports
+
+
+def _log_to_training_run(model_dir: Path, values: dict, figures: list[Path]) -> None:
+    """Add test figures and plots to the MLflow run that trained this model, if it exists."""
+    run_id = read_json(model_dir / "fit.json").get("run_id")
+    tracking.setup()
+    metrics = {f"test/{k}": v for k, v in values.items() if v is not None}
+    active = mlflow.active_run()
+    try:
+        if active is not None and active.info.run_id == run_id:
+            mlflow.log_metrics(metrics)
+            tracking.log_figure_files(figures)
+            return
+        with mlflow.start_run(run_id=run_id, nested=active is not None):
+            mlflow.log_metrics(metrics)
+            tracking.log_figure_files(figures)
+    except MlflowException as err:
+        print(f"warning: could not log to MLflow run {run_id} ({err}); metrics files are written")

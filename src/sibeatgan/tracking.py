@@ -1,0 +1,116 @@
+"""MLflow: where runs go, and what a training run records.
+
+Default store: SQLite `mlflow.db` in the working directory (the repository root), artifacts under
+`mlruns/`, so a bare `mlflow ui` there shows every run. `MLFLOW_TRACKING_URI` points elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.models import infer_signature
+
+import sibeatgan
+from sibeatgan.config import Params
+from sibeatgan.models import Generator
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "sibeatgan"
+
+
+def setup() -> str:
+    """Point MLflow at the project's store; inside `mlflow run` keep its experiment."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    mlflow.set_tracking_uri(uri)
+    if not os.environ.get("MLFLOW_EXPERIMENT_ID") and mlflow.active_run() is None:
+        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
+    return uri
+
+
+def run_tags(p: Params, role: str, **extra: str) -> dict[str, str]:
+    tags = {
+        "role": role,
+        "fold": str(p.data.fold),
+        "split": p.data.split,
+        "seed": str(p.seed),
+        "selection": p.train.selection,
+        "teacher_config": teacher_config_key(p),
+    }
+    if role == "student":
+        tags.update(kd=str(p.student.kd).lower(), fd=str(p.student.fd).lower())
+    tags.update(extra)
+    return tags
+
+
+def teacher_config_key(p: Params) -> str:
+    """Everything that decides which teacher a run trains or uses."""
+    return p.digest("seed", "data", "preprocess", "model", "train")
+
+
+@contextmanager
+def training_run(p: Params, role: str, use_active: bool = False, **tags: str) -> Iterator:
+    """A run for one training: the active run itself when `use_active` (the run `mlflow run`
+    made), a child of the active run when there is one, else a new top-level run."""
+    setup()
+    active = mlflow.active_run()
+    if use_active and active is None:
+        with mlflow.start_run() as run:  # resumes MLFLOW_RUN_ID when `mlflow run` set it
+            yield _start(run, p, role, tags)
+        return
+    if use_active:
+        yield _start(active, p, role, tags)
+        return
+    with mlflow.start_run(run_name=role, nested=active is not None) as run:
+        yield _start(run, p, role, tags)
+
+
+def _start(run, p: Params, role: str, tags: dict[str, str]):
+    mlflow.set_tags(run_tags(p, role, **tags))
+    mlflow.log_params({k: str(v) for k, v in p.flat().items()})
+    return run
+
+
+def log_step(step: int, values: dict[str, float]) -> None:
+    mlflow.log_metrics(values, step=step, synchronous=False)
+
+
+def log_epoch(row: dict[str, float]) -> None:
+    epoch = int(row["epoch"])
+    mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+
+
+def log_generator(g: Generator, nc: int) -> str:
+    """Log G as an MLflow PyTorch model with signature and input example; return its URI."""
+    g = g.cpu().eval()
+    example = np.zeros((2, nc, 320), dtype=np.float32)
+    with torch.no_grad():
+        output = g(torch.from_numpy(example)).numpy()
+    info = mlflow.pytorch.log_model(
+        g,
+        name="generator",
+        signature=infer_signature(example, output),
+        input_example=example,
+        code_paths=[str(Path(sibeatgan.__file__).parent)],
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+    )
+    return info.model_uri
+
+
+def log_dir(path: str | Path, artifact_path: str) -> None:
+    mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+
+
+def log_figure_files(paths: list[Path]) -> None:
+    for path in paths:
+        mlflow.log_artifact(str(path), artifact_path="plots")
+
+
+def scratch_dir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="sibeatgan-")
