@@ -122,11 +122,14 @@ class Params:
 def _coerce(value: Any, default: Any, where: str) -> Any:
     """Check `value` against the type of the dataclass default; YAML ints pass as floats."""
     if isinstance(default, bool):
-        if isinstance(value, str) and value.lower() in {"true", "false", "1", "0", "yes", "no"}:
-            return value.lower() in {"true", "1", "yes"}
+        text = str(value).lower()  # MLproject passes strings; `-S x=1` arrives as an int
+        if not isinstance(value, float) and text in {"true", "false", "1", "0", "yes", "no"}:
+            return text in {"true", "1", "yes"}
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, got {value!r}")
         return value
+    if isinstance(default, int | float) and isinstance(value, str):
+        value = _number(value, type(default), where)
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where} must be a number, got {value!r}")
@@ -144,6 +147,15 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be a list, got {value!r}")
         return value
     return value
+
+
+def _number(text: str, kind: type, where: str) -> int | float:
+    """YAML reads `2e-4` as a string; accept it (and `3` for floats) as a number."""
+    try:
+        return kind(text) if kind is float else int(text)
+    except ValueError:
+        name = "a number" if kind is float else "an integer"
+        raise ConfigError(f"{where} must be {name}, got {text!r}") from None
 
 
 def _build(cls: type, raw: dict[str, Any], where: str) -> Any:

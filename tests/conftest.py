@@ -1,0 +1,106 @@
+"""Shared fixtures: small synthetic WFDB records, so unit tests need no MIT-BIH."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import wfdb
+
+from sibeatgan.config import Params, with_overrides
+
+FS = 360
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _beat(length: int, centre: float, width: float, amp: float) -> np.ndarray:
+    t = np.arange(length)
+    return amp * np.exp(-0.5 * ((t - centre) / width) ** 2)
+
+
+def write_record(
+    folder: Path,
+    name: str,
+    symbols: list[str],
+    seconds: float = 40.0,
+    lead_names: tuple[str, str] = ("MLII", "V1"),
+    seed: int = 0,
+) -> np.ndarray:
+    """Write `name`.hea/.dat/.atr: one beat a second (N narrow, others wide and inverted),
+    with the annotation at each R peak. Returns the annotation samples."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * FS)
+    mlii = 0.02 * rng.standard_normal(n)
+    samples = np.arange(len(symbols)) * FS + FS // 2
+    for s, sym in zip(samples, symbols, strict=True):
+        if sym == "N":
+            mlii += _beat(n, s, 4, 1.2) + _beat(n, s + 90, 18, 0.3)
+        elif sym in "VAFQ/":
+            mlii += _beat(n, s, 10, -1.0 if sym == "V" else 0.9) + _beat(n, s + 100, 25, 0.25)
+    other = 0.5 * mlii + 0.02 * rng.standard_normal(n)
+    cols = [mlii, other] if lead_names[0] == "MLII" else [other, mlii]
+    folder.mkdir(parents=True, exist_ok=True)
+    wfdb.wrsamp(
+        name, fs=FS, units=["mV", "mV"], sig_name=list(lead_names),
+        p_signal=np.stack(cols, axis=1), fmt=["212", "212"], adc_gain=[200.0, 200.0],
+        baseline=[0, 0], write_dir=str(folder),
+    )
+    wfdb.wrann(name, "atr", sample=samples, symbol=symbols, write_dir=str(folder))
+    return samples
+
+
+def synthetic_symbols(n_beats: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    pool = ["N"] * 16 + ["V", "A", "F", "Q"]
+    return [pool[i] for i in rng.integers(0, len(pool), n_beats)]
+
+
+@pytest.fixture(scope="session")
+def synthetic_mitdb(tmp_path_factory) -> Path:
+    """Three records (named 100, 101, 103) of 120 beats each."""
+    folder = tmp_path_factory.mktemp("mitdb")
+    for i, name in enumerate(["100", "101", "103"]):
+        write_record(folder, name, synthetic_symbols(120, i), seconds=121, seed=i)
+    return folder
+
+
+@pytest.fixture
+def tiny_params(synthetic_mitdb: Path, tmp_path: Path) -> Params:
+    """Params for a fast pipeline on the synthetic records, outputs under tmp_path."""
+    return with_overrides(
+        Params(),
+        [
+            f"data.mitdb_dir={synthetic_mitdb}",
+            f"data.prepared_dir={tmp_path / 'prepared'}",
+            "preprocess.records=[100, 101, 103]",
+            "preprocess.workers=1",
+            "model.width=4",
+            "model.nz=8",
+            "train.epochs=2",
+            "train.batch_size=16",
+            "train.log_every=2",
+            "train.threads=1",
+        ],
+    )
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch) -> str:
+    """A private MLflow store for one test; the working directory is tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    import mlflow
+
+    while mlflow.active_run():
+        mlflow.end_run()
+    return uri
+
+
+def mitdb_dir() -> Path | None:
+    value = os.environ.get("MITDB_DIR")
+    return Path(value).resolve() if value else None

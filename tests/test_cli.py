@@ -1,0 +1,46 @@
+import click
+import pytest
+from click.testing import CliRunner
+
+from sibeatgan.cli import main
+
+COMMANDS = ["fetch-data", "preprocess", "train-teacher", "train-student", "evaluate", "promote",
+            "run-experiment"]
+
+
+def test_every_stage_has_a_command():
+    assert set(COMMANDS) <= set(main.commands)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_option_has_help(name):
+    command = main.commands[name]
+    assert command.help and len(command.help) > 30
+    for param in command.params:
+        if isinstance(param, click.Option):
+            assert param.help, f"{name} {param.opts} has no help text"
+    result = CliRunner().invoke(main, [name, "--help"])
+    assert result.exit_code == 0 and "--params" in result.output
+
+
+def test_bad_override_is_one_clear_line(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  epochs: 1\n")
+    result = CliRunner().invoke(main, ["preprocess", "--params", str(params), "-S", "data.fold=9"])
+    assert result.exit_code == 1
+    assert "Error: data.fold must be 0-4" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_data_names_the_fix(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  mitdb_dir: {tmp_path / 'none'}\n")
+    result = CliRunner().invoke(main, ["preprocess", "--params", str(params)])
+    assert result.exit_code == 1 and "sibeatgan fetch-data" in result.output
+
+
+def test_training_without_prepared_data_names_the_fix(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  prepared_dir: {tmp_path / 'none'}\n")
+    result = CliRunner().invoke(main, ["train-teacher", "--params", str(params)])
+    assert result.exit_code == 1 and "sibeatgan preprocess" in result.output

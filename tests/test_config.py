@@ -1,0 +1,54 @@
+import pytest
+from conftest import REPO
+
+from sibeatgan.config import ConfigError, Params, load_params, with_overrides
+
+
+def test_repo_params_load_with_the_44_records():
+    p = load_params(REPO / "params.yaml")
+    assert len(p.preprocess.records) == 44
+    assert not {102, 104, 107, 217} & set(p.preprocess.records)
+    assert p.data.fold == 0 and p.student.kd is True
+
+
+def test_overrides_are_typed():
+    p = with_overrides(Params(), ["train.epochs=7", "student.kd=false", "train.lr=2e-4",
+                                  "preprocess.records=[100, 101]"])
+    assert p.train.epochs == 7 and p.student.kd is False
+    assert p.train.lr == pytest.approx(2e-4) and p.preprocess.records == [100, 101]
+
+
+@pytest.mark.parametrize("text", ["True", "true", "1", "yes"])
+def test_boolean_strings_parse(text):
+    assert with_overrides(Params(), [f"student.fd={text}"]).student.fd is True
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.epoch=3", "unknown parameter.*train.epoch"),
+        ("train.epochs=two", "train.epochs must be an integer"),
+        ("data.fold=5", "data.fold must be 0-4"),
+        ("student.kd=maybe", "student.kd must be true or false"),
+        ("train.selection=best", "train.selection must be"),
+        ("epochs", "must look like section.key=value"),
+    ],
+)
+def test_bad_values_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        with_overrides(Params(), [override])
+
+
+def test_init_from_teacher_needs_same_width():
+    with pytest.raises(ConfigError, match="width_mult 1.0"):
+        with_overrides(Params(), ["student.init_from_teacher=true", "student.width_mult=0.5"])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_digest_changes_with_params():
+    a, b = Params(), with_overrides(Params(), ["train.epochs=9"])
+    assert a.digest("train") != b.digest("train") and a.digest("data") == b.digest("data")

@@ -1,0 +1,111 @@
+"""The whole pipeline on synthetic records, tracked in a private MLflow store."""
+
+import mlflow
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from sibeatgan.config import with_overrides
+from sibeatgan.io import read_json
+from sibeatgan.layout import Layout
+from sibeatgan.preprocess import run_preprocess
+from sibeatgan.registry import promote
+from sibeatgan.stages import evaluate, train_model
+
+
+@pytest.fixture
+def trained(tiny_params, mlflow_store, tmp_path):
+    run_preprocess(tiny_params)
+    teacher = train_model(tiny_params, "teacher")
+    student = train_model(tiny_params, "student")
+    reports = evaluate(tiny_params)
+    return tiny_params, teacher, student, reports
+
+
+def test_checkpoints_metrics_and_plots(trained, tmp_path):
+    p, teacher, student, reports = trained
+    layout = Layout(tmp_path)
+    for role in ("teacher", "student"):
+        for name in ("G.pt", "D.pt"):
+            state = torch.load(layout.model_dir(role) / name, weights_only=True)
+            assert all(isinstance(v, torch.Tensor) for v in state.values())
+        assert layout.plot(f"{role}_history.csv").read_text().startswith("epoch,val_auc")
+        assert layout.plot(f"{role}_roc.csv").read_text().startswith("fpr,tpr")
+        assert layout.plot(f"{role}_scores.png").stat().st_size > 1000
+    assert layout.plot("roc_pr.png").stat().st_size > 1000
+    metrics = read_json(layout.metrics("evaluate"))
+    for role in ("teacher", "student"):
+        for key in ("test_auc", "test_ap", "test_f1", "oracle_f1", "recall_V", "threshold"):
+            assert key in metrics[role]
+
+
+def test_mlflow_runs_hold_params_tags_epochs_and_artifacts(trained):
+    p, teacher, student, _ = trained
+    client = MlflowClient()
+    for info, role in ((teacher, "teacher"), (student, "student")):
+        run = client.get_run(info["run_id"])
+        assert run.data.tags["role"] == role
+        assert run.data.tags["fold"] == "0" and run.data.tags["seed"] == "0"
+        assert run.data.params["train.epochs"] == "2"
+        val_auc = client.get_metric_history(info["run_id"], "val_auc")
+        assert [m.step for m in val_auc] == [1, 2]
+        assert "best_val_auc" in run.data.metrics and "epoch_time_s" in run.data.metrics
+        assert len(client.get_metric_history(info["run_id"], "loss_g")) >= 2
+        assert "test/test_auc" in run.data.metrics
+        names = {a.path for a in client.list_artifacts(info["run_id"], "checkpoints")}
+        assert {"checkpoints/G.pt", "checkpoints/D.pt"} <= names
+        plots = {a.path for a in client.list_artifacts(info["run_id"], "plots")}
+        assert f"plots/{role}_training.png" in plots
+    assert client.get_run(student["run_id"]).data.tags["kd"] == "true"
+    assert client.get_run(student["run_id"]).data.tags["teacher_run_id"] == teacher["run_id"]
+    model = mlflow.pytorch.load_model(student["model_uri"])
+    x = torch.zeros(2, 1, 320)
+    assert model(x).shape == x.shape
+
+
+def test_registry_champion_and_decision(trained, tmp_path):
+    p, teacher, student, reports = trained
+    client = MlflowClient()
+    name = p.registry.model_name
+    versions = client.search_model_versions(f"name='{name}'")
+    assert {v.tags["role"] for v in versions} == {"teacher", "student"}
+    champion = client.get_model_version_by_alias(name, "champion")
+    decision = read_json(tmp_path / "metrics" / "promotion.json")
+    t, s = decision["teacher_val_auc"], decision["student_val_auc"]
+    assert champion.tags["role"] == ("student" if s > t else "teacher")
+    assert str(round(t, 4))[:5] in decision["reason"]
+    assert client.get_registered_model(name).tags["champion_decision"] == decision["reason"]
+    # evaluating again registers nothing new
+    evaluate(p)
+    assert len(client.search_model_versions(f"name='{name}'")) == len(versions)
+
+
+def test_student_is_promoted_only_when_it_beats_the_teacher(trained):
+    p, teacher, student, _ = trained
+    client = MlflowClient()
+    name = p.registry.model_name
+    versions = {v.tags["role"]: v for v in client.search_model_versions(f"name='{name}'")}
+    key = versions["teacher"].tags["teacher_config"]
+    client.set_model_version_tag(name, versions["teacher"].version, "val_auc", "0.99")
+    client.set_model_version_tag(name, versions["student"].version, "val_auc", "0.98")
+    assert promote(client, name, "val_auc", key)["champion_role"] == "teacher"
+    client.set_model_version_tag(name, versions["student"].version, "val_auc", "0.995")
+    decision = promote(client, name, "val_auc", key)
+    assert decision["champion_role"] == "student" and "beats" in decision["reason"]
+    assert client.get_model_version_by_alias(name, "champion").version == versions["student"].version
+
+
+def test_compact_student_from_scratch(tiny_params, mlflow_store):
+    run_preprocess(tiny_params)
+    train_model(tiny_params, "teacher")
+    p = with_overrides(tiny_params, ["student.width_mult=0.5", "student.fd=true",
+                                     "student.fd_mode=hint", "train.epochs=1"])
+    info = train_model(p, "student")
+    assert info["width"] == 2 and info["g_params"] < read_json("models/teacher/fit.json")["g_params"]
+
+
+def test_prepared_data_of_other_params_is_refused(tiny_params, mlflow_store):
+    run_preprocess(tiny_params)
+    p = with_overrides(tiny_params, ["data.fold=1"])
+    with pytest.raises(ValueError, match="rerun `sibeatgan preprocess`"):
+        train_model(p, "teacher")

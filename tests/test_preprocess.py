@@ -1,0 +1,38 @@
+import hashlib
+
+import numpy as np
+import pytest
+
+from sibeatgan.config import with_overrides
+from sibeatgan.io import read_json
+from sibeatgan.preprocess import ARRAYS, load_prepared, run_preprocess
+
+
+def digests(folder):
+    return {n: hashlib.sha256((folder / f"{n}.npy").read_bytes()).hexdigest() for n in ARRAYS}
+
+
+def test_preprocess_counts_and_same_bytes(tiny_params, tmp_path):
+    summary = run_preprocess(tiny_params, tmp_path / "m.json")
+    folder = tmp_path / "prepared"
+    first = digests(folder)
+    data = load_prepared(folder)
+    assert data.beats.dtype == np.float32 and data.beats.shape[1:] == (2, 320)
+    assert np.abs(data.beats).max() <= 1.0 + 1e-6
+    counts = summary["class_counts"]
+    assert counts == read_json(tmp_path / "m.json")["class_counts"]
+    assert sum(counts.values()) == len(data.classes) == summary["n_beats"]
+    assert counts["N"] > 0 and counts["V"] > 0
+    run_preprocess(tiny_params)
+    assert digests(folder) == first, "same params must give the same bytes"
+
+
+def test_missing_record_is_a_clear_error(tiny_params):
+    p = with_overrides(tiny_params, ["preprocess.records=[100, 999]"])
+    with pytest.raises(FileNotFoundError, match=r"\[999\].*fetch-data"):
+        run_preprocess(p)
+
+
+def test_load_prepared_without_data_says_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="sibeatgan preprocess"):
+        load_prepared(tmp_path / "nothing")

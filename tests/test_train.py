@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+import torch
+
+from sibeatgan.config import TrainCfg
+from sibeatgan.models import build_models
+from sibeatgan.train import fit, train_step
+
+
+def toy_data(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, 320)
+    normal = np.sin(2 * np.pi * 3 * t)[None, None] + 0.05 * rng.standard_normal((n, 1, 320))
+    odd = np.sign(np.sin(2 * np.pi * 7 * t))[None, None] + 0.05 * rng.standard_normal((32, 1, 320))
+    val_x = np.concatenate([normal[:32], odd]).astype(np.float32)
+    val_y = np.array([0] * 32 + [1] * 32)
+    return normal.astype(np.float32).clip(-1, 1), val_x.clip(-1, 1), val_y
+
+
+def cfg(**kw):
+    base = dict(epochs=2, batch_size=16, log_every=1, threads=1)
+    return TrainCfg(**{**base, **kw})
+
+
+def test_d_loss_does_not_reach_g():
+    """x' is detached for the D step: after it, no G parameter has a gradient."""
+    g, d = build_models(1, 8, 4, 0)
+    x = torch.rand(8, 1, 320) * 2 - 1
+    opt_g = torch.optim.Adam(g.parameters())
+    grads_seen = []
+
+    class SpyOpt(torch.optim.Adam):
+        def step(self, closure=None):
+            grads_seen.append([p.grad is not None for p in g.parameters()])
+            return super().step(closure)
+
+    opt_d = SpyOpt(d.parameters())
+    train_step(g, d, opt_g, opt_d, x, w_adv=1.0)
+    assert not any(grads_seen[0]), "the D step put gradients on G"
+
+
+def test_g_step_leaves_d_unchanged():
+    g, d = build_models(1, 8, 4, 0)
+    x = torch.rand(8, 1, 320) * 2 - 1
+    opt_g, opt_d = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
+    before = {k: v.clone() for k, v in d.state_dict().items()}
+    train_step(g, d, opt_g, opt_d, x, w_adv=1.0)
+    changed_once = {k for k, v in d.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed_once  # the D step did update D
+    assert all(p.requires_grad for p in d.parameters()), "D must be trainable again after G step"
+
+
+def test_fit_logs_each_epoch_and_keeps_the_best():
+    g, d = build_models(1, 8, 4, 0)
+    train_x, val_x, val_y = toy_data()
+    epochs, steps = [], []
+    result = fit(g, d, train_x, val_x, val_y, cfg(epochs=3), seed=0,
+                 on_step=lambda s, v: steps.append((s, v)), on_epoch=epochs.append)
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    assert len(steps) == 3 * (len(train_x) // 16)
+    assert {"loss_d", "loss_g", "loss_rec", "loss_adv"} <= set(steps[0][1])
+    aucs = [r["val_auc"] for r in result.history]
+    assert result.history[result.best_epoch - 1]["val_auc"] == max(aucs)
+    assert result.history[-1]["best_val_auc"] == max(aucs)
+    assert all(0 <= a <= 1 for a in aucs)
+
+
+@pytest.mark.parametrize("selection", ["last", "val_recon"])
+def test_unsupervised_selection(selection):
+    g, d = build_models(1, 8, 4, 0)
+    train_x, val_x, val_y = toy_data()
+    result = fit(g, d, train_x, val_x, val_y, cfg(epochs=3, selection=selection), seed=0)
+    if selection == "last":
+        assert result.best_epoch == 3
+    else:
+        recon = [r["val_recon_n"] for r in result.history]
+        assert result.best_epoch == int(np.argmin(recon)) + 1
+
+
+def test_d_reset_resets_d_and_counts():
+    g, d = build_models(1, 8, 4, 0)
+    train_x, val_x, val_y = toy_data()
+    result = fit(g, d, train_x, val_x, val_y, cfg(epochs=1, d_reset_below=1e9), seed=0)
+    assert result.d_resets == len(train_x) // 16
+
+
+def test_same_seed_same_result():
+    train_x, val_x, val_y = toy_data()
+    runs = []
+    for _ in range(2):
+        g, d = build_models(1, 8, 4, 0)
+        runs.append(fit(g, d, train_x, val_x, val_y, cfg(epochs=1), seed=3))
+    for k, v in runs[0].g_state.items():
+        assert torch.equal(v, runs[1].g_state[k]), k
+
+
+def test_augmentation_runs_and_keeps_length():
+    from sibeatgan.augment import time_warp
+
+    x = np.random.default_rng(0).random((5, 2, 320)).astype(np.float32)
+    y = time_warp(x, np.random.default_rng(1))
+    assert y.shape == x.shape and not np.allclose(x, y)
+    g, d = build_models(1, 8, 4, 0)
+    train_x, val_x, val_y = toy_data()
+    result = fit(g, d, train_x, val_x, val_y, cfg(epochs=1, augment_copies=1), seed=0)
+    assert result.history[0]["train_samples_per_s"] > 0
