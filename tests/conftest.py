@@ -43,9 +43,15 @@ def write_record(
     cols = [mlii, other] if lead_names[0] == "MLII" else [other, mlii]
     folder.mkdir(parents=True, exist_ok=True)
     wfdb.wrsamp(
-        name, fs=FS, units=["mV", "mV"], sig_name=list(lead_names),
-        p_signal=np.stack(cols, axis=1), fmt=["212", "212"], adc_gain=[200.0, 200.0],
-        baseline=[0, 0], write_dir=str(folder),
+        name,
+        fs=FS,
+        units=["mV", "mV"],
+        sig_name=list(lead_names),
+        p_signal=np.stack(cols, axis=1),
+        fmt=["212", "212"],
+        adc_gain=[200.0, 200.0],
+        baseline=[0, 0],
+        write_dir=str(folder),
     )
     wfdb.wrann(name, "atr", sample=samples, symbol=symbols, write_dir=str(folder))
     return samples

@@ -4,8 +4,15 @@ from click.testing import CliRunner
 
 from sibeatgan.cli import main
 
-COMMANDS = ["fetch-data", "preprocess", "train-teacher", "train-student", "evaluate", "promote",
-            "run-experiment"]
+COMMANDS = [
+    "fetch-data",
+    "preprocess",
+    "train-teacher",
+    "train-student",
+    "evaluate",
+    "promote",
+    "run-experiment",
+]
 
 
 def test_every_stage_has_a_command():

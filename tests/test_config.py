@@ -12,8 +12,10 @@ def test_repo_params_load_with_the_44_records():
 
 
 def test_overrides_are_typed():
-    p = with_overrides(Params(), ["train.epochs=7", "student.kd=false", "train.lr=2e-4",
-                                  "preprocess.records=[100, 101]"])
+    p = with_overrides(
+        Params(),
+        ["train.epochs=7", "student.kd=false", "train.lr=2e-4", "preprocess.records=[100, 101]"],
+    )
     assert p.train.epochs == 7 and p.student.kd is False
     assert p.train.lr == pytest.approx(2e-4) and p.preprocess.records == [100, 101]
 
@@ -47,8 +49,3 @@ def test_init_from_teacher_needs_same_width():
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "params.yaml")
-
-
-def test_digest_changes_with_params():
-    a, b = Params(), with_overrides(Params(), ["train.epochs=9"])
-    assert a.digest("train") != b.digest("train") and a.digest("data") == b.digest("data")

@@ -76,8 +76,7 @@ def test_distillation_changes_what_the_student_learns():
     states = []
     for kd in (False, True):
         teacher, g, d, distiller = teacher_and_student(kd=kd, fd=False, kd_weight=10.0)
-        fit(g, d, train_x, val_x, val_y, cfg(epochs=1), seed=0,
-            distiller=distiller if kd else None)
+        fit(g, d, train_x, val_x, val_y, cfg(epochs=1), seed=0, distiller=distiller if kd else None)
         states.append(g.state_dict())
     diff = sum((states[0][k].float() - states[1][k].float()).abs().sum().item() for k in states[0])
     assert diff > 0

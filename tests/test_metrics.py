@@ -20,8 +20,9 @@ def test_threshold_is_chosen_on_val_not_test():
 
 
 def test_missing_class_gives_none_not_nan():
-    r = detection_report(np.array([0, 2]), np.array([0.1, 0.9]), np.array([0, 2]),
-                         np.array([0.1, 0.9]))
+    r = detection_report(
+        np.array([0, 2]), np.array([0.1, 0.9]), np.array([0, 2]), np.array([0.1, 0.9])
+    )
     assert r["recall_S"] is None and r["recall_V"] == 1.0
 
 

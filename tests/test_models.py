@@ -14,7 +14,13 @@ def test_shapes_and_features():
     x = torch.randn(4, 2, 320)
     x_rec, maps = g.forward_with_features(x)
     assert x_rec.shape == x.shape and x_rec.abs().max() <= 1
-    assert [tuple(m.shape[1:]) for m in maps] == [(16, 160), (32, 80), (64, 40), (128, 20), (256, 10)]
+    assert [tuple(m.shape[1:]) for m in maps] == [
+        (16, 160),
+        (32, 80),
+        (64, 40),
+        (128, 20),
+        (256, 10),
+    ]
     assert d(x).shape == (4,) and ((d(x) > 0) & (d(x) < 1)).all()
     assert d.features(x).shape == (4, 256, 10)
 

@@ -92,16 +92,22 @@ def test_student_is_promoted_only_when_it_beats_the_teacher(trained):
     client.set_model_version_tag(name, versions["student"].version, "val_auc", "0.995")
     decision = promote(client, name, "val_auc", key)
     assert decision["champion_role"] == "student" and "beats" in decision["reason"]
-    assert client.get_model_version_by_alias(name, "champion").version == versions["student"].version
+    assert (
+        client.get_model_version_by_alias(name, "champion").version == versions["student"].version
+    )
 
 
 def test_compact_student_from_scratch(tiny_params, mlflow_store):
     run_preprocess(tiny_params)
     train_model(tiny_params, "teacher")
-    p = with_overrides(tiny_params, ["student.width_mult=0.5", "student.fd=true",
-                                     "student.fd_mode=hint", "train.epochs=1"])
+    p = with_overrides(
+        tiny_params,
+        ["student.width_mult=0.5", "student.fd=true", "student.fd_mode=hint", "train.epochs=1"],
+    )
     info = train_model(p, "student")
-    assert info["width"] == 2 and info["g_params"] < read_json("models/teacher/fit.json")["g_params"]
+    assert (
+        info["width"] == 2 and info["g_params"] < read_json("models/teacher/fit.json")["g_params"]
+    )
 
 
 def test_prepared_data_of_other_params_is_refused(tiny_params, mlflow_store):

@@ -54,8 +54,17 @@ def test_fit_logs_each_epoch_and_keeps_the_best():
     g, d = build_models(1, 8, 4, 0)
     train_x, val_x, val_y = toy_data()
     epochs, steps = [], []
-    result = fit(g, d, train_x, val_x, val_y, cfg(epochs=3), seed=0,
-                 on_step=lambda s, v: steps.append((s, v)), on_epoch=epochs.append)
+    result = fit(
+        g,
+        d,
+        train_x,
+        val_x,
+        val_y,
+        cfg(epochs=3),
+        seed=0,
+        on_step=lambda s, v: steps.append((s, v)),
+        on_epoch=epochs.append,
+    )
     assert [r["epoch"] for r in epochs] == [1, 2, 3]
     assert len(steps) == 3 * (len(train_x) // 16)
     assert {"loss_d", "loss_g", "loss_rec", "loss_adv"} <= set(steps[0][1])

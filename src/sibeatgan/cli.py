@@ -154,13 +154,38 @@ def promote(p: Params) -> None:
     )
 
 
+def _optional_int(ctx, param, value: str | None) -> int | None:
+    """MLproject passes every parameter, empty when unset: empty means "keep params.yaml"."""
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an integer") from None
+
+
+def _optional_bool(ctx, param, value: str | None) -> bool | None:
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        return click.BOOL.convert(value, param, ctx)
+    except click.BadParameter:
+        raise click.BadParameter(f"{value!r} is not true or false") from None
+
+
 @main.command("run-experiment")
-@click.option("--kd", type=click.BOOL, default=None, help="Score distillation on/off (true/false).")
-@click.option("--fd", type=click.BOOL, default=None, help="Feature distillation on/off.")
-@click.option("--epochs", type=int, default=None, help="Epochs for teacher and student.")
-@click.option("--fold", type=int, default=None, help="Test fold 0-4.")
-@click.option("--seed", type=int, default=None, help="Seed for split, init and batches.")
+@click.option("--kd", callback=_optional_bool, help="Score distillation on/off (true/false).")
+@click.option("--fd", callback=_optional_bool, help="Feature distillation on/off (true/false).")
+@click.option("--epochs", callback=_optional_int, help="Epochs for teacher and student.")
+@click.option("--fold", callback=_optional_int, help="Test fold 0-4.")
+@click.option("--seed", callback=_optional_int, help="Seed for split, init and batch order.")
 @click.option("--records", default="", help="Comma-separated record numbers; empty = params.yaml.")
+@click.option(
+    "--overrides",
+    "more_overrides",
+    default="",
+    help="More overrides, space-separated: 'train.lr=2e-4 student.temperature=2'.",
+)
 @click.option(
     "--output",
     type=click.Path(file_okay=False, path_type=Path),
@@ -169,7 +194,9 @@ def promote(p: Params) -> None:
     help="Folder for prepared data, checkpoints and figures.",
 )
 @with_params
-def run_experiment(p: Params, kd, fd, epochs, fold, seed, records: str, output: Path) -> None:
+def run_experiment(
+    p: Params, kd, fd, epochs, fold, seed, records: str, more_overrides: str, output: Path
+) -> None:
     """Student training with the teacher's guidance, all under one MLflow run: the entry point
     of `mlflow run .`. The teacher is reused from the tracking store when one of the same fold
     and config exists, else trained first (as a child run)."""
@@ -183,10 +210,11 @@ def run_experiment(p: Params, kd, fd, epochs, fold, seed, records: str, output: 
         "data.fold": fold,
         "seed": seed,
     }
-    overrides = [f"{k}={v}" for k, v in chosen.items() if v is not None]
+    extra = [f"{k}={v}" for k, v in chosen.items() if v is not None]
+    extra += more_overrides.split()
     if records.strip():
-        overrides.append(f"preprocess.records=[{records}]")
-    p = with_overrides(p, overrides)
+        extra.append(f"preprocess.records=[{records}]")
+    p = with_overrides(p, extra)
     reports = run(p, output)
     for role, r in reports.items():
         click.echo(f"{role:8s} test AUC {r['test_auc']:.4f}  AP {r['test_ap']:.4f}")

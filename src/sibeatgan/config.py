@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,12 +109,6 @@ class Params:
             else:
                 out[key] = value
         return out
-
-    def digest(self, *sections: str) -> str:
-        """Short stable hash of the named sections (all when none), to key cached results."""
-        d = self.to_dict()
-        chosen = {s: d[s] for s in sections} if sections else d
-        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:

@@ -6,6 +6,8 @@ Default store: SQLite `mlflow.db` in the working directory (the repository root)
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -50,8 +52,18 @@ def run_tags(p: Params, role: str, **extra: str) -> dict[str, str]:
 
 
 def teacher_config_key(p: Params) -> str:
-    """Everything that decides which teacher a run trains or uses."""
-    return p.digest("seed", "data", "preprocess", "model", "train")
+    """Hash of everything that decides what teacher training produces (not paths, threads or
+    logging), so a teacher from `dvc repro` and one from `mlflow run` of the same config match."""
+    d = p.to_dict()
+    skip = {"mitdb_dir", "prepared_dir", "workers", "threads", "log_every", "score_batch_size"}
+    fields = {
+        "seed": d["seed"],
+        **{
+            s: {k: v for k, v in d[s].items() if k not in skip}
+            for s in ("data", "preprocess", "model", "train")
+        },
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @contextmanager
@@ -73,7 +85,10 @@ def training_run(p: Params, role: str, use_active: bool = False, **tags: str) ->
 
 def _start(run, p: Params, role: str, tags: dict[str, str]):
     mlflow.set_tags(run_tags(p, role, **tags))
-    mlflow.log_params({k: str(v) for k, v in p.flat().items()})
+    # `mlflow run` has already logged its own -P values (e.g. seed='' for "params.yaml");
+    # params cannot change, so those keep their value and the resolved one is in the tags.
+    logged = mlflow.get_run(run.info.run_id).data.params
+    mlflow.log_params({k: str(v) for k, v in p.flat().items() if k not in logged})
     return run
 
 

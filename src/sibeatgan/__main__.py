@@ -1,0 +1,3 @@
+from sibeatgan.cli import main
+
+main()

@@ -1,0 +1,159 @@
+"""The real pipeline on a few MIT-BIH records: `dvc repro`, `mlflow run`, the registry.
+
+Runs only when MITDB_DIR points at the records (CI sets it). A copy of the project is made in a
+temporary folder, so nothing here touches the working tree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import wfdb
+import yaml
+from conftest import REPO, mitdb_dir
+
+from sibeatgan.beats import CLASS_OF_SYMBOL, CLASSES
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(mitdb_dir() is None, reason="MITDB_DIR is not set"),
+]
+
+RECORDS = [100, 106, 119, 208, 232]
+
+
+def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """Run a command with this interpreter's scripts first on PATH; fail with its output."""
+    full_env = {**os.environ, **env}
+    full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env['PATH']}"
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        full_env.pop(key, None)
+    result = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def project_files() -> list[str]:
+    listed = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True)
+    files = [f for f in listed.stdout.splitlines() if (REPO / f).exists()]
+    assert files, "the project must be a git checkout"
+    return files
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A fresh copy of the project, with the records fetched and small params."""
+    root = tmp_path_factory.mktemp("project")
+    for name in project_files():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
+    run(["git", "init", "-q"], root)
+    run(["sibeatgan", "fetch-data", "--from", str(mitdb_dir())], root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["preprocess"]["records"] = RECORDS
+    params["train"]["epochs"] = 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+@pytest.fixture(scope="module")
+def repro(project: Path) -> subprocess.CompletedProcess:
+    return run(["dvc", "repro"], project)
+
+
+def annotated_counts(records: list[int]) -> dict[str, int]:
+    """Beats per class straight from the annotations (windows inside the record)."""
+    counts = dict.fromkeys(CLASSES, 0)
+    for r in records:
+        ann = wfdb.rdann(str(mitdb_dir() / str(r)), "atr")
+        inside = (ann.sample >= 140) & (ann.sample + 180 <= 650000)
+        for sym, ok in zip(ann.symbol, inside, strict=True):
+            if ok and sym in CLASS_OF_SYMBOL:
+                counts[CLASSES[CLASS_OF_SYMBOL[sym]]] += 1
+    return counts
+
+
+def test_fetched_data_matches_data_dvc(project):
+    out = run(["dvc", "status", "data.dvc"], project).stdout
+    assert "up to date" in out.lower() or out.strip() in ("", "{}"), out
+
+
+def test_dvc_repro_runs_every_stage(repro, project):
+    for stage in ("preprocess", "train_teacher", "train_student", "evaluate"):
+        assert f"Running stage '{stage}'" in repro.stdout
+    counts = json.loads((project / "metrics/preprocess.json").read_text())["class_counts"]
+    expected = annotated_counts(RECORDS)
+    for c in "SVFQ":
+        assert counts[c] == expected[c], c
+    assert 0.97 * expected["N"] <= counts["N"] <= expected["N"]
+
+
+def test_metrics_and_plots(repro, project):
+    shown = run(["dvc", "metrics", "show", "--json"], project).stdout
+    data = json.loads(shown)
+    flat = json.dumps(data)
+    assert '"test_auc"' in flat and '"teacher"' in flat and '"student"' in flat
+    evaluate = json.loads((project / "metrics/evaluate.json").read_text())
+    for role in ("teacher", "student"):
+        assert 0.5 < evaluate[role]["test_auc"] <= 1.0
+    run(["dvc", "plots", "show", "-o", "dvc_plots"], project)
+    html = (project / "dvc_plots" / "index.html").read_text()
+    assert "val_auc" in html and "fpr" in html
+
+
+def test_second_repro_runs_nothing(repro, project):
+    again = run(["dvc", "repro"], project)
+    assert "Running stage" not in again.stdout, again.stdout
+
+
+def test_mlflow_store_holds_runs_and_champion(repro, project):
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    try:
+        client = MlflowClient()
+        exp = client.get_experiment_by_name("sibeatgan")
+        runs = client.search_runs([exp.experiment_id])
+        roles = {r.data.tags.get("role") for r in runs}
+        assert {"teacher", "student"} <= roles
+        for r in runs:
+            assert [m.step for m in client.get_metric_history(r.info.run_id, "val_auc")] == [1]
+            assert "best_val_auc" in r.data.metrics
+        champion = client.get_model_version_by_alias("sibeatgan-generator", "champion")
+        assert champion.tags["role"] in ("teacher", "student")
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_mlflow_run_as_typed_reuses_the_dvc_teacher(repro, project):
+    import mlflow
+    from mlflow import MlflowClient
+
+    args = ["mlflow", "run", ".", "--env-manager", "local", "-P", "kd=true", "-P", "epochs=1",
+            "-P", f"records={','.join(map(str, RECORDS))}"]
+    result = run(args, project, MITDB_DIR=str(mitdb_dir()))
+    assert "reusing run" in result.stdout + result.stderr
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    try:
+        client = MlflowClient()
+        exp = client.get_experiment_by_name("sibeatgan")
+        runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+        newest = runs[0]
+        assert newest.info.status == "FINISHED"
+        assert newest.data.tags["role"] == "student" and newest.data.tags["kd"] == "true"
+        assert newest.data.tags.get("mlflow.project.entryPoint") == "main"
+        assert np.isfinite(newest.data.metrics["best_val_auc"])
+        teachers = [r for r in runs if r.data.tags.get("role") == "teacher"]
+        assert len(teachers) == 1, "the teacher of the same config must be reused"
+        decision = client.get_registered_model("sibeatgan-generator").tags["champion_decision"]
+        assert "teacher" in decision
+    finally:
+        mlflow.set_tracking_uri(None)
