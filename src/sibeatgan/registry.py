@@ -103,9 +103,11 @@ def register_and_promote(p: Params, layout: Layout, reports: dict[str, dict]) ->
     tracking.setup()
     client = MlflowClient()
     name = p.registry.model_name
+    infos = {role: read_json(layout.model_dir(role) / "fit.json") for role in reports}
     for role, report in reports.items():
-        info = read_json(layout.model_dir(role) / "fit.json")
-        register(client, name, info, report, p)
-    decision = promote(client, name, p.registry.metric, tracking.teacher_config_key(p))
+        register(client, name, infos[role], report, p)
+    # compare within the config of the teacher actually evaluated (as recorded at training)
+    key = infos.get("teacher", {}).get("teacher_config") or tracking.teacher_config_key(p)
+    decision = promote(client, name, p.registry.metric, key)
     write_json(layout.metrics("promotion"), decision)
     return decision

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -118,14 +117,6 @@ def log_generator(g: Generator, nc: int) -> str:
     return info.model_uri
 
 
-def log_dir(path: str | Path, artifact_path: str) -> None:
-    mlflow.log_artifacts(str(path), artifact_path=artifact_path)
-
-
 def log_figure_files(paths: list[Path]) -> None:
     for path in paths:
         mlflow.log_artifact(str(path), artifact_path="plots")
-
-
-def scratch_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="sibeatgan-")
