@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -137,22 +138,26 @@ def test_mlflow_run_as_typed_reuses_the_dvc_teacher(repro, project):
     import mlflow
     from mlflow import MlflowClient
 
-    args = ["mlflow", "run", ".", "--env-manager", "local", "-P", "kd=true", "-P", "epochs=1",
-            "-P", f"records={','.join(map(str, RECORDS))}"]
+    records = ",".join(map(str, RECORDS))
+    args = f"mlflow run . --env-manager local -P kd=true -P epochs=1 -P records={records}".split()
     result = run(args, project, MITDB_DIR=str(mitdb_dir()))
     assert "reusing run" in result.stdout + result.stderr
+    run_id = re.search(r"Run \(ID '(\w+)'\) succeeded", result.stdout + result.stderr).group(1)
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     try:
         client = MlflowClient()
-        exp = client.get_experiment_by_name("sibeatgan")
-        runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
-        newest = runs[0]
-        assert newest.info.status == "FINISHED"
-        assert newest.data.tags["role"] == "student" and newest.data.tags["kd"] == "true"
-        assert newest.data.tags.get("mlflow.project.entryPoint") == "main"
-        assert np.isfinite(newest.data.metrics["best_val_auc"])
-        teachers = [r for r in runs if r.data.tags.get("role") == "teacher"]
+        created = client.get_run(run_id)  # the run `mlflow run` created (Default experiment)
+        assert created.info.status == "FINISHED"
+        assert created.data.tags["role"] == "student" and created.data.tags["kd"] == "true"
+        assert created.data.tags.get("mlflow.project.entryPoint") == "main"
+        assert [m.step for m in client.get_metric_history(run_id, "val_auc")] == [1]
+        assert np.isfinite(created.data.metrics["best_val_auc"])
+        assert "test/test_auc" in created.data.metrics
+        teachers = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()], "tags.role = 'teacher'"
+        )
         assert len(teachers) == 1, "the teacher of the same config must be reused"
+        assert created.data.tags["teacher_run_id"] == teachers[0].info.run_id
         decision = client.get_registered_model("sibeatgan-generator").tags["champion_decision"]
         assert "teacher" in decision
     finally:

@@ -72,13 +72,16 @@ def fetch_data(p: Params, source: Path | None, dest: Path | None) -> None:
     """Put MIT-BIH 1.0.0 into the data folder, checking every file's sha256 against
     PhysioNet's list. Files already present and intact are kept; none is replaced before its
     new copy is verified."""
-    from sibeatgan.fetch import fetch
-
     env = os.environ.get("MITDB_DIR")
     source = source or (Path(env) if env else None)
     dest = dest or Path(p.data.mitdb_dir)
+    from sibeatgan.fetch import commit_to_dvc, fetch
+
     result = fetch(dest, source)
     click.echo(f"{dest}: {result['verified']} files verified ({result['copied']} fetched)")
+    tracked_by = commit_to_dvc(dest)
+    if tracked_by:
+        click.echo(f"{dest}: in DVC's cache, matching {tracked_by}")
 
 
 @main.command()
