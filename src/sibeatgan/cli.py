@@ -157,6 +157,40 @@ def promote(p: Params) -> None:
     )
 
 
+@main.command()
+@click.option(
+    "--steps",
+    default=30,
+    show_default=True,
+    help="Timed training steps per setting (at the default batch; fewer at larger ones).",
+)
+@click.option("--warmup", default=5, show_default=True, help="Untimed steps before each timing.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write every figure as one JSON object to this file.",
+)
+@with_params
+def bench(p: Params, steps: int, warmup: int, json_path: str | None) -> None:
+    """Measure training and scoring speed on this machine: the original code's training step
+    (reference), ours at the params.yaml batch and precision and at faster settings, the
+    machine's matmul peak (fp32, and bf16 where the CPU has it), and scoring speed at batch
+    1024 and batch 1. Prints samples/s, the ratio to the reference and GFLOP/s as a fraction of
+    the peak."""
+    from sibeatgan.bench import run_bench
+    from sibeatgan.io import write_json
+    from sibeatgan.stages import set_threads
+
+    set_threads(p)
+    precision = p.train.precision if p.train.precision != "auto" else "fp32"
+    out = run_bench(steps, warmup, p.train.batch_size, precision, echo=click.echo)
+    if json_path:
+        write_json(json_path, out)
+        click.echo(f"figures written to {json_path}")
+
+
 def _optional_int(ctx, param, value: str | None) -> int | None:
     """MLproject passes every parameter, empty when unset: empty means "keep params.yaml"."""
     if value is None or str(value).strip() == "":

@@ -60,6 +60,11 @@ class TrainCfg:
     log_every: int = 50
     score_batch_size: int = 1024
     threads: int = 0
+    precision: str = "fp32"
+    ema: float = 0.0
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    lr_min_ratio: float = 0.0
 
 
 @dataclass
@@ -205,6 +210,16 @@ def validate(p: Params) -> Params:
             p.train.selection in {"val_auc", "last", "val_recon"},
             "train.selection must be val_auc, last or val_recon",
         ),
+        (
+            p.train.precision in {"fp32", "bf16", "auto"},
+            "train.precision must be fp32, bf16 or auto",
+        ),
+        (0 <= p.train.ema < 1, "train.ema must be in [0, 1) (0 = off; e.g. 0.999)"),
+        (
+            p.train.lr_schedule in {"constant", "cosine"},
+            "train.lr_schedule must be constant or cosine",
+        ),
+        (p.train.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
         (p.student.temperature > 0, "student.temperature must be positive"),
         (p.student.fd_mode in {"attention", "hint"}, "student.fd_mode must be attention or hint"),
         (

@@ -5,11 +5,13 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from sibeatgan.augment import time_warp
@@ -31,11 +33,58 @@ class FitResult:
     best_epoch: int
     selection: str
     d_resets: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
-def _adam(params, cfg: TrainCfg) -> torch.optim.Adam:
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available() and torch.cpu._is_avx512_bf16_supported())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` means bf16 where the hardware has it, else fp32."""
+    if precision == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """bf16 autocast (matmuls and convolutions in bf16, losses and BatchNorm in fp32)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def make_optimizer(params, cfg: TrainCfg) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+def make_schedule(opt: torch.optim.Optimizer, cfg: TrainCfg, total_steps: int):
+    """Per-step learning rate: linear warm-up over `warmup_steps`, then constant or cosine
+    decay to `lr * lr_min_ratio` at the last step."""
+
+    def factor(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "cosine":
+            span = max(total_steps - cfg.warmup_steps, 1)
+            progress = min((step - cfg.warmup_steps) / span, 1.0)
+            return cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + np.cos(np.pi * progress))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def ema_avg(decay: float):
+    """Exponential moving average whose decay ramps up as min(decay, (1 + n) / (10 + n)), so
+    the average is not dominated by the random initial weights in the first epochs."""
+
+    def avg(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        k = float(n)
+        d = min(decay, (1 + k) / (10 + k))
+        return d * averaged + (1 - d) * current
+
+    return avg
 
 
 def _selection_value(row: dict[str, float], selection: str) -> float:
@@ -45,6 +94,13 @@ def _selection_value(row: dict[str, float], selection: str) -> float:
     if selection == "val_recon":
         return -row["val_recon_n"]
     return row["epoch"]  # last
+
+
+def _epoch_data(base: torch.Tensor, train_x: np.ndarray, cfg: TrainCfg, rng) -> torch.Tensor:
+    if not cfg.augment_copies:
+        return base
+    warped = [torch.from_numpy(time_warp(train_x, rng)) for _ in range(cfg.augment_copies)]
+    return torch.cat([base] + [w.to(base.device) for w in warped])
 
 
 def fit(
@@ -59,41 +115,50 @@ def fit(
     on_step: StepCallback | None = None,
     on_epoch: EpochCallback | None = None,
     desc: str = "train",
+    monitor: Callable[[Generator], dict[str, float]] | None = None,
 ) -> FitResult:
-    """Train G and D; score val each epoch; return the state dicts of the selected epoch."""
+    """Train G and D; score val each epoch (with the EMA of G when `cfg.ema` > 0); return the
+    state dicts of the epoch chosen by `cfg.selection`. `monitor` adds figures to each epoch's
+    row for experiments (e.g. a test-AUC curve); it never takes part in the selection."""
     device = next(g.parameters()).device
+    precision = resolve_precision(cfg.precision, device)
     rng = np.random.default_rng([seed, 7])
     torch.manual_seed(seed)
     base = torch.from_numpy(np.ascontiguousarray(train_x)).to(device)
     val_t = torch.from_numpy(np.ascontiguousarray(val_x)).to(device)
     g_params = list(g.parameters()) + (list(distiller.parameters()) if distiller else [])
-    g_params = [p for p in g_params if p.requires_grad]
-    opt_g, opt_d = _adam(g_params, cfg), _adam(d.parameters(), cfg)
+    opt_g = make_optimizer([p for p in g_params if p.requires_grad], cfg)
+    opt_d = make_optimizer(d.parameters(), cfg)
+    steps_per_epoch = len(train_x) * (1 + cfg.augment_copies) // cfg.batch_size
+    total_steps = steps_per_epoch * cfg.epochs
+    schedules = [make_schedule(o, cfg, total_steps) for o in (opt_g, opt_d)]
+    ema = AveragedModel(g, avg_fn=ema_avg(cfg.ema), use_buffers=True) if cfg.ema > 0 else None
     history: list[dict[str, float]] = []
     best_value, best_epoch = -float("inf"), 0
-    best_g, best_d = copy.deepcopy(g.state_dict()), copy.deepcopy(d.state_dict())
+    best_g, best_d = {}, {}
     step, d_resets = 0, 0
-    g.train()
-    d.train()
-    if distiller:
-        distiller.train()
+    for module in (g, d, distiller):
+        if module is not None:
+            module.train()
 
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        data = base
-        if cfg.augment_copies:
-            warped = [time_warp(train_x, rng) for _ in range(cfg.augment_copies)]
-            data = torch.cat([base] + [torch.from_numpy(w).to(device) for w in warped])
+        data = _epoch_data(base, train_x, cfg, rng)
         order = torch.from_numpy(rng.permutation(len(data))).to(device)
         n_batches = len(data) // cfg.batch_size  # drop the last partial batch (BatchNorm)
         sums: dict[str, float] = {}
         bar = tqdm(range(n_batches), desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="batch")
         for b in bar:
             x = data[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
-            losses = train_step(g, d, opt_g, opt_d, x, cfg.w_adv, distiller)
+            with autocast(device, precision):
+                losses = train_step(g, d, opt_g, opt_d, x, cfg.w_adv, distiller)
+            for sched in schedules:
+                sched.step()
+            if ema is not None:
+                ema.update_parameters(g)
             if losses["d"] < cfg.d_reset_below:
                 init_weights(d)
-                opt_d = _adam(d.parameters(), cfg)
+                opt_d.state.clear()  # fresh Adam moments for the fresh D
                 d_resets += 1
             step += 1
             for k, v in losses.items():
@@ -104,7 +169,8 @@ def fit(
                 bar.set_postfix(d=f"{losses['d']:.3f}", g=f"{losses['g']:.4f}")
         bar.close()
         train_time = time.perf_counter() - t0
-        val_scores = score(g, val_t, cfg.score_batch_size)
+        scored = ema.module if ema is not None else g
+        val_scores = score(scored, val_t, cfg.score_batch_size)
         val_auc, val_ap = auc_ap(val_y, val_scores)
         row = {
             "epoch": epoch,
@@ -113,12 +179,14 @@ def fit(
             "val_recon_n": float(val_scores[val_y == 0].mean()),
             "epoch_time_s": time.perf_counter() - t0,
             "train_samples_per_s": n_batches * cfg.batch_size / train_time,
+            "lr": schedules[0].get_last_lr()[0],
             **{f"mean_loss_{k}": v / max(n_batches, 1) for k, v in sums.items()},
+            **(monitor(scored) if monitor else {}),
         }
         value = _selection_value(row, cfg.selection)
         if value > best_value:
             best_value, best_epoch = value, epoch
-            best_g, best_d = copy.deepcopy(g.state_dict()), copy.deepcopy(d.state_dict())
+            best_g, best_d = copy.deepcopy(scored.state_dict()), copy.deepcopy(d.state_dict())
         row["best_val_auc"] = max(r["val_auc"] for r in [*history, row])
         history.append(row)
         tqdm.write(
@@ -139,7 +207,8 @@ def train_step(
     w_adv: float,
     distiller: Distiller | None = None,
 ) -> dict[str, float]:
-    """One D step then one G step. x' is detached for D, so D's loss never reaches G."""
+    """One D step then one G step. x' is detached for D, so D's loss never reaches G; D's
+    parameters are frozen during the G step, so no gradient is computed for them there."""
     x_rec, maps = g.forward_with_features(x)
 
     real_logits = d.classify(d.features(x))
@@ -151,14 +220,14 @@ def train_step(
     loss_d.backward()
     opt_d.step()
 
-    d.requires_grad_(False)  # the G step needs gradients through D, not for D
+    d.requires_grad_(False)
     with torch.no_grad():
         feat_real = d.features(x)
-    loss_rec = F.mse_loss(x_rec, x)
-    loss_adv = F.mse_loss(d.features(x_rec), feat_real)
+    loss_rec = F.mse_loss(x_rec.float(), x)
+    loss_adv = F.mse_loss(d.features(x_rec).float(), feat_real.float())
     terms = {"rec": loss_rec, "adv": w_adv * loss_adv}
     if distiller is not None:
-        terms.update(distiller.losses(x, x_rec, maps))
+        terms.update(distiller.losses(x, x_rec.float(), maps))
     loss_g = sum(terms.values())
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()

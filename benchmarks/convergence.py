@@ -1,0 +1,120 @@
+"""Teacher convergence against wall time for one training recipe.
+
+Trains a teacher on the prepared data (`sibeatgan preprocess` first) with params.yaml plus
+`-S key=value` overrides, and writes per epoch: wall time, val AUC, and the test AUC/AP of the
+generator that would be kept at that epoch. The test figures are a monitor for choosing
+recipes only; selection inside training still uses val alone.
+
+    python benchmarks/convergence.py NAME -S train.epochs=12 -S train.batch_size=256 ...
+    python benchmarks/convergence.py --plot     # all results -> reports/convergence/*.png
+
+Writes reports/convergence/NAME.csv and NAME.json.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from sibeatgan.config import load_params
+from sibeatgan.io import read_json, write_csv, write_json
+from sibeatgan.metrics import auc_ap
+from sibeatgan.models import build_models
+from sibeatgan.scoring import pick_device, score
+from sibeatgan.split import TEST, TRAIN, VAL
+from sibeatgan.stages import load_checked, set_threads
+from sibeatgan.train import fit
+
+OUT = Path("reports/convergence")
+
+
+def train_recipe(name: str, overrides: list[str]) -> dict:
+    p = load_params("params.yaml", overrides)
+    set_threads(p)
+    data = load_checked(p)
+    nc = p.data.channels
+    train_x, _ = data.part(TRAIN, nc)
+    val_x, val_cls = data.part(VAL, nc)
+    test_x, test_cls = data.part(TEST, nc)
+    test_y = (test_cls > 0).astype(int)
+    device = pick_device()
+    test_t = torch.from_numpy(np.ascontiguousarray(test_x)).to(device)
+    g, d = build_models(nc, p.model.nz, p.model.width, p.seed)
+    g, d = g.to(device), d.to(device)
+    t0 = time.perf_counter()
+
+    def monitor(generator) -> dict[str, float]:
+        auc, ap = auc_ap(test_y, score(generator, test_t, p.train.score_batch_size))
+        return {"test_auc": auc, "test_ap": ap, "wall_s": time.perf_counter() - t0}
+
+    result = fit(
+        g, d, train_x, val_x, (val_cls > 0).astype(int), p.train, p.seed, desc=name, monitor=monitor
+    )
+    history = result.history
+    write_csv(OUT / f"{name}.csv", {k: [r[k] for r in history] for k in history[0]})
+    selected = history[result.best_epoch - 1]
+    summary = {
+        "name": name,
+        "overrides": overrides,
+        "command": " ".join(
+            ["python", "benchmarks/convergence.py", name] + [f"-S {o}" for o in overrides]
+        ),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "epochs": len(history),
+        "wall_s": history[-1]["wall_s"],
+        "selected_epoch": result.best_epoch,
+        "selected_val_auc": selected["val_auc"],
+        "selected_test_auc": selected["test_auc"],
+        "selected_test_ap": selected["test_ap"],
+        "last_test_auc": history[-1]["test_auc"],
+        "max_test_auc": max(r["test_auc"] for r in history),
+    }
+    write_json(OUT / f"{name}.json", summary)
+    return summary
+
+
+def plot_all() -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for path in sorted(OUT.glob("*.json")):
+        info = read_json(path)
+        rows = np.genfromtxt(path.with_suffix(".csv"), delimiter=",", names=True)
+        rows = np.atleast_1d(rows)
+        minutes = rows["wall_s"] / 60
+        ax1.plot(minutes, rows["test_auc"], "o-", ms=3, label=info["name"])
+        ax2.plot(minutes, rows["val_auc"], "o-", ms=3, label=info["name"])
+    for ax, what in ((ax1, "test AUC (monitor)"), (ax2, "val AUC")):
+        ax.axhline(0.93, color="grey", ls=":", lw=1)
+        ax.set(xlabel="teacher training wall time (min)", ylabel=what, ylim=(0.8, 0.96))
+        ax.grid(alpha=0.3)
+    ax1.legend(fontsize=7, loc="lower right")
+    out = OUT / "convergence.png"
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    return out
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.option("-S", "--set", "overrides", multiple=True, help="Parameter override key=value.")
+@click.option("--plot", is_flag=True, help="Only draw reports/convergence/convergence.png.")
+def main(name: str | None, overrides: tuple[str, ...], plot: bool) -> None:
+    """Train one teacher recipe and record its AUC against wall time."""
+    if not plot:
+        if not name:
+            sys.exit("give a NAME for the recipe (or --plot)")
+        click.echo(train_recipe(name, list(overrides)))
+    click.echo(plot_all())
+
+
+if __name__ == "__main__":
+    main()

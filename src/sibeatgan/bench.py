@@ -1,0 +1,270 @@
+"""Training and scoring speed, against a step written the way the original code trains.
+
+Everything runs on the same machine, same data shapes (nc=1, 320 samples, published widths),
+in one process. FLOPs are counted from the layer shapes (multiply-adds of every convolution
+for one beat, times 2), so achieved GFLOP/s can be compared with a large matmul's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from sibeatgan.config import TrainCfg
+from sibeatgan.models import build_models
+from sibeatgan.train import autocast, bf16_supported, make_optimizer, train_step
+
+LENGTH = 320
+
+
+def conv_macs(module: nn.Module, nc: int = 1) -> int:
+    """Multiply-adds of one forward pass of one beat, from the convolution shapes."""
+    total = 0
+
+    def hook(m, inputs, output):
+        nonlocal total
+        # each weight is used once per output (conv) or input (transposed conv) position
+        positions = output.shape[-1] if isinstance(m, nn.Conv1d) else inputs[0].shape[-1]
+        total += positions * m.weight.numel()
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in module.modules()
+        if isinstance(m, nn.Conv1d | nn.ConvTranspose1d)
+    ]
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        module(torch.zeros(1, nc, LENGTH))
+    module.train(was_training)
+    for h in handles:
+        h.remove()
+    return total
+
+
+def step_flops(g_macs: int, d_macs: int) -> int:
+    """FLOPs of one beat in our step. Passes: G forward (1 G); D on x and on detached x' (2 D),
+    their backward with weight gradients (4 D); D on x without grad (1 D); D on x' (1 D) with
+    input gradients only (1 D); G backward (2 G). A backward pass costs about twice its
+    forward (input and weight gradients), once when only input gradients are needed."""
+    return 2 * (3 * g_macs + 9 * d_macs)
+
+
+class _Float64Beats(Dataset):
+    """The original pipeline: float64 numpy beats, converted to a tensor per item."""
+
+    def __init__(self, x: np.ndarray):
+        self.x = x.astype(np.float64)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], 0.0
+
+
+def reference_steps(x: np.ndarray, batch_size: int, seed: int = 0) -> Callable[[int], None]:
+    """Steps the way the original code takes them (kept here only for comparison): a DataLoader
+    over float64 numpy converted per batch, fp32; the D step backpropagates into G because x'
+    is not detached, and the G step runs G and D again with D's weights still taking
+    gradients."""
+    g, d = build_models(1, 50, 32, seed)
+    opt_g, opt_d = (
+        make_optimizer(g.parameters(), TrainCfg()),
+        make_optimizer(d.parameters(), TrainCfg()),
+    )
+    loader = DataLoader(_Float64Beats(x), batch_size=batch_size, shuffle=True, drop_last=True)
+
+    def run(n_steps: int) -> None:
+        done = 0
+        while done < n_steps:
+            for xb, _ in loader:
+                xb = xb.float()
+                d.zero_grad()
+                real_logits = d.classify(d.features(xb))
+                fake = g(xb)  # not detached: D's loss reaches G
+                fake_logits = d.classify(d.features(fake))
+                loss_d = F.binary_cross_entropy_with_logits(
+                    real_logits, torch.ones_like(real_logits)
+                ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+                loss_d.backward()
+                opt_d.step()
+                g.zero_grad()
+                fake = g(xb)
+                loss_g = F.mse_loss(fake, xb) + F.mse_loss(d.features(fake), d.features(xb))
+                loss_g.backward()
+                opt_g.step()
+                done += 1
+                if done == n_steps:
+                    return
+
+    return run
+
+
+def our_steps(x: np.ndarray, batch_size: int, precision: str, seed: int = 0):
+    """Our training step (train.train_step) on tensors held in memory."""
+    g, d = build_models(1, 50, 32, seed)
+    cfg = TrainCfg(batch_size=batch_size, precision=precision)
+    opt_g, opt_d = make_optimizer(g.parameters(), cfg), make_optimizer(d.parameters(), cfg)
+    data = torch.from_numpy(x)
+    device = torch.device("cpu")
+
+    def run(n_steps: int) -> None:
+        for i in range(n_steps):
+            start = (i * batch_size) % (len(data) - batch_size)
+            with autocast(device, precision):
+                train_step(g, d, opt_g, opt_d, data[start : start + batch_size], 1.0)
+
+    return run
+
+
+def timed(run: Callable[[int], None], steps: int, warmup: int) -> float:
+    """Seconds per step, after `warmup` steps."""
+    run(warmup)
+    t0 = time.perf_counter()
+    run(steps)
+    return (time.perf_counter() - t0) / steps
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> dict[str, float]:
+    """GFLOP/s of an n x n x n matmul, done two ways: torch.matmul (the BLAS torch uses) and
+    the same product as a 1x1 convolution (oneDNN, which the networks' convolutions use; on
+    some CPUs it is the faster of the two). The larger is the machine's peak for `dtype`."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    x, w = a.T.contiguous()[None], b.T.contiguous()[:, :, None]  # conv1d(x, w)[0].T == a @ b
+    ways = {"matmul": lambda: a @ b, "conv1x1": lambda: F.conv1d(x, w)}
+    out = {}
+    with torch.no_grad():
+        for name, op in ways.items():
+            for _ in range(2):
+                op()
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                op()
+            out[name] = 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
+    return out
+
+
+@torch.no_grad()
+def scoring_speed(precision: str, batch: int, beats: int) -> float:
+    """Seconds per beat for scoring (G forward in eval mode, per-beat MSE)."""
+    g, _ = build_models(1, 50, 32, 0)
+    g.eval()
+    x = torch.rand(batch, 1, LENGTH) * 2 - 1
+    device = torch.device("cpu")
+    n_calls = max(beats // batch, 20 if batch == 1 else 3)
+    with autocast(device, precision):
+        for _ in range(3):
+            g(x)
+        t0 = time.perf_counter()
+        for _ in range(n_calls):
+            ((g(x).float() - x) ** 2).mean(dim=(1, 2))
+    return (time.perf_counter() - t0) / (n_calls * batch)
+
+
+@dataclass
+class Setting:
+    name: str
+    batch_size: int
+    precision: str
+
+
+def run_bench(
+    steps: int = 30,
+    warmup: int = 5,
+    default_batch: int = 64,
+    default_precision: str = "fp32",
+    echo=print,
+) -> dict:
+    rng = np.random.default_rng(0)
+    g, d = build_models(1, 50, 32, 0)
+    g_macs, d_macs = conv_macs(g), conv_macs(d)
+    flops_per_beat = step_flops(g_macs, d_macs)
+    has_bf16 = bf16_supported(torch.device("cpu"))
+    out: dict = {
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu_bf16": has_bf16,
+        "g_macs_per_beat": g_macs,
+        "d_macs_per_beat": d_macs,
+        "step_flops_per_beat": flops_per_beat,
+    }
+    echo(
+        f"threads {out['threads']}, bf16 {'yes' if has_bf16 else 'no'}; "
+        f"G {g_macs / 1e6:.1f} M MACs/beat, D {d_macs / 1e6:.1f} M; "
+        f"step {flops_per_beat / 1e6:.0f} MFLOP/beat"
+    )
+
+    dtypes = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if has_bf16 else {})}
+    ways = {k: matmul_gflops(dt) for k, dt in dtypes.items()}
+    peak = {k: max(v.values()) for k, v in ways.items()}
+    out["matmul_gflops"] = ways
+    for k, v in ways.items():
+        echo(
+            f"peak matmul {k}: {peak[k]:.0f} GFLOP/s "
+            f"(torch.matmul {v['matmul']:.0f}, as 1x1 conv {v['conv1x1']:.0f})"
+        )
+
+    def beats_for(batch: int) -> np.ndarray:
+        return rng.uniform(-1, 1, (batch * 8, 1, LENGTH)).astype(np.float32)
+
+    ref = default_batch / timed(
+        reference_steps(beats_for(default_batch), default_batch), steps, warmup
+    )
+    out["reference_samples_per_s"] = ref
+    echo(f"reference step (batch {default_batch}, fp32): {ref:.0f} samples/s")
+
+    settings = [Setting("default", default_batch, default_precision)]
+    for batch in (default_batch, 256, 512):
+        for precision in ["fp32"] + (["bf16"] if has_bf16 else []):
+            if (batch, precision) != (default_batch, default_precision):
+                settings.append(Setting(f"b{batch}-{precision}", batch, precision))
+    results = {}
+    for s in settings:
+        n = max(steps * default_batch // s.batch_size, 5)
+        sec = timed(our_steps(beats_for(s.batch_size), s.batch_size, s.precision), n, warmup)
+        sps = s.batch_size / sec
+        gflops = sps * flops_per_beat / 1e9
+        results[s.name] = {
+            "batch_size": s.batch_size,
+            "precision": s.precision,
+            "samples_per_s": sps,
+            "gflops": gflops,
+            "fraction_of_peak": gflops / peak[s.precision],
+        }
+        echo(
+            f"ours {s.name:10s} batch {s.batch_size:4d} {s.precision}: {sps:6.0f} samples/s "
+            f"({sps / ref:.2f}x reference), {gflops:.0f} GFLOP/s = "
+            f"{100 * gflops / peak[s.precision]:.0f}% of {s.precision} peak"
+        )
+    fastest = max(results, key=lambda k: results[k]["samples_per_s"])
+    out.update(
+        settings=results,
+        default_samples_per_s=results["default"]["samples_per_s"],
+        fastest_setting=fastest,
+        fastest_samples_per_s=results[fastest]["samples_per_s"],
+        fastest_gflops=results[fastest]["gflops"],
+        peak_gflops=peak[results[fastest]["precision"]],
+        peak_gflops_by_dtype=peak,
+    )
+    echo(f"fastest: {fastest}, {out['fastest_samples_per_s'] / ref:.2f}x reference")
+
+    score_precision = "bf16" if has_bf16 else "fp32"
+    out["score_precision"] = score_precision
+    out["score_beats_per_s_b1024"] = 1 / scoring_speed(score_precision, 1024, 8192)
+    out["score_beats_per_s_b1024_fp32"] = 1 / scoring_speed("fp32", 1024, 8192)
+    out["score_ms_per_beat_b1"] = 1000 * scoring_speed("fp32", 1, 200)
+    echo(
+        f"scoring batch 1024: {out['score_beats_per_s_b1024']:.0f} beats/s ({score_precision}), "
+        f"{out['score_beats_per_s_b1024_fp32']:.0f} beats/s (fp32); batch 1: "
+        f"{out['score_ms_per_beat_b1']:.2f} ms/beat (fp32)"
+    )
+    return out
