@@ -60,6 +60,7 @@ def project(tmp_path_factory) -> Path:
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["preprocess"]["records"] = RECORDS
     params["train"]["epochs"] = 1
+    params["train"]["batch_size"] = 64  # enough steps on 5 records
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
 

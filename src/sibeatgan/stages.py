@@ -102,6 +102,7 @@ def train_model(
             desc=role,
         )
         train_time = time.perf_counter() - t0
+        mlflow.set_tag("precision", result.precision)  # what train.precision=auto resolved to
         g.load_state_dict(result.g_state)
         d.load_state_dict(result.d_state)
         save_state_dict(out / "G.pt", result.g_state)
@@ -114,6 +115,7 @@ def train_model(
         summary = {
             "role": role,
             "selection": result.selection,
+            "precision": result.precision,
             "best_epoch": result.best_epoch,
             "best_val_auc": max(r["val_auc"] for r in result.history),
             "selected_val_auc": best["val_auc"],
@@ -125,7 +127,7 @@ def train_model(
         }
         curves = plots.training_curves(result.history, role, layout.plot(f"{role}_training.png"))
         mlflow.log_metrics(
-            {k: float(v) for k, v in summary.items() if k not in ("role", "selection")}
+            {k: float(v) for k, v in summary.items() if k not in ("role", "selection", "precision")}
         )
         mlflow.log_artifact(str(out / "G.pt"), artifact_path="checkpoints")
         mlflow.log_artifact(str(out / "D.pt"), artifact_path="checkpoints")

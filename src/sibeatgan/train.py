@@ -33,6 +33,7 @@ class FitResult:
     best_epoch: int
     selection: str
     d_resets: int = 0
+    precision: str = "fp32"
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -195,7 +196,7 @@ def fit(
         )
         if on_epoch:
             on_epoch(row)
-    return FitResult(best_g, best_d, history, best_epoch, cfg.selection, d_resets)
+    return FitResult(best_g, best_d, history, best_epoch, cfg.selection, d_resets, precision)
 
 
 def train_step(
