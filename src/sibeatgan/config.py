@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,3 +259,8 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
 def with_overrides(p: Params, overrides: list[str]) -> Params:
     """A copy of `p` with `key=value` overrides applied and validated."""
     return validate(_build(Params, apply_overrides(p.to_dict(), overrides), ""))
+
+
+def short_hash(fields: Any) -> str:
+    """Stable 12-hex-digit hash of JSON-able settings, to key cached results by config."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]

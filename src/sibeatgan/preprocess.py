@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from functools import partial
 from multiprocessing import get_context
@@ -13,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sibeatgan.beats import CLASSES, RecordBeats, extract_beats, normalise
-from sibeatgan.config import Params
+from sibeatgan.config import Params, short_hash
 from sibeatgan.io import read_json, save_npy, write_json
 from sibeatgan.split import SPLIT_NAMES, make_split
 
@@ -41,7 +39,7 @@ def prepared_key(p: Params) -> str:
     """Hash of every parameter that changes the prepared arrays (not paths or worker count)."""
     pp = {k: v for k, v in p.to_dict()["preprocess"].items() if k != "workers"}
     fields = {"seed": p.seed, "fold": p.data.fold, "split": p.data.split, "preprocess": pp}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    return short_hash(fields)
 
 
 def check_records(mitdb_dir: Path, records: list[int]) -> None:

@@ -6,8 +6,6 @@ Default store: SQLite `mlflow.db` in the working directory (the repository root)
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +17,7 @@ import torch
 from mlflow.models import infer_signature
 
 import sibeatgan
-from sibeatgan.config import Params
+from sibeatgan.config import Params, short_hash
 from sibeatgan.models import Generator
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -62,7 +60,7 @@ def teacher_config_key(p: Params) -> str:
             for s in ("data", "preprocess", "model", "train")
         },
     }
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    return short_hash(fields)
 
 
 @contextmanager
