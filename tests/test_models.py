@@ -1,6 +1,16 @@
+import pytest
 import torch
+import torch.nn.functional as F
 
-from sibeatgan.models import build_models, count_params
+from sibeatgan.models import (
+    PLAIN,
+    Conv1d,
+    ConvTranspose1d,
+    build_models,
+    count_params,
+    to_1d,
+    to_2d,
+)
 
 
 def test_published_sizes():
@@ -44,3 +54,68 @@ def test_half_width_has_about_a_quarter_of_the_multiply_adds():
 
     ratio = macs(16) / macs(32)
     assert 0.2 < ratio < 0.3
+
+
+@pytest.mark.parametrize(
+    "c_in, c_out, k, stride, pad, length",
+    [
+        (1, 8, 4, 2, 1, 32),  # one input channel: windows @ weight
+        (6, 8, 4, 2, 1, 32),  # oneDNN, channels-last
+        (6, 5, 10, 1, 0, 10),  # kernel spans the input: one matmul
+    ],
+)
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_matches_torch_conv1d(c_in, c_out, k, stride, pad, length, bias):
+    layer = Conv1d(c_in, c_out, k, stride, pad, bias=bias)
+    x = torch.randn(3, c_in, length, requires_grad=True)
+    ours = to_1d(layer(to_2d(x)))
+    ref = F.conv1d(x, layer.weight, layer.bias, stride, pad)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(ours.square().sum(), [x, layer.weight])
+    ref_grads = torch.autograd.grad(ref.square().sum(), [x, layer.weight])
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "c_in, c_out, k, stride, pad, length",
+    [(5, 8, 10, 1, 0, 1), (8, 4, 4, 2, 1, 10), (4, 1, 4, 2, 1, 20)],
+)
+@pytest.mark.parametrize("bias", [False, True])
+def test_transposed_conv_matches_torch(c_in, c_out, k, stride, pad, length, bias):
+    layer = ConvTranspose1d(c_in, c_out, k, stride, pad, bias=bias)
+    x = torch.randn(3, c_in, length, requires_grad=True)
+    ours = to_1d(layer(to_2d(x)))
+    ref = F.conv_transpose1d(x, layer.weight, layer.bias, stride, pad)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(ours.square().sum(), [x, layer.weight])
+    ref_grads = torch.autograd.grad(ref.square().sum(), [x, layer.weight])
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_networks_equal_the_plain_1d_networks():
+    """The same state dict in torch's own 1-D layers (the original network) computes the same
+    outputs and gradients, in train mode (batch statistics) and in eval mode."""
+    g, d = build_models(1, 50, 8, seed=0)
+    g_plain, d_plain = build_models(1, 50, 8, seed=1, layers=PLAIN)
+    g_plain.load_state_dict(g.state_dict())
+    d_plain.load_state_dict(d.state_dict())
+    x = torch.randn(6, 1, 320)
+    for train in (True, False):
+        for model, plain in ((g, g_plain), (d, d_plain)):
+            model.train(train)
+            plain.train(train)
+            out, ref = model(x), plain(x)
+            torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    g.train()
+    g_plain.train()
+    x_rec, maps = g.forward_with_features(x)
+    ref_rec, ref_maps = g_plain.forward_with_features(x)
+    for a, b in zip(maps, ref_maps, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    loss, ref_loss = (x_rec - x).square().mean(), (ref_rec - x).square().mean()
+    grads = torch.autograd.grad(loss, list(g.parameters()))
+    ref_grads = torch.autograd.grad(ref_loss, list(g_plain.parameters()))
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)

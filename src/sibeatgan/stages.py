@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -56,9 +57,11 @@ def train_model(
     layout: Layout = DEFAULT_LAYOUT,
     teacher_dir: Path | None = None,
     use_active_run: bool = False,
+    monitor: Callable[[Generator], dict[str, float]] | None = None,
 ) -> dict:
     """Train the teacher, or a student guided by the teacher in `teacher_dir`; save G and D of
-    the selected epoch as state dicts, and track the run in MLflow."""
+    the selected epoch as state dicts, and track the run in MLflow. `monitor` adds figures to
+    each epoch's row (see train.fit); the returned dict holds the rows under `history`."""
     set_threads(p)
     data = load_checked(p)
     nc = p.data.channels
@@ -100,6 +103,7 @@ def train_model(
             on_step=tracking.log_step,
             on_epoch=tracking.log_epoch,
             desc=role,
+            monitor=monitor,
         )
         train_time = time.perf_counter() - t0
         mlflow.set_tag("precision", result.precision)  # what train.precision=auto resolved to
@@ -146,7 +150,7 @@ def train_model(
         write_json(out / "fit.json", info)
         mlflow.log_artifact(str(out / "fit.json"), artifact_path="checkpoints")
         write_json(layout.metrics(f"{role}_train"), summary)
-    return info
+    return {**info, "history": result.history}
 
 
 def evaluate(p: Params, layout: Layout = DEFAULT_LAYOUT, roles: tuple[str, ...] = ROLES) -> dict:
