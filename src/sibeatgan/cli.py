@@ -255,3 +255,146 @@ def run_experiment(
     reports = run(p, output)
     for role, r in reports.items():
         click.echo(f"{role:8s} test AUC {r['test_auc']:.4f}  AP {r['test_ap']:.4f}")
+
+
+def _int_list(ctx, param, value: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
+
+
+@main.group()
+def study() -> None:
+    """The distillation study: named variants (teacher, students with and without
+    distillation, a compact student, an augmented teacher) trained per seed against the same
+    teacher, each run summarised to a JSON file in reports/runs/ for `sibeatgan report`."""
+
+
+@study.command("list")
+@click.option(
+    "--runs",
+    "runs_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports/runs"),
+    show_default=True,
+    help="Folder of the run summaries.",
+)
+def study_list(runs_dir: Path) -> None:
+    """The variants, what each changes, and the summaries already written."""
+    from sibeatgan.study import VARIANTS
+
+    for name, v in VARIANTS.items():
+        done = sorted(f.stem for f in (runs_dir / name).glob("*.json"))
+        click.echo(f"{name:16s} {v.role:8s} {v.about}")
+        click.echo(f"{'':16s} overrides: {' '.join(v.overrides) or '(none)'}")
+        click.echo(f"{'':16s} done: {', '.join(done) or '-'}")
+
+
+@study.command("run")
+@click.argument("variants", nargs=-1, required=True)
+@click.option(
+    "--seeds", default="0,1,2", show_default=True, callback=_int_list, help="Seeds, e.g. 0,1,2."
+)
+@click.option("--fold", default=0, show_default=True, type=click.IntRange(0, 4), help="Test fold.")
+@click.option(
+    "--split",
+    type=click.Choice(["intra", "inter"]),
+    default="intra",
+    show_default=True,
+    help="intra: beat-level folds (published); inter: de Chazal DS1/DS2 patients.",
+)
+@click.option("--force", is_flag=True, help="Train again even when a summary exists.")
+@click.option(
+    "--runs",
+    "runs_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports/runs"),
+    show_default=True,
+    help="Folder for the run summaries (commit it).",
+)
+@click.option(
+    "--work",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("outputs/study"),
+    show_default=True,
+    help="Folder for prepared data and checkpoints (not committed).",
+)
+@with_params
+def study_run(
+    p: Params,
+    variants: tuple[str, ...],
+    seeds: list[int],
+    fold: int,
+    split: str,
+    force: bool,
+    runs_dir: Path,
+    work: Path,
+) -> None:
+    """Train VARIANTS (names from `sibeatgan study list`) for each seed, seed by seed; a
+    student's teacher of the same seed is trained first when missing. Runs with a summary
+    already in --runs are skipped unless --force. Every run is tracked in MLflow (experiment
+    sibeatgan-study) and scores val and test each epoch, so the summary holds the test figures
+    under each selection rule. -S overrides apply to every run (and change its budget: keep
+    them the same across variants)."""
+    from sibeatgan.study import VARIANTS, run_variant, summary_path
+
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}",
+            param_hint="VARIANTS",
+        )
+    for seed in seeds:
+        for variant in variants:
+            path = summary_path(variant, split, fold, seed, runs_dir)
+            if path.exists() and not force:
+                click.echo(f"{variant} seed {seed}: summary exists ({path}), skipped")
+                continue
+            try:
+                s = run_variant(p, variant, seed, fold, split, work, runs_dir)
+            except USER_ERRORS as err:
+                raise click.ClickException(str(err)) from err
+            sel = s["selection"]
+            click.echo(
+                f"{variant} seed {seed}: test AUC {sel['val_auc']['test_auc']:.4f} (val-AUC "
+                f"selection, epoch {sel['val_auc']['epoch']}), "
+                f"{sel['val_recon']['test_auc']:.4f} (unsupervised, epoch "
+                f"{sel['val_recon']['epoch']}) -> {path}"
+            )
+
+
+@main.command()
+@click.option(
+    "--runs",
+    "runs_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports/runs"),
+    show_default=True,
+    help="Folder of the run summaries written by `sibeatgan study run`.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports"),
+    show_default=True,
+    help="Where results.md, results.json and results.png go.",
+)
+def report(runs_dir: Path, out_dir: Path) -> None:
+    """Summarise the study from the run summaries: per variant, seeds, mean ± std of test AUC,
+    AP, F1 and per-class recall under val-AUC and unsupervised selection, the paired difference
+    to the teacher on the same seeds (and whether it exceeds seed noise), scoring cost, and the
+    published figures beside them."""
+    from sibeatgan.report import write_report
+
+    try:
+        results = write_report(runs_dir, out_dir)
+    except FileNotFoundError as err:
+        raise click.ClickException(str(err)) from err
+    for name, v in results["variants"].items():
+        click.echo(
+            f"{name:16s} seeds {v['n_seeds']}  test AUC {v['test_auc_mean']:.4f}"
+            + (f" ± {v['test_auc_std']:.4f}" if v["test_auc_std"] is not None else "")
+        )
+    click.echo(f"written: {out_dir / 'results.md'}, results.json, results.png")

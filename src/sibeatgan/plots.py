@@ -73,3 +73,69 @@ def score_histogram(
     ax.set(xscale="log", xlabel="anomaly score (reconstruction MSE)", ylabel="density", title=title)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def results_figure(variants: dict[str, dict], published: list[tuple], path: Path) -> Path:
+    """The study at a glance: mean +- std over seeds per variant (test AUC, AP, F1 at the val
+    threshold, per-class recall), the paired AUC difference to the teacher under both
+    selection rules, and scoring cost. Published AUCs are drawn as reference lines."""
+    names = list(variants)
+    x = np.arange(len(names))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+
+    def bars(ax, key: str, title: str) -> None:
+        mean = [variants[n]["val_auc"][f"{key}_mean"] or 0 for n in names]
+        std = [variants[n]["val_auc"][f"{key}_std"] or 0 for n in names]
+        ax.bar(x, mean, yerr=std, capsize=4, color="tab:blue", alpha=0.8)
+        low = min((m - s for m, s in zip(mean, std, strict=True) if m), default=0)
+        ax.set_ylim(max(0, low - 0.03), min(1, max(mean, default=1) + 0.03))
+        ax.set(title=title, xticks=x)
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+
+    bars(axes[0, 0], "test_auc", "test AUC (mean ± std over seeds)")
+    for method, auc, _, _, _ in published:
+        if method in ("BeatGAN", "BeatGAN rerun, fold 0", "SI-BeatGAN student, KD"):
+            axes[0, 0].axhline(auc, ls="--", lw=1, color="gray")
+            axes[0, 0].text(
+                len(names) - 0.5, auc, method, fontsize=7, ha="right", va="bottom", clip_on=True
+            )
+    bars(axes[0, 1], "test_ap", "test AP")
+    bars(axes[0, 2], "test_f1", "test F1 at the val-chosen threshold")
+
+    ax = axes[1, 0]
+    for i, cls in enumerate("SVF"):
+        values = [variants[n]["val_auc"][f"recall_{cls}_mean"] or 0 for n in names]
+        ax.bar(x + (i - 1) * 0.27, values, width=0.27, label=cls)
+    ax.set(title="recall per class at the val threshold", xticks=x, ylim=(0, 1))
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+
+    ax = axes[1, 1]
+    for offset, rule, label in (
+        (-0.15, "val_auc", "val-AUC selection"),
+        (0.15, "val_recon", "unsupervised"),
+    ):
+        mean, std, where = [], [], []
+        for i, n in enumerate(names):
+            pv = variants[n][rule].get("paired_vs_teacher")
+            if pv and pv["diff_auc_mean"] is not None:
+                mean.append(pv["diff_auc_mean"])
+                std.append(pv["diff_auc_std"] or 0)
+                where.append(i + offset)
+        ax.errorbar(where, mean, yerr=std, fmt="o", capsize=4, label=label)
+    ax.axhline(0, color="k", lw=1)
+    ax.axhspan(-0.005, 0.005, color="gray", alpha=0.15, label="±0.005")
+    ax.set(title="paired Δ test AUC vs teacher (same seeds)", xticks=x)
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+
+    ax = axes[1, 2]
+    ax.bar(x, [variants[n]["g_macs_per_beat"] / 1e6 for n in names], color="tab:green")
+    ax.set(title="scoring cost: G multiply-adds per beat (M)", xticks=x)
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,263 @@
+"""`sibeatgan report`: the study's results from the committed run summaries (reports/runs/).
+
+Writes results.json (per variant and selection rule: seeds, mean +- std of the test figures,
+the paired difference to the teacher on the same seeds), results.md and results.png.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from sibeatgan.io import read_json, write_json, write_text
+from sibeatgan.published import PUBLISHED
+from sibeatgan.study import UNSUPERVISED, VARIANTS
+
+RULES = ("val_auc", "val_recon", "last")
+RULE_NAMES = {
+    "val_auc": "best val AUC (published protocol; uses labelled val anomalies)",
+    "val_recon": "lowest val-N reconstruction error (unsupervised)",
+    "last": "last epoch (unsupervised)",
+}
+FIGURES = ("test_auc", "test_ap", "test_f1", "oracle_f1", "recall_S", "recall_V", "recall_F")
+HEADLINE = ("intra", 0)  # split, fold of the main tables
+NOISE_P = 0.05  # a paired difference "exceeds seed noise" at p < this, with >= 3 pairs
+MIN_PAIRS = 3
+
+
+def load_summaries(runs_dir: Path) -> list[dict]:
+    files = sorted(runs_dir.glob("*/*.json"))
+    return [read_json(f) for f in files]
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    arr = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if len(arr) == 0:
+        return None, None
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else None
+
+
+def paired_difference(variant: dict[int, dict], teacher: dict[int, dict], rule: str) -> dict:
+    """Variant minus teacher test AUC / AP on the seeds both have, with a paired t-test."""
+    seeds = sorted(set(variant) & set(teacher))
+    out: dict = {"n_pairs": len(seeds), "seeds": seeds}
+    for key in ("test_auc", "test_ap"):
+        ours = np.array([variant[s]["selection"][rule][key] for s in seeds])
+        theirs = np.array([teacher[s]["selection"][rule][key] for s in seeds])
+        diffs = ours - theirs
+        name = key.removeprefix("test_")
+        out[f"diff_{name}_mean"] = float(diffs.mean()) if len(diffs) else None
+        out[f"diff_{name}_std"] = float(diffs.std(ddof=1)) if len(diffs) > 1 else None
+        p = None
+        if len(diffs) > 1 and diffs.std() > 0:
+            p = float(stats.ttest_rel(ours, theirs).pvalue)
+        out[f"diff_{name}_p"] = p
+        out[f"diff_{name}_beyond_noise"] = bool(
+            p is not None and p < NOISE_P and len(diffs) >= MIN_PAIRS
+        )
+    return out
+
+
+def group_stats(runs: dict[int, dict], teacher: dict[int, dict] | None, rule: str) -> dict:
+    seeds = sorted(runs)
+    picked = [runs[s]["selection"][rule] for s in seeds]
+    out: dict = {
+        "n_seeds": len(seeds),
+        "seeds": seeds,
+        "epochs_chosen": [r["epoch"] for r in picked],
+    }
+    for key in FIGURES:
+        out[f"{key}_mean"], out[f"{key}_std"] = _mean_std([r.get(key) for r in picked])
+    if teacher is not None:
+        out["paired_vs_teacher"] = paired_difference(runs, teacher, rule)
+    return out
+
+
+def build_results(summaries: list[dict]) -> dict:
+    groups: dict[tuple[str, int], dict[str, dict[int, dict]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
+    for s in summaries:
+        groups[(s["split"], s["fold"])][s["variant"]][s["seed"]] = s
+    results: dict = {"n_summaries": len(summaries), "groups": {}}
+    for (split, fold), variants in sorted(groups.items()):
+        teacher = variants.get("teacher")
+        entry = {}
+        for name in [v for v in VARIANTS if v in variants]:
+            runs = variants[name]
+            first = next(iter(runs.values()))
+            entry[name] = {
+                "about": VARIANTS[name].about,
+                "role": first["role"],
+                "g_params": first["g_params"],
+                "g_macs_per_beat": first["g_macs_per_beat"],
+                "score_beats_per_s_mean": _mean_std(
+                    [r["score_beats_per_s"] for r in runs.values()]
+                )[0],
+                "train_time_s_mean": _mean_std([r["train_time_s"] for r in runs.values()])[0],
+                **{
+                    rule: group_stats(runs, None if name == "teacher" else teacher, rule)
+                    for rule in RULES
+                },
+            }
+            # the headline figures, under the published selection rule, at the top level
+            head = entry[name]["val_auc"]
+            entry[name].update(
+                n_seeds=head["n_seeds"],
+                test_auc_mean=head["test_auc_mean"],
+                test_auc_std=head["test_auc_std"],
+                test_ap_mean=head["test_ap_mean"],
+                paired_vs_teacher=head.get("paired_vs_teacher"),
+            )
+        results["groups"][f"{split}-fold{fold}"] = entry
+    results["variants"] = results["groups"].get(f"{HEADLINE[0]}-fold{HEADLINE[1]}", {})
+    return results
+
+
+def _pm(mean: float | None, std: float | None, digits: int = 4) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.4f}"
+
+
+def _variant_table(entry: dict, rule: str) -> list[str]:
+    lines = [
+        "| variant | seeds | test AUC | test AP | F1 (val thr.) | recall S / V / F "
+        "| Δ AUC vs teacher (± std) | p | beyond noise | epochs chosen |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in entry.items():
+        r = e[rule]
+        pv = r.get("paired_vs_teacher")
+        recall = " / ".join(
+            "-" if r[f"recall_{c}_mean"] is None else f"{r[f'recall_{c}_mean']:.2f}" for c in "SVF"
+        )
+        diff = "-" if pv is None else f"{_signed(pv['diff_auc_mean'])}"
+        if pv is not None and pv["diff_auc_std"] is not None:
+            diff += f" ± {pv['diff_auc_std']:.4f}"
+        p = "-" if pv is None or pv["diff_auc_p"] is None else f"{pv['diff_auc_p']:.3f}"
+        beyond = "-" if pv is None else ("yes" if pv["diff_auc_beyond_noise"] else "no")
+        lines.append(
+            f"| {name} | {r['n_seeds']} ({', '.join(map(str, r['seeds']))}) "
+            f"| {_pm(r['test_auc_mean'], r['test_auc_std'])} "
+            f"| {_pm(r['test_ap_mean'], r['test_ap_std'])} "
+            f"| {_pm(r['test_f1_mean'], r['test_f1_std'], 3)} | {recall} | {diff} | {p} "
+            f"| {beyond} | {', '.join(map(str, r['epochs_chosen']))} |"
+        )
+    return lines
+
+
+def answers(entry: dict) -> list[str]:
+    """The study's questions, answered from the numbers (headline group, val-AUC selection)."""
+    lines = []
+    teacher = entry.get("teacher")
+    if teacher is None:
+        return ["- No teacher runs yet: no paired comparison is possible."]
+    t = teacher["val_auc"]
+    lines.append(
+        f"- Teacher test AUC {_pm(t['test_auc_mean'], t['test_auc_std'])} over "
+        f"{t['n_seeds']} seed(s) (target: at least 0.93)."
+    )
+    students = {k: v for k, v in entry.items() if v["role"] == "student"}
+    better = [
+        k
+        for k, v in students.items()
+        if v["paired_vs_teacher"]["diff_auc_beyond_noise"]
+        and v["paired_vs_teacher"]["diff_auc_mean"] > 0
+    ]
+    compared = {
+        k: v["paired_vs_teacher"] for k, v in students.items() if v["paired_vs_teacher"]["n_pairs"]
+    }
+    if better:
+        lines.append(f"- Students better than the teacher beyond seed noise: {', '.join(better)}.")
+    elif compared:
+        best = max(compared, key=lambda k: compared[k]["diff_auc_mean"])
+        lines.append(
+            "- No student beats the teacher beyond seed noise (paired t-test p < "
+            f"{NOISE_P} with at least {MIN_PAIRS} seeds). Largest mean paired Δ AUC: {best} "
+            f"{_signed(compared[best]['diff_auc_mean'])} over {compared[best]['n_pairs']} seed(s)."
+        )
+    else:
+        lines.append("- No student runs yet.")
+    if "compact_kd" in compared:
+        d = compared["compact_kd"]["diff_auc_mean"]
+        verdict = "within" if d >= -0.005 else "not within"
+        lines.append(
+            f"- Compact student (width 0.5, KD): Δ AUC {_signed(d)} over "
+            f"{compared['compact_kd']['n_pairs']} seed(s), {verdict} 0.005 of the teacher."
+        )
+    return lines
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        "# Does distillation make the student better?",
+        "",
+        f"Generated by `sibeatgan report` from the {results['n_summaries']} run summaries in "
+        "`reports/runs/` (one per variant and seed, written by `sibeatgan study run`). "
+        "Do not edit by hand: rerun the generator.",
+        "",
+        "Every run uses the fast recipe of `params.yaml` (the same budget for every variant). A "
+        "student and its teacher share the seed: the same data split, initial weights and batch "
+        "order, so each student has a paired teacher. ± is the standard deviation over seeds; "
+        f"Δ is the paired difference to the teacher; 'beyond noise' means a paired t-test gives "
+        f"p < {NOISE_P} with at least {MIN_PAIRS} seeds. F1 and recall use the threshold that "
+        "maximises F1 on val.",
+        "",
+        "## Answers",
+        "",
+        *answers(results["variants"]),
+        "",
+    ]
+    for group, entry in results["groups"].items():
+        for rule in ("val_auc", UNSUPERVISED):
+            lines += [f"## {group}: selection by {RULE_NAMES[rule]}", ""]
+            lines += [*_variant_table(entry, rule), ""]
+        lines += [f"### {group}: cost", ""]
+        lines += ["| variant | about | G params | G MMAC / beat | scoring beats/s | train s |"]
+        lines += ["|---|---|---|---|---|---|"]
+        for name, e in entry.items():
+            lines.append(
+                f"| {name} | {e['about']} | {e['g_params']:,} | {e['g_macs_per_beat'] / 1e6:.1f} "
+                f"| {e['score_beats_per_s_mean']:,.0f} | {e['train_time_s_mean']:,.0f} |"
+            )
+        lines.append("")
+    missing = [v for v in VARIANTS if v not in results["variants"]]
+    if missing:
+        lines += [f"Not run yet on {HEADLINE[0]} fold {HEADLINE[1]}: {', '.join(missing)}.", ""]
+    lines += [
+        "## Published figures (MIT-BIH test set)",
+        "",
+        "| method | AUC | AP | source |",
+        "|---|---|---|---|",
+    ]
+    for method, auc, std, ap, source in PUBLISHED:
+        lines.append(f"| {method} | {_pm(auc, std)} | {ap:.4f} | {source} |")
+    lines += ["", "![results](results.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> Path:
+    from sibeatgan.plots import results_figure
+
+    return results_figure(results["variants"], PUBLISHED, path)
+
+
+def write_report(runs_dir: Path, out_dir: Path) -> dict:
+    summaries = load_summaries(runs_dir)
+    if not summaries:
+        raise FileNotFoundError(
+            f"no run summaries in {runs_dir}; run `sibeatgan study run <variant>` first"
+        )
+    results = build_results(summaries)
+    write_json(out_dir / "results.json", results)
+    plot(results, out_dir / "results.png")
+    write_text(out_dir / "results.md", markdown(results))
+    return results

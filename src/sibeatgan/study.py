@@ -1,0 +1,229 @@
+"""The distillation study: named variants, each trained per seed against the same teacher, and
+each finished run summarised in a small JSON file meant to be committed (reports/runs/), so
+results outlive the local MLflow store.
+
+Every run follows the fast recipe of params.yaml (the same budget for every variant) and scores
+val and test after each epoch, so a run's summary gives the test figures of the checkpoint each
+selection rule would pick: best val AUC (the published protocol; val holds labelled anomalies)
+and the unsupervised rules, lowest val-N reconstruction error and last epoch.
+
+A teacher and the students of the same seed share the seed's data split, initial weights and
+batch order: their paired difference is the effect of the variant, not of the draw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+
+from sibeatgan import tracking
+from sibeatgan.bench import conv_macs
+from sibeatgan.config import ConfigError, Params, with_overrides
+from sibeatgan.experiment import ensure_prepared, ensure_records
+from sibeatgan.io import read_json, write_json
+from sibeatgan.layout import Layout
+from sibeatgan.metrics import detection_report
+from sibeatgan.models import Generator
+from sibeatgan.scoring import score
+from sibeatgan.split import TEST, VAL
+from sibeatgan.stages import load_checked, load_generator, train_model
+
+STUDY_EXPERIMENT = "sibeatgan-study"
+RUNS_DIR = Path("reports/runs")
+WORK_DIR = Path("outputs/study")
+UNSUPERVISED = "val_recon"  # the unsupervised rule the report shows beside val AUC
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    role: str  # teacher | student
+    overrides: tuple[str, ...]
+    about: str
+
+
+_STUDENT = ("student.kd=false", "student.fd=false")
+VARIANTS: dict[str, Variant] = {
+    "teacher": Variant("teacher", (), "BeatGAN teacher"),
+    "teacher_aug": Variant(
+        "teacher", ("train.augment_copies=2",), "BeatGAN with 2 time-warped copies (BeatGAN_aug)"
+    ),
+    "student_plain": Variant("student", _STUDENT, "student without distillation"),
+    "kd": Variant("student", (*_STUDENT, "student.kd=true"), "KD on standardised scores"),
+    "fd": Variant("student", (*_STUDENT, "student.fd=true"), "FD (attention transfer, 5 depths)"),
+    "kd_fd": Variant("student", ("student.kd=true", "student.fd=true"), "KD + FD"),
+    "init_teacher_kd": Variant(
+        "student",
+        (*_STUDENT, "student.kd=true", "student.init_from_teacher=true"),
+        "student started from the teacher's weights, with KD",
+    ),
+    "compact_kd": Variant(
+        "student",
+        (*_STUDENT, "student.kd=true", "student.width_mult=0.5"),
+        "half-width student (about 1/4 of the multiply-adds) with KD",
+    ),
+}
+
+# figures of each epoch's detection report kept in the history and the selections
+REPORT_KEYS = (
+    "test_auc",
+    "test_ap",
+    "test_f1",
+    "oracle_f1",
+    "val_f1",
+    "threshold",
+    "test_n_recall",
+    "recall_S",
+    "recall_V",
+    "recall_F",
+    "recall_Q",
+)
+
+
+@contextmanager
+def study_experiment() -> Iterator[None]:
+    """Track in the study's MLflow experiment unless MLFLOW_EXPERIMENT_NAME names another."""
+    before = os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    os.environ["MLFLOW_EXPERIMENT_NAME"] = before or STUDY_EXPERIMENT
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["MLFLOW_EXPERIMENT_NAME"]
+
+
+def run_name(split: str, fold: int, seed: int) -> str:
+    return f"{split}-fold{fold}-seed{seed}"
+
+
+def summary_path(variant: str, split: str, fold: int, seed: int, runs_dir: Path) -> Path:
+    return runs_dir / variant / f"{run_name(split, fold, seed)}.json"
+
+
+def variant_params(base: Params, variant: str, seed: int, fold: int, split: str, extra=()):
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    common = [f"seed={seed}", f"data.fold={fold}", f"data.split={split}", "train.selection=val_auc"]
+    return with_overrides(base, [*common, *VARIANTS[variant].overrides, *extra])
+
+
+def epoch_monitor(p: Params) -> Callable[[Generator], dict[str, float]]:
+    """Per-epoch detection figures on val and test for the model being trained."""
+    data = load_checked(p)
+    val_x, val_cls = data.part(VAL, p.data.channels)
+    test_x, test_cls = data.part(TEST, p.data.channels)
+
+    def monitor(g: Generator) -> dict[str, float]:
+        bs = p.train.score_batch_size
+        report = detection_report(val_cls, score(g, val_x, bs), test_cls, score(g, test_x, bs))
+        return {k: float("nan") if report[k] is None else float(report[k]) for k in REPORT_KEYS}
+
+    return monitor
+
+
+def selections(history: list[dict], val_auc_epoch: int) -> dict[str, dict]:
+    """The epoch each rule picks, with that epoch's figures."""
+    picks = {
+        "val_auc": val_auc_epoch,
+        "val_recon": int(min(history, key=lambda r: r["val_recon_n"])["epoch"]),
+        "last": int(history[-1]["epoch"]),
+    }
+    out = {}
+    for rule, epoch in picks.items():
+        row = history[epoch - 1]
+        out[rule] = {"epoch": epoch, "val_auc": row["val_auc"], "val_ap": row["val_ap"]}
+        out[rule].update({k: row[k] for k in REPORT_KEYS})
+    return out
+
+
+def scoring_cost(g: Generator, x: np.ndarray) -> dict[str, float]:
+    """Multiply-adds per beat (from the layer shapes) and measured beats/s at batch 1024."""
+    g = g.cpu()
+    beats = torch.as_tensor(x[:8192])
+    score(g, beats[:1024])  # warm-up
+    t0 = time.perf_counter()
+    score(g, beats)
+    return {
+        "g_macs_per_beat": conv_macs(g, g.encoder.blocks[0][0].in_channels),
+        "score_beats_per_s": len(beats) / (time.perf_counter() - t0),
+    }
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def teacher_dir_for(base, seed, fold, split, work: Path, runs_dir: Path, extra) -> Path:
+    """The seed's teacher checkpoint; trained (and summarised) first when missing."""
+    teacher_dir = Layout(work / run_name(split, fold, seed) / "teacher").model_dir("teacher")
+    if not (teacher_dir / "fit.json").exists():
+        run_variant(base, "teacher", seed, fold, split, work, runs_dir, extra)
+    return teacher_dir
+
+
+def run_variant(
+    base: Params,
+    variant: str,
+    seed: int,
+    fold: int = 0,
+    split: str = "intra",
+    work: Path = WORK_DIR,
+    runs_dir: Path = RUNS_DIR,
+    extra: tuple[str, ...] = (),
+) -> dict:
+    """Train one variant for one seed, fold and split; write and return its summary."""
+    p = variant_params(base, variant, seed, fold, split, extra)
+    role = VARIANTS[variant].role
+    ensure_records(p)
+    p = ensure_prepared(p, work)
+    teacher_dir = None
+    if role == "student":
+        teacher_dir = teacher_dir_for(base, seed, fold, split, work, runs_dir, extra)
+    layout = Layout(work / run_name(split, fold, seed) / variant)
+    with study_experiment():
+        info = train_model(p, role, layout, teacher_dir, monitor=epoch_monitor(p))
+        mlflow.MlflowClient(tracking.setup()).set_tag(info["run_id"], "variant", variant)
+    history = info.pop("history")
+    g = load_generator(layout.model_dir(role))
+    test_x, _ = load_checked(p).part(TEST, p.data.channels)
+    summary = {
+        "variant": variant,
+        "about": VARIANTS[variant].about,
+        "role": role,
+        "seed": seed,
+        "fold": fold,
+        "split": split,
+        "overrides": [*VARIANTS[variant].overrides, *extra],
+        "mlflow_run_id": info["run_id"],
+        "teacher_run_id": read_json(teacher_dir / "fit.json")["run_id"] if teacher_dir else None,
+        "commit": git_commit(),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "epochs": p.train.epochs,
+        "precision": info["precision"],
+        "train_time_s": info["train_time_s"],
+        "d_resets": info["d_resets"],
+        "g_params": info["g_params"],
+        "width": info["width"],
+        **scoring_cost(g, test_x),
+        "selection": selections(history, info["best_epoch"]),
+        "history": [
+            {k: r[k] for k in ("epoch", "val_auc", "val_recon_n", "test_auc", "test_ap")}
+            for r in history
+        ],
+        "params": p.to_dict(),
+    }
+    write_json(summary_path(variant, split, fold, seed, runs_dir), summary)
+    return summary

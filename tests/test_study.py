@@ -1,0 +1,104 @@
+"""The distillation study on synthetic records: run summaries and the report built from them."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+from scipy import stats
+
+from sibeatgan.cli import main
+from sibeatgan.report import build_results, paired_difference, write_report
+from sibeatgan.study import STUDY_EXPERIMENT, run_variant
+
+
+def test_student_run_trains_its_teacher_first_then_reuses_it(tiny_params, mlflow_store, tmp_path):
+    work, runs = tmp_path / "work", tmp_path / "runs"
+    kd = run_variant(tiny_params, "kd", seed=0, work=work, runs_dir=runs)
+    teacher = json.loads((runs / "teacher" / "intra-fold0-seed0.json").read_text())
+    assert kd["teacher_run_id"] == teacher["mlflow_run_id"]
+    assert json.loads((runs / "kd" / "intra-fold0-seed0.json").read_text()) == kd
+    for s in (kd, teacher):
+        history = s["history"]
+        assert [r["epoch"] for r in history] == [1, 2]
+        best = max(history, key=lambda r: r["val_auc"])["epoch"]
+        assert s["selection"]["val_auc"]["epoch"] == best
+        lowest = min(history, key=lambda r: r["val_recon_n"])["epoch"]
+        assert s["selection"]["val_recon"]["epoch"] == lowest
+        assert s["selection"]["last"]["epoch"] == 2
+        picked = s["selection"]["val_recon"]
+        assert picked["test_auc"] == history[lowest - 1]["test_auc"]
+        assert 0 <= picked["test_auc"] <= 1 and s["g_macs_per_beat"] > 0
+    assert kd["params"]["student"]["kd"] is True and kd["params"]["student"]["fd"] is False
+
+    compact = run_variant(tiny_params, "compact_kd", seed=0, work=work, runs_dir=runs)
+    assert compact["teacher_run_id"] == teacher["mlflow_run_id"], "the teacher is reused"
+    assert compact["width"] == 2 and compact["g_macs_per_beat"] < kd["g_macs_per_beat"] / 3
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(STUDY_EXPERIMENT)
+    found = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags["variant"] for r in found) == ["compact_kd", "kd", "teacher"]
+    kd_run = client.get_run(kd["mlflow_run_id"])
+    assert "test_auc" in kd_run.data.metrics, "per-epoch test figures are tracked"
+
+    out = tmp_path / "reports"
+    results = write_report(runs, out)
+    assert set(results["variants"]) == {"teacher", "kd", "compact_kd"}
+    pv = results["variants"]["kd"]["paired_vs_teacher"]
+    assert pv["n_pairs"] == 1
+    assert pv["diff_auc_mean"] == pytest.approx(
+        kd["selection"]["val_auc"]["test_auc"] - teacher["selection"]["val_auc"]["test_auc"]
+    )
+    text = (out / "results.md").read_text()
+    assert "| kd | 1 (0) |" in text and "compact_kd" in text
+    assert (out / "results.png").stat().st_size > 10_000
+
+
+def _summary(variant: str, seed: int, auc: float, role: str = "student") -> dict:
+    picked = {"epoch": 3, "test_auc": auc, "test_ap": auc - 0.05, "test_f1": 0.7}
+    picked.update(recall_S=0.1, recall_V=0.5, recall_F=0.05, oracle_f1=0.8)
+    return {
+        "variant": variant,
+        "role": role,
+        "seed": seed,
+        "split": "intra",
+        "fold": 0,
+        "g_params": 10,
+        "g_macs_per_beat": 100,
+        "score_beats_per_s": 1000.0,
+        "train_time_s": 5.0,
+        "selection": {rule: dict(picked) for rule in ("val_auc", "val_recon", "last")},
+    }
+
+
+def test_paired_difference_and_noise_rule():
+    teacher = [0.930, 0.940, 0.935]
+    kd = [0.934, 0.945, 0.938]  # +0.004, +0.005, +0.003: consistent
+    fd = [0.940, 0.930, 0.936]  # +0.010, -0.010, +0.001: noise
+    runs = [_summary("teacher", s, a, "teacher") for s, a in enumerate(teacher)]
+    runs += [_summary("kd", s, a) for s, a in enumerate(kd)]
+    runs += [_summary("fd", s, a) for s, a in enumerate(fd)]
+    runs.append(_summary("compact_kd", 7, 0.9))  # a seed the teacher lacks: no pair
+    v = build_results(runs)["variants"]
+    assert v["teacher"]["n_seeds"] == 3
+    assert v["teacher"]["test_auc_mean"] == pytest.approx(np.mean(teacher))
+    assert v["teacher"]["test_auc_std"] == pytest.approx(np.std(teacher, ddof=1))
+    kd_pair = v["kd"]["paired_vs_teacher"]
+    assert kd_pair["diff_auc_mean"] == pytest.approx(0.004)
+    assert kd_pair["diff_auc_p"] == pytest.approx(stats.ttest_rel(kd, teacher).pvalue)
+    assert kd_pair["diff_auc_beyond_noise"] is True
+    assert v["fd"]["paired_vs_teacher"]["diff_auc_beyond_noise"] is False
+    assert v["compact_kd"]["paired_vs_teacher"]["n_pairs"] == 0
+    two = paired_difference(
+        {s: r for s, r in enumerate(runs[3:5])}, {s: r for s, r in enumerate(runs[:2])}, "last"
+    )
+    assert two["n_pairs"] == 2 and two["diff_auc_beyond_noise"] is False, "needs 3 seeds"
+
+
+def test_cli_errors_name_the_problem(tmp_path):
+    result = CliRunner().invoke(main, ["study", "run", "nonsense"])
+    assert result.exit_code != 0 and "unknown variant(s) nonsense" in result.output
+    assert "teacher" in result.output
+    result = CliRunner().invoke(main, ["report", "--runs", str(tmp_path / "none")])
+    assert result.exit_code == 1 and "no run summaries" in result.output
