@@ -32,19 +32,28 @@ def test_student_run_trains_its_teacher_first_then_reuses_it(tiny_params, mlflow
         assert 0 <= picked["test_auc"] <= 1 and s["g_macs_per_beat"] > 0
     assert kd["params"]["student"]["kd"] is True and kd["params"]["student"]["fd"] is False
 
+    plain = run_variant(tiny_params, "student_plain", seed=0, work=work, runs_dir=runs)
+    assert plain["history"] == teacher["history"], "without distillation it retraces the teacher"
+
     compact = run_variant(tiny_params, "compact_kd", seed=0, work=work, runs_dir=runs)
     assert compact["teacher_run_id"] == teacher["mlflow_run_id"], "the teacher is reused"
     assert compact["width"] == 2 and compact["g_macs_per_beat"] < kd["g_macs_per_beat"] / 3
     client = MlflowClient()
     exp = client.get_experiment_by_name(STUDY_EXPERIMENT)
     found = client.search_runs([exp.experiment_id])
-    assert sorted(r.data.tags["variant"] for r in found) == ["compact_kd", "kd", "teacher"]
+    assert sorted(r.data.tags["variant"] for r in found) == [
+        "compact_kd",
+        "kd",
+        "student_plain",
+        "teacher",
+    ]
     kd_run = client.get_run(kd["mlflow_run_id"])
     assert "test_auc" in kd_run.data.metrics, "per-epoch test figures are tracked"
 
     out = tmp_path / "reports"
     results = write_report(runs, out)
-    assert set(results["variants"]) == {"teacher", "kd", "compact_kd"}
+    assert set(results["variants"]) == {"teacher", "kd", "student_plain", "compact_kd"}
+    assert results["variants"]["student_plain"]["paired_vs_teacher"]["diff_auc_mean"] == 0
     pv = results["variants"]["kd"]["paired_vs_teacher"]
     assert pv["n_pairs"] == 1
     assert pv["diff_auc_mean"] == pytest.approx(
