@@ -104,6 +104,7 @@ def mlflow_store(tmp_path: Path, monkeypatch) -> str:
 
     while mlflow.active_run():
         mlflow.end_run()
+    mlflow.set_tracking_uri(uri)  # an earlier test may have pointed the fluent API elsewhere
     return uri
 
 

@@ -57,36 +57,22 @@ def test_half_width_has_about_a_quarter_of_the_multiply_adds():
 
 
 @pytest.mark.parametrize(
-    "c_in, c_out, k, stride, pad, length",
+    "layer_cls, torch_op, c_in, c_out, k, stride, pad, length",
     [
-        (1, 8, 4, 2, 1, 32),  # one input channel: windows @ weight
-        (6, 8, 4, 2, 1, 32),  # oneDNN, channels-last
-        (6, 5, 10, 1, 0, 10),  # kernel spans the input: one matmul
+        (Conv1d, F.conv1d, 1, 8, 4, 2, 1, 32),  # one input channel: windows @ weight
+        (Conv1d, F.conv1d, 6, 8, 4, 2, 1, 32),  # oneDNN, channels-last
+        (Conv1d, F.conv1d, 6, 5, 10, 1, 0, 10),  # kernel spans the input: one matmul
+        (ConvTranspose1d, F.conv_transpose1d, 5, 8, 10, 1, 0, 1),  # from one position: matmul
+        (ConvTranspose1d, F.conv_transpose1d, 8, 4, 4, 2, 1, 10),
+        (ConvTranspose1d, F.conv_transpose1d, 4, 1, 4, 2, 1, 20),
     ],
 )
 @pytest.mark.parametrize("bias", [False, True])
-def test_conv_matches_torch_conv1d(c_in, c_out, k, stride, pad, length, bias):
-    layer = Conv1d(c_in, c_out, k, stride, pad, bias=bias)
+def test_layers_match_torch_1d_ops(layer_cls, torch_op, c_in, c_out, k, stride, pad, length, bias):
+    layer = layer_cls(c_in, c_out, k, stride, pad, bias=bias)
     x = torch.randn(3, c_in, length, requires_grad=True)
     ours = to_1d(layer(to_2d(x)))
-    ref = F.conv1d(x, layer.weight, layer.bias, stride, pad)
-    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
-    grads = torch.autograd.grad(ours.square().sum(), [x, layer.weight])
-    ref_grads = torch.autograd.grad(ref.square().sum(), [x, layer.weight])
-    for a, b in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize(
-    "c_in, c_out, k, stride, pad, length",
-    [(5, 8, 10, 1, 0, 1), (8, 4, 4, 2, 1, 10), (4, 1, 4, 2, 1, 20)],
-)
-@pytest.mark.parametrize("bias", [False, True])
-def test_transposed_conv_matches_torch(c_in, c_out, k, stride, pad, length, bias):
-    layer = ConvTranspose1d(c_in, c_out, k, stride, pad, bias=bias)
-    x = torch.randn(3, c_in, length, requires_grad=True)
-    ours = to_1d(layer(to_2d(x)))
-    ref = F.conv_transpose1d(x, layer.weight, layer.bias, stride, pad)
+    ref = torch_op(x, layer.weight, layer.bias, stride, pad)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     grads = torch.autograd.grad(ours.square().sum(), [x, layer.weight])
     ref_grads = torch.autograd.grad(ref.square().sum(), [x, layer.weight])

@@ -44,6 +44,18 @@ def with_params(func):
     return wrapper
 
 
+def folder_option(name: str, dest: str, default: str, help: str):
+    """An option naming a folder (created when needed), with its default shown in --help."""
+    return click.option(
+        name,
+        dest,
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path(default),
+        show_default=True,
+        help=help,
+    )
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sibeatgan")
 def main() -> None:
@@ -223,12 +235,8 @@ def _optional_bool(ctx, param, value: str | None) -> bool | None:
     default="",
     help="More overrides, space-separated: 'train.lr=2e-4 student.temperature=2'.",
 )
-@click.option(
-    "--output",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("outputs"),
-    show_default=True,
-    help="Folder for prepared data, checkpoints and figures.",
+@folder_option(
+    "--output", "output", "outputs", "Folder for prepared data, checkpoints and figures."
 )
 @with_params
 def run_experiment(
@@ -272,14 +280,7 @@ def study() -> None:
 
 
 @study.command("list")
-@click.option(
-    "--runs",
-    "runs_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("reports/runs"),
-    show_default=True,
-    help="Folder of the run summaries.",
-)
+@folder_option("--runs", "runs_dir", "reports/runs", "Folder of the run summaries.")
 def study_list(runs_dir: Path) -> None:
     """The variants, what each changes, and the summaries already written."""
     from sibeatgan.study import VARIANTS
@@ -305,20 +306,9 @@ def study_list(runs_dir: Path) -> None:
     help="intra: beat-level folds (published); inter: de Chazal DS1/DS2 patients.",
 )
 @click.option("--force", is_flag=True, help="Train again even when a summary exists.")
-@click.option(
-    "--runs",
-    "runs_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("reports/runs"),
-    show_default=True,
-    help="Folder for the run summaries (commit it).",
-)
-@click.option(
-    "--work",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("outputs/study"),
-    show_default=True,
-    help="Folder for prepared data and checkpoints (not committed).",
+@folder_option("--runs", "runs_dir", "reports/runs", "Folder for the run summaries (commit it).")
+@folder_option(
+    "--work", "work", "outputs/study", "Folder for prepared data and checkpoints (not committed)."
 )
 @with_params
 def study_run(
@@ -365,22 +355,13 @@ def study_run(
 
 
 @main.command()
-@click.option(
+@folder_option(
     "--runs",
     "runs_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("reports/runs"),
-    show_default=True,
-    help="Folder of the run summaries written by `sibeatgan study run`.",
+    "reports/runs",
+    "Folder of the run summaries written by `sibeatgan study run`.",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("reports"),
-    show_default=True,
-    help="Where results.md, results.json and results.png go.",
-)
+@folder_option("--out", "out_dir", "reports", "Where results.md, results.json and results.png go.")
 def report(runs_dir: Path, out_dir: Path) -> None:
     """Summarise the study from the run summaries: per variant, seeds, mean ± std of test AUC,
     AP, F1 and per-class recall under val-AUC and unsupervised selection, the paired difference

@@ -30,6 +30,9 @@ def setup() -> str:
     mlflow.set_tracking_uri(uri)
     if not os.environ.get("MLFLOW_EXPERIMENT_ID") and mlflow.active_run() is None:
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
+        # set_experiment also exports MLFLOW_EXPERIMENT_ID, which would pin every later call
+        # in this process to this experiment; only `mlflow run` should set it
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     return uri
 
 
