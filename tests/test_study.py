@@ -77,6 +77,7 @@ def _summary(variant: str, seed: int, auc: float, role: str = "student") -> dict
         "g_macs_per_beat": 100,
         "score_beats_per_s": 1000.0,
         "train_time_s": 5.0,
+        "mlflow_run_id": f"run{variant}{seed}",
         "selection": {rule: dict(picked) for rule in ("val_auc", "val_recon", "last")},
     }
 
@@ -93,6 +94,7 @@ def test_paired_difference_and_noise_rule():
     assert v["teacher"]["n_seeds"] == 3
     assert v["teacher"]["test_auc_mean"] == pytest.approx(np.mean(teacher))
     assert v["teacher"]["test_auc_std"] == pytest.approx(np.std(teacher, ddof=1))
+    assert v["teacher"]["val_auc"]["test_auc_values"] == teacher
     kd_pair = v["kd"]["paired_vs_teacher"]
     assert kd_pair["diff_auc_mean"] == pytest.approx(0.004)
     assert kd_pair["diff_auc_p"] == pytest.approx(stats.ttest_rel(kd, teacher).pvalue)

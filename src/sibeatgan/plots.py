@@ -83,23 +83,27 @@ def results_figure(variants: dict[str, dict], published: list[tuple], path: Path
     x = np.arange(len(names))
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
 
-    def bars(ax, key: str, title: str) -> None:
+    def bars(ax, key: str, title: str, also: tuple[float, ...] = ()) -> None:
         mean = [variants[n]["val_auc"][f"{key}_mean"] or 0 for n in names]
         std = [variants[n]["val_auc"][f"{key}_std"] or 0 for n in names]
-        ax.bar(x, mean, yerr=std, capsize=4, color="tab:blue", alpha=0.8)
-        low = min((m - s for m, s in zip(mean, std, strict=True) if m), default=0)
-        ax.set_ylim(max(0, low - 0.03), min(1, max(mean, default=1) + 0.03))
+        ax.bar(x, mean, yerr=std, capsize=4, color="tab:blue", alpha=0.6)
+        seeds = [variants[n]["val_auc"][f"{key}_values"] for n in names]
+        for i, values in enumerate(seeds):
+            ax.plot([i] * len(values), values, "k.", ms=6, label="one seed" if i == 0 else None)
+        every = [v for values in seeds for v in values] + list(also)
+        ax.set_ylim(max(0, min(every, default=0) - 0.02), min(1, max(every, default=1) + 0.02))
         ax.set(title=title, xticks=x)
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
 
-    bars(axes[0, 0], "test_auc", "test AUC (mean ± std over seeds)")
+    shown = ("BeatGAN", "BeatGAN rerun, fold 0", "SI-BeatGAN student, KD")
+    anchors = tuple(auc for method, auc, _, _, _ in published if method in shown)
+    bars(axes[0, 0], "test_auc", "test AUC (mean ± std; dots: seeds)", anchors)
+    styles = iter(["--", ":", "-."])
     for method, auc, _, _, _ in published:
-        if method in ("BeatGAN", "BeatGAN rerun, fold 0", "SI-BeatGAN student, KD"):
-            axes[0, 0].axhline(auc, ls="--", lw=1, color="gray")
-            axes[0, 0].text(
-                len(names) - 0.5, auc, method, fontsize=7, ha="right", va="bottom", clip_on=True
-            )
+        if method in shown:
+            axes[0, 0].axhline(auc, ls=next(styles), lw=1, color="gray", label=f"{method} {auc}")
+    axes[0, 0].legend(fontsize=7, loc="lower left")
     bars(axes[0, 1], "test_ap", "test AP")
     bars(axes[0, 2], "test_f1", "test F1 at the val-chosen threshold")
 

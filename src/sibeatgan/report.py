@@ -71,9 +71,25 @@ def group_stats(runs: dict[int, dict], teacher: dict[int, dict] | None, rule: st
     }
     for key in FIGURES:
         out[f"{key}_mean"], out[f"{key}_std"] = _mean_std([r.get(key) for r in picked])
+    for key in ("test_auc", "test_ap", "test_f1"):
+        out[f"{key}_values"] = [r[key] for r in picked]  # per seed, in `seeds` order
     if teacher is not None:
         out["paired_vs_teacher"] = paired_difference(runs, teacher, rule)
     return out
+
+
+def run_rows(summaries: list[dict]) -> list[dict]:
+    """One row per run: what each selection rule picked and scored on test."""
+    rows = []
+    for s in sorted(summaries, key=lambda s: (s["split"], s["fold"], s["variant"], s["seed"])):
+        row = {k: s[k] for k in ("variant", "split", "fold", "seed", "mlflow_run_id")}
+        for rule in RULES:
+            picked = s["selection"][rule]
+            row[f"{rule}_epoch"] = picked["epoch"]
+            row[f"{rule}_test_auc"] = picked["test_auc"]
+        row["train_time_s"] = s["train_time_s"]
+        rows.append(row)
+    return rows
 
 
 def build_results(summaries: list[dict]) -> dict:
@@ -82,7 +98,7 @@ def build_results(summaries: list[dict]) -> dict:
     )
     for s in summaries:
         groups[(s["split"], s["fold"])][s["variant"]][s["seed"]] = s
-    results: dict = {"n_summaries": len(summaries), "groups": {}}
+    results: dict = {"n_summaries": len(summaries), "groups": {}, "runs": run_rows(summaries)}
     for (split, fold), variants in sorted(groups.items()):
         teacher = variants.get("teacher")
         entry = {}
@@ -233,6 +249,22 @@ def markdown(results: dict) -> str:
     if missing:
         lines += [f"Not run yet on {HEADLINE[0]} fold {HEADLINE[1]}: {', '.join(missing)}.", ""]
     lines += [
+        "## Every run",
+        "",
+        "| variant | split, fold | seed | val-AUC pick: epoch, test AUC | unsupervised pick "
+        "| last epoch | train s | MLflow run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["runs"]:
+        lines.append(
+            f"| {r['variant']} | {r['split']}, {r['fold']} | {r['seed']} "
+            f"| {r['val_auc_epoch']}: {r['val_auc_test_auc']:.4f} "
+            f"| {r['val_recon_epoch']}: {r['val_recon_test_auc']:.4f} "
+            f"| {r['last_epoch']}: {r['last_test_auc']:.4f} | {r['train_time_s']:,.0f} "
+            f"| `{r['mlflow_run_id'][:8]}` |"
+        )
+    lines += [
+        "",
         "## Published figures (MIT-BIH test set)",
         "",
         "| method | AUC | AP | source |",
