@@ -149,19 +149,17 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> dict[
     b = torch.randn(n, n).to(dtype)
     x, w = a.T.contiguous()[None], b.T.contiguous()[:, :, None]  # conv1d(x, w)[0].T == a @ b
     ways = {"matmul": lambda: a @ b, "conv1x1": lambda: F.conv1d(x, w)}
-    out = {}
-    with torch.no_grad():
-        for name, op in ways.items():
-            for _ in range(2):
+
+    def repeat(op: Callable[[], torch.Tensor]) -> Callable[[int], None]:
+        def run(k: int) -> None:
+            for _ in range(k):
                 op()
-            best = float("inf")
-            for _ in range(2 * TRIALS):
-                t0 = time.perf_counter()
-                for _ in range(repeats):
-                    op()
-                best = min(best, time.perf_counter() - t0)
-            out[name] = 2 * n**3 * repeats / best / 1e9
-    return out
+
+        return run
+
+    with torch.no_grad():
+        seconds = {name: timed(repeat(op), repeats, 2, 2 * TRIALS) for name, op in ways.items()}
+    return {name: 2 * n**3 / sec / 1e9 for name, sec in seconds.items()}
 
 
 @torch.no_grad()
@@ -174,16 +172,13 @@ def scoring_speed(precision: str, batch: int, beats: int, compile: bool = False)
     x = torch.rand(batch, 1, LENGTH) * 2 - 1
     device = torch.device("cpu")
     n_calls = max(beats // batch, 20 if batch == 1 else 3)
-    best = float("inf")
+
+    def run(k: int) -> None:
+        for _ in range(k):
+            beat_scores(forward(x).float(), x)
+
     with autocast(device, precision):
-        for _ in range(3):
-            forward(x)
-        for _ in range(TRIALS):
-            t0 = time.perf_counter()
-            for _ in range(n_calls):
-                beat_scores(forward(x).float(), x)
-            best = min(best, time.perf_counter() - t0)
-    return best / (n_calls * batch)
+        return timed(run, n_calls, 3) / batch
 
 
 @dataclass

@@ -341,10 +341,7 @@ def study_run(
             if path.exists() and not force:
                 click.echo(f"{variant} seed {seed}: summary exists ({path}), skipped")
                 continue
-            try:
-                s = run_variant(p, variant, seed, fold, split, work, runs_dir)
-            except USER_ERRORS as err:
-                raise click.ClickException(str(err)) from err
+            s = run_variant(p, variant, seed, fold, split, work, runs_dir)
             sel = s["selection"]
             click.echo(
                 f"{variant} seed {seed}: test AUC {sel['val_auc']['test_auc']:.4f} (val-AUC "

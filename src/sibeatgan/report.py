@@ -13,6 +13,7 @@ import numpy as np
 from scipy import stats
 
 from sibeatgan.io import read_json, write_json, write_text
+from sibeatgan.plots import results_figure
 from sibeatgan.published import PUBLISHED
 from sibeatgan.study import UNSUPERVISED, VARIANTS
 
@@ -276,12 +277,6 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict, path: Path) -> Path:
-    from sibeatgan.plots import results_figure
-
-    return results_figure(results["variants"], PUBLISHED, path)
-
-
 def write_report(runs_dir: Path, out_dir: Path) -> dict:
     summaries = load_summaries(runs_dir)
     if not summaries:
@@ -290,6 +285,6 @@ def write_report(runs_dir: Path, out_dir: Path) -> dict:
         )
     results = build_results(summaries)
     write_json(out_dir / "results.json", results)
-    plot(results, out_dir / "results.png")
+    results_figure(results["variants"], PUBLISHED, out_dir / "results.png")
     write_text(out_dir / "results.md", markdown(results))
     return results

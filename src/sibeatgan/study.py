@@ -34,6 +34,7 @@ from sibeatgan.io import read_json, write_json
 from sibeatgan.layout import Layout
 from sibeatgan.metrics import detection_report
 from sibeatgan.models import Generator
+from sibeatgan.preprocess import Prepared
 from sibeatgan.scoring import score
 from sibeatgan.split import TEST, VAL
 from sibeatgan.stages import load_checked, load_generator, train_model
@@ -116,9 +117,8 @@ def variant_params(base: Params, variant: str, seed: int, fold: int, split: str,
     return with_overrides(base, [*common, *VARIANTS[variant].overrides, *extra])
 
 
-def epoch_monitor(p: Params) -> Callable[[Generator], dict[str, float]]:
+def epoch_monitor(p: Params, data: Prepared) -> Callable[[Generator], dict[str, float]]:
     """Per-epoch detection figures on val and test for the model being trained."""
-    data = load_checked(p)
     val_x, val_cls = data.part(VAL, p.data.channels)
     test_x, test_cls = data.part(TEST, p.data.channels)
 
@@ -194,11 +194,12 @@ def run_variant(
         teacher_dir = teacher_dir_for(base, seed, fold, split, work, runs_dir, extra)
     layout = Layout(work / run_name(split, fold, seed) / variant)
     with study_experiment():
-        info = train_model(p, role, layout, teacher_dir, monitor=epoch_monitor(p))
+        data = load_checked(p)
+        info = train_model(p, role, layout, teacher_dir, monitor=epoch_monitor(p, data))
         mlflow.MlflowClient(tracking.setup()).set_tag(info["run_id"], "variant", variant)
     history = info.pop("history")
     g = load_generator(layout.model_dir(role))
-    test_x, _ = load_checked(p).part(TEST, p.data.channels)
+    test_x, _ = data.part(TEST, p.data.channels)
     summary = {
         "variant": variant,
         "about": VARIANTS[variant].about,
