@@ -5,7 +5,7 @@ import pytest
 
 from sibeatgan.config import with_overrides
 from sibeatgan.io import read_json
-from sibeatgan.preprocess import ARRAYS, load_prepared, run_preprocess
+from sibeatgan.preprocess import ARRAYS, load_prepared, prepared_key, run_preprocess
 
 
 def digests(folder):
@@ -25,6 +25,20 @@ def test_preprocess_counts_and_same_bytes(tiny_params, tmp_path):
     assert counts["N"] > 0 and counts["V"] > 0
     run_preprocess(tiny_params)
     assert digests(folder) == first, "same params must give the same bytes"
+
+
+def test_split_seed_not_training_seed_draws_the_split(tiny_params, tmp_path):
+    """Training seeds share one split, so their spread is training noise, not data noise."""
+    splits = {}
+    for name, overrides in {"base": [], "seed": ["seed=1"], "split": ["data.split_seed=1"]}.items():
+        folder = tmp_path / name
+        p = with_overrides(tiny_params, [*overrides, f"data.prepared_dir={folder}"])
+        run_preprocess(p)
+        splits[name] = (prepared_key(p), load_prepared(folder).split)
+    assert splits["seed"][0] == splits["base"][0]
+    assert np.array_equal(splits["seed"][1], splits["base"][1])
+    assert splits["split"][0] != splits["base"][0]
+    assert not np.array_equal(splits["split"][1], splits["base"][1])
 
 
 def test_missing_record_is_a_clear_error(tiny_params):

@@ -72,6 +72,7 @@ def _summary(variant: str, seed: int, auc: float, role: str = "student") -> dict
         "role": role,
         "seed": seed,
         "split": "intra",
+        "split_seed": 0,
         "fold": 0,
         "g_params": 10,
         "g_macs_per_beat": 100,

@@ -227,7 +227,11 @@ def _optional_bool(ctx, param, value: str | None) -> bool | None:
 @click.option("--fd", callback=_optional_bool, help="Feature distillation on/off (true/false).")
 @click.option("--epochs", callback=_optional_int, help="Epochs for teacher and student.")
 @click.option("--fold", callback=_optional_int, help="Test fold 0-4.")
-@click.option("--seed", callback=_optional_int, help="Seed for split, init and batch order.")
+@click.option(
+    "--seed",
+    callback=_optional_int,
+    help="Seed for initial weights and batch order (data.split_seed draws the split).",
+)
 @click.option("--records", default="", help="Comma-separated record numbers; empty = params.yaml.")
 @click.option(
     "--overrides",
@@ -337,7 +341,7 @@ def study_run(
         )
     for seed in seeds:
         for variant in variants:
-            path = summary_path(variant, split, fold, seed, runs_dir)
+            path = summary_path(variant, split, fold, seed, runs_dir, p.data.split_seed)
             if path.exists() and not force:
                 click.echo(f"{variant} seed {seed}: summary exists ({path}), skipped")
                 continue

@@ -28,6 +28,7 @@ class DataCfg:
     prepared_dir: str = "data/prepared"
     fold: int = 0
     split: str = "intra"
+    split_seed: int = 0  # draws the split; fixed while `seed` (init, batch order) varies
     channels: int = 1
 
 

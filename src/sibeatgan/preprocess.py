@@ -38,7 +38,8 @@ class Prepared:
 def prepared_key(p: Params) -> str:
     """Hash of every parameter that changes the prepared arrays (not paths or worker count)."""
     pp = {k: v for k, v in p.to_dict()["preprocess"].items() if k != "workers"}
-    fields = {"seed": p.seed, "fold": p.data.fold, "split": p.data.split, "preprocess": pp}
+    d = p.data
+    fields = {"split_seed": d.split_seed, "fold": d.fold, "split": d.split, "preprocess": pp}
     return short_hash(fields)
 
 
@@ -76,7 +77,7 @@ def run_preprocess(p: Params, metrics_path: str | Path | None = None) -> dict:
     classes = np.concatenate([r.cls for r in per_record]).astype(np.int8)
     records = np.concatenate([np.full(len(r.cls), r.record, np.int16) for r in per_record])
     samples = np.concatenate([r.sample for r in per_record]).astype(np.int32)
-    split = make_split(classes, records, p.data.split, p.data.fold, p.seed)
+    split = make_split(classes, records, p.data.split, p.data.fold, p.data.split_seed)
 
     out = Path(p.data.prepared_dir)
     for name, arr in zip(ARRAYS, (beats, classes, records, samples, split), strict=True):
@@ -93,7 +94,8 @@ def run_preprocess(p: Params, metrics_path: str | Path | None = None) -> dict:
         "n_dropped_unconfirmed": int(sum(r.dropped_n for r in per_record)),
         "n_records": len(pp.records),
     }
-    meta = {"classes": list(CLASSES), "split": p.data.split, "fold": p.data.fold, "seed": p.seed}
+    meta = {"classes": list(CLASSES), "split": p.data.split, "fold": p.data.fold}
+    meta["split_seed"] = p.data.split_seed
     write_json(out / "meta.json", {**summary, **meta, "key": prepared_key(p)})
     if metrics_path:
         write_json(metrics_path, summary)

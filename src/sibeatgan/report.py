@@ -15,7 +15,7 @@ from scipy import stats
 from sibeatgan.io import read_json, write_json, write_text
 from sibeatgan.plots import results_figure
 from sibeatgan.published import PUBLISHED
-from sibeatgan.study import UNSUPERVISED, VARIANTS
+from sibeatgan.study import UNSUPERVISED, VARIANTS, group_name
 
 RULES = ("val_auc", "val_recon", "last")
 RULE_NAMES = {
@@ -24,7 +24,7 @@ RULE_NAMES = {
     "last": "last epoch (unsupervised)",
 }
 FIGURES = ("test_auc", "test_ap", "test_f1", "oracle_f1", "recall_S", "recall_V", "recall_F")
-HEADLINE = ("intra", 0)  # split, fold of the main tables
+HEADLINE = ("intra", 0)  # split, fold of the main tables (split_seed 0)
 NOISE_P = 0.05  # a paired difference "exceeds seed noise" at p < this, with >= 3 pairs
 MIN_PAIRS = 3
 
@@ -83,7 +83,7 @@ def run_rows(summaries: list[dict]) -> list[dict]:
     """One row per run: what each selection rule picked and scored on test."""
     rows = []
     for s in sorted(summaries, key=lambda s: (s["split"], s["fold"], s["variant"], s["seed"])):
-        row = {k: s[k] for k in ("variant", "split", "fold", "seed", "mlflow_run_id")}
+        row = {k: s[k] for k in ("variant", "split", "split_seed", "fold", "seed", "mlflow_run_id")}
         for rule in RULES:
             picked = s["selection"][rule]
             row[f"{rule}_epoch"] = picked["epoch"]
@@ -94,13 +94,11 @@ def run_rows(summaries: list[dict]) -> list[dict]:
 
 
 def build_results(summaries: list[dict]) -> dict:
-    groups: dict[tuple[str, int], dict[str, dict[int, dict]]] = defaultdict(
-        lambda: defaultdict(dict)
-    )
+    groups: dict[str, dict[str, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
     for s in summaries:
-        groups[(s["split"], s["fold"])][s["variant"]][s["seed"]] = s
+        groups[group_name(s["split"], s["fold"], s["split_seed"])][s["variant"]][s["seed"]] = s
     results: dict = {"n_summaries": len(summaries), "groups": {}, "runs": run_rows(summaries)}
-    for (split, fold), variants in sorted(groups.items()):
+    for group, variants in sorted(groups.items()):
         teacher = variants.get("teacher")
         entry = {}
         for name in [v for v in VARIANTS if v in variants]:
@@ -129,8 +127,8 @@ def build_results(summaries: list[dict]) -> dict:
                 test_ap_mean=head["test_ap_mean"],
                 paired_vs_teacher=head.get("paired_vs_teacher"),
             )
-        results["groups"][f"{split}-fold{fold}"] = entry
-    results["variants"] = results["groups"].get(f"{HEADLINE[0]}-fold{HEADLINE[1]}", {})
+        results["groups"][group] = entry
+    results["variants"] = results["groups"].get(group_name(*HEADLINE), {})
     return results
 
 

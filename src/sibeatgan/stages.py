@@ -30,7 +30,8 @@ def load_checked(p: Params) -> Prepared:
         raise ValueError(
             f"{p.data.prepared_dir} was made with other preprocess/split params "
             f"(fold {data.meta.get('fold')}, split {data.meta.get('split')}, "
-            f"seed {data.meta.get('seed')}); rerun `sibeatgan preprocess` with these params"
+            f"split_seed {data.meta.get('split_seed')}); "
+            "rerun `sibeatgan preprocess` with these params"
         )
     return data
 

@@ -7,8 +7,10 @@ val and test after each epoch, so a run's summary gives the test figures of the 
 selection rule would pick: best val AUC (the published protocol; val holds labelled anomalies)
 and the unsupervised rules, lowest val-N reconstruction error and last epoch.
 
-A teacher and the students of the same seed share the seed's data split, initial weights and
-batch order: their paired difference is the effect of the variant, not of the draw.
+Every seed uses the same data split (drawn by `data.split_seed`, 0 unless overridden): a seed
+changes initial weights and batch order only. A teacher and the students of the same seed share
+the split, initial weights and batch order: their paired difference is the effect of the
+variant, not of the draw.
 """
 
 from __future__ import annotations
@@ -102,12 +104,20 @@ def study_experiment() -> Iterator[None]:
             del os.environ["MLFLOW_EXPERIMENT_NAME"]
 
 
-def run_name(split: str, fold: int, seed: int) -> str:
-    return f"{split}-fold{fold}-seed{seed}"
+def group_name(split: str, fold: int, split_seed: int = 0) -> str:
+    """The data a run is trained and tested on: `intra-fold0`, or `intra-split3-fold0` for a
+    split drawn with another `data.split_seed`."""
+    return f"{split}-fold{fold}" if split_seed == 0 else f"{split}-split{split_seed}-fold{fold}"
 
 
-def summary_path(variant: str, split: str, fold: int, seed: int, runs_dir: Path) -> Path:
-    return runs_dir / variant / f"{run_name(split, fold, seed)}.json"
+def run_name(split: str, fold: int, seed: int, split_seed: int = 0) -> str:
+    return f"{group_name(split, fold, split_seed)}-seed{seed}"
+
+
+def summary_path(
+    variant: str, split: str, fold: int, seed: int, runs_dir: Path, split_seed: int = 0
+) -> Path:
+    return runs_dir / variant / f"{run_name(split, fold, seed, split_seed)}.json"
 
 
 def variant_params(base: Params, variant: str, seed: int, fold: int, split: str, extra=()):
@@ -167,9 +177,13 @@ def git_commit() -> str | None:
 
 
 def teacher_dir_for(base, seed, fold, split, work: Path, runs_dir: Path, extra) -> Path:
-    """The seed's teacher checkpoint; trained (and summarised) first when missing."""
-    teacher_dir = Layout(work / run_name(split, fold, seed) / "teacher").model_dir("teacher")
-    if not (teacher_dir / "fit.json").exists():
+    """The seed's teacher checkpoint; trained (and summarised) first when missing or when the
+    one in `work` was trained with other params (an older split, another recipe)."""
+    p = variant_params(base, "teacher", seed, fold, split, extra)
+    name = run_name(split, fold, seed, p.data.split_seed)
+    teacher_dir = Layout(work / name / "teacher").model_dir("teacher")
+    fit = teacher_dir / "fit.json"
+    if not fit.exists() or read_json(fit)["teacher_config"] != tracking.teacher_config_key(p):
         run_variant(base, "teacher", seed, fold, split, work, runs_dir, extra)
     return teacher_dir
 
@@ -192,7 +206,8 @@ def run_variant(
     teacher_dir = None
     if role == "student":
         teacher_dir = teacher_dir_for(base, seed, fold, split, work, runs_dir, extra)
-    layout = Layout(work / run_name(split, fold, seed) / variant)
+    split_seed = p.data.split_seed
+    layout = Layout(work / run_name(split, fold, seed, split_seed) / variant)
     with study_experiment():
         data = load_checked(p)
         info = train_model(p, role, layout, teacher_dir, monitor=epoch_monitor(p, data))
@@ -207,6 +222,7 @@ def run_variant(
         "seed": seed,
         "fold": fold,
         "split": split,
+        "split_seed": split_seed,
         "overrides": [*VARIANTS[variant].overrides, *extra],
         "mlflow_run_id": info["run_id"],
         "teacher_run_id": read_json(teacher_dir / "fit.json")["run_id"] if teacher_dir else None,
@@ -226,5 +242,5 @@ def run_variant(
         ],
         "params": p.to_dict(),
     }
-    write_json(summary_path(variant, split, fold, seed, runs_dir), summary)
+    write_json(summary_path(variant, split, fold, seed, runs_dir, split_seed), summary)
     return summary
