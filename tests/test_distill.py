@@ -6,7 +6,7 @@ import torch
 from test_train import cfg, toy_data
 
 from sibeatgan.config import StudentCfg
-from sibeatgan.distill import Distiller, beat_scores, kd_loss, scale_scores
+from sibeatgan.distill import Distiller, beat_scores, kd_loss, rank_loss, scale_scores
 from sibeatgan.models import build_models
 from sibeatgan.train import fit
 
@@ -26,6 +26,9 @@ def teacher_and_student(width_mult=1.0, **student):
         (dict(kd=False, fd=True, fd_mode="attention"), 1.0),
         (dict(kd=False, fd=True, fd_mode="hint"), 0.5),
         (dict(kd=False, fd=True, fd_mode="attention"), 0.5),
+        (dict(kd=False, rank=True), 1.0),
+        (dict(kd=False, mimic=True), 0.5),
+        (dict(kd=True, rank=True, mimic=True), 1.0),
     ],
 )
 def test_distillation_terms_have_gradient_on_student(student, width_mult):
@@ -33,7 +36,7 @@ def test_distillation_terms_have_gradient_on_student(student, width_mult):
     x = torch.rand(16, 1, 320) * 2 - 1
     x_rec, maps = g.forward_with_features(x)
     terms = distiller.losses(x, x_rec, maps)
-    assert set(terms) == ({"kd"} if student["kd"] else {"fd"})
+    assert set(terms) == {k for k, on in distiller.cfg.terms.items() if on}
     loss = sum(terms.values())
     assert loss.item() > 0
     loss.backward()
@@ -46,6 +49,16 @@ def test_kd_is_zero_when_student_matches_teacher():
     s = torch.randn(32)
     assert kd_loss(s, s, 4.0).item() == pytest.approx(0, abs=1e-6)
     assert kd_loss(s, -s, 4.0).item() > 0
+
+
+def test_rank_loss_rewards_the_teachers_order_at_any_scale():
+    t = torch.randn(32)
+    agree, disagree = rank_loss(5 * t, t), rank_loss(-5 * t, t)
+    chance = rank_loss(torch.zeros(32), t).item()  # log 2
+    assert agree.item() < chance / 4 and disagree.item() > 4 * chance
+    assert rank_loss(50 * t, t) < agree, "a wider margin in the right order costs less"
+    assert rank_loss(5 * t, 100 * t).item() == pytest.approx(agree.item())
+    assert rank_loss(t, torch.zeros(32)).item() == 0, "all ties: no pair to rank, no NaN"
 
 
 def test_standardized_scores_are_not_uniform():

@@ -81,6 +81,15 @@ class StudentCfg:
     score_scaling: str = "standardize"
     width_mult: float = 1.0
     init_from_teacher: bool = False
+    rank: bool = False
+    rank_weight: float = 1.0
+    mimic: bool = False
+    mimic_weight: float = 1.0
+
+    @property
+    def terms(self) -> dict[str, bool]:
+        """Which distillation terms are on."""
+        return {"kd": self.kd, "fd": self.fd, "rank": self.rank, "mimic": self.mimic}
 
 
 @dataclass
@@ -224,6 +233,16 @@ def validate(p: Params) -> Params:
         ),
         (p.train.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
         (p.student.temperature > 0, "student.temperature must be positive"),
+        (
+            min(
+                p.student.kd_weight,
+                p.student.fd_weight,
+                p.student.rank_weight,
+                p.student.mimic_weight,
+            )
+            >= 0,
+            "student.kd_weight, fd_weight, rank_weight and mimic_weight must be >= 0",
+        ),
         (p.student.fd_mode in {"attention", "hint"}, "student.fd_mode must be attention or hint"),
         (
             p.student.score_scaling in {"standardize", "none"},

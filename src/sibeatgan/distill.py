@@ -2,7 +2,9 @@
 
 Every batch, teacher and student see the same beats. The score term compares the teacher's and
 the student's per-beat anomaly scores on live student tensors, so it has a gradient; the feature
-term compares encoder maps at each of the five depths.
+term compares encoder maps at each of the five depths. Two more terms from the literature: a
+relational one (the student ranks every pair of beats as the teacher does) and reconstruction
+mimicry (the student also regresses onto the teacher's reconstructions).
 """
 
 from __future__ import annotations
@@ -33,6 +35,18 @@ def kd_loss(s_student: torch.Tensor, s_teacher: torch.Tensor, temperature: float
     log_p_student = F.log_softmax(s_student / temperature, dim=0)
     p_teacher = F.softmax(s_teacher / temperature, dim=0)
     return temperature**2 * F.kl_div(log_p_student, p_teacher, reduction="sum")
+
+
+def rank_loss(s_student: torch.Tensor, s_teacher: torch.Tensor) -> torch.Tensor:
+    """Pairwise ranking (RankNet): for every pair of beats the teacher orders, the logistic loss
+    of the student's score difference in that order. Only the order matters, so it is blind to
+    the scale of either model's scores."""
+    order = torch.sign(s_teacher[:, None] - s_teacher[None, :])
+    margin = order * (s_student[:, None] - s_student[None, :])
+    pairs = order != 0
+    if not pairs.any():  # the teacher ties every beat: nothing to rank
+        return s_student.sum() * 0
+    return F.softplus(-margin[pairs]).mean()
 
 
 def attention_map(feature: torch.Tensor) -> torch.Tensor:
@@ -69,10 +83,15 @@ class Distiller(nn.Module):
         with torch.no_grad():
             t_rec, t_maps = self.teacher.forward_with_features(x)
         out: dict[str, torch.Tensor] = {}
-        if self.cfg.kd:
+        if self.cfg.kd or self.cfg.rank:
             s_s = scale_scores(beat_scores(x_rec, x), self.cfg.score_scaling)
             s_t = scale_scores(beat_scores(t_rec, x), self.cfg.score_scaling)
+        if self.cfg.kd:
             out["kd"] = self.cfg.kd_weight * kd_loss(s_s, s_t, self.cfg.temperature)
+        if self.cfg.rank:
+            out["rank"] = self.cfg.rank_weight * rank_loss(s_s, s_t)
+        if self.cfg.mimic:
+            out["mimic"] = self.cfg.mimic_weight * F.mse_loss(x_rec, t_rec.float())
         if self.cfg.fd:
             if self.cfg.fd_mode == "attention":
                 terms = [

@@ -85,7 +85,7 @@ def train_model(
         if p.student.init_from_teacher:
             g.load_state_dict(teacher.state_dict())
             d.load_state_dict(load_state_dict(teacher_dir / "D.pt"))
-        if p.student.kd or p.student.fd:
+        if any(p.student.terms.values()):
             distiller = Distiller(teacher, p.student, width).to(device)
     g, d = g.to(device), d.to(device)
     out = layout.model_dir(role)

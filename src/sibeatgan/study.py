@@ -54,20 +54,28 @@ class Variant:
     about: str
 
 
-_STUDENT = ("student.kd=false", "student.fd=false")
+_STUDENT = ("student.kd=false", "student.fd=false", "student.rank=false", "student.mimic=false")
 VARIANTS: dict[str, Variant] = {
     "teacher": Variant("teacher", (), "BeatGAN teacher"),
     "teacher_aug": Variant(
         "teacher", ("train.augment_copies=2",), "BeatGAN with 2 time-warped copies (BeatGAN_aug)"
     ),
     "student_plain": Variant("student", _STUDENT, "student without distillation"),
-    "kd": Variant("student", (*_STUDENT, "student.kd=true"), "KD on standardised scores"),
+    "kd": Variant(
+        "student", (*_STUDENT, "student.kd=true"), "KD on standardised scores (born-again size)"
+    ),
     "fd": Variant("student", (*_STUDENT, "student.fd=true"), "FD (attention transfer, 5 depths)"),
-    "kd_fd": Variant("student", ("student.kd=true", "student.fd=true"), "KD + FD"),
+    "kd_fd": Variant("student", (*_STUDENT, "student.kd=true", "student.fd=true"), "KD + FD"),
     "init_teacher_kd": Variant(
         "student",
         (*_STUDENT, "student.kd=true", "student.init_from_teacher=true"),
         "student started from the teacher's weights, with KD",
+    ),
+    "rank": Variant(
+        "student", (*_STUDENT, "student.rank=true"), "ranks beat pairs as the teacher does"
+    ),
+    "mimic": Variant(
+        "student", (*_STUDENT, "student.mimic=true"), "also learns the teacher's reconstructions"
     ),
     "compact_kd": Variant(
         "student",

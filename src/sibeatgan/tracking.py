@@ -46,7 +46,7 @@ def run_tags(p: Params, role: str, **extra: str) -> dict[str, str]:
         "teacher_config": teacher_config_key(p),
     }
     if role == "student":
-        tags.update(kd=str(p.student.kd).lower(), fd=str(p.student.fd).lower())
+        tags.update({k: str(on).lower() for k, on in p.student.terms.items()})
     tags.update(extra)
     return tags
 
