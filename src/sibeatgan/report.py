@@ -219,12 +219,13 @@ def markdown(results: dict) -> str:
         "`reports/runs/` (one per variant and seed, written by `sibeatgan study run`). "
         "Do not edit by hand: rerun the generator.",
         "",
-        "Every run uses the fast recipe of `params.yaml` (the same budget for every variant). A "
-        "student and its teacher share the seed: the same data split, initial weights and batch "
-        "order, so each student has a paired teacher. ± is the standard deviation over seeds; "
-        f"Δ is the paired difference to the teacher; 'beyond noise' means a paired t-test gives "
-        f"p < {NOISE_P} with at least {MIN_PAIRS} seeds. F1 and recall use the threshold that "
-        "maximises F1 on val.",
+        "Every run uses the fast recipe of `params.yaml` (the same budget for every variant). "
+        "Every seed trains and tests on the same split (`data.split_seed` 0), so the spread over "
+        "seeds is training noise. A student and its teacher share the seed: the same initial "
+        "weights and batch order, so each student has a paired teacher. ± is the standard "
+        "deviation over seeds; Δ is the paired difference to the teacher; 'beyond noise' means "
+        f"a paired t-test gives p < {NOISE_P} with at least {MIN_PAIRS} seeds. F1 and recall "
+        "use the threshold that maximises F1 on val.",
         "",
         "## Answers",
         "",
