@@ -8,7 +8,8 @@ recipes only; selection inside training still uses val alone.
     python benchmarks/convergence.py NAME -S train.epochs=12 -S train.batch_size=256 ...
     python benchmarks/convergence.py --plot     # all results -> reports/convergence/*.png
 
-Writes reports/convergence/NAME.csv and NAME.json.
+Writes OUT/NAME.csv (rewritten after every epoch, so a run stopped early keeps its epochs) and,
+at the end, OUT/NAME.json; OUT is reports/convergence unless --out says otherwise.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from sibeatgan.train import fit
 OUT = Path("reports/convergence")
 
 
-def train_recipe(name: str, overrides: list[str]) -> dict:
+def train_recipe(name: str, overrides: list[str], out: Path = OUT) -> dict:
     p = load_params("params.yaml", overrides)
     set_threads(p)
     data = load_checked(p)
@@ -52,11 +53,17 @@ def train_recipe(name: str, overrides: list[str]) -> dict:
         auc, ap = auc_ap(test_y, score(generator, test_t, p.train.score_batch_size))
         return {"test_auc": auc, "test_ap": ap, "wall_s": time.perf_counter() - t0}
 
+    rows: list[dict] = []
+
+    def on_epoch(row: dict) -> None:
+        rows.append(row)
+        write_csv(out / f"{name}.csv", {k: [r[k] for r in rows] for k in rows[0]})
+
+    val_y = (val_cls > 0).astype(int)
     result = fit(
-        g, d, train_x, val_x, (val_cls > 0).astype(int), p.train, p.seed, desc=name, monitor=monitor
+        g, d, train_x, val_x, val_y, p.train, p.seed, desc=name, monitor=monitor, on_epoch=on_epoch
     )
     history = result.history
-    write_csv(OUT / f"{name}.csv", {k: [r[k] for r in history] for k in history[0]})
     selected = history[result.best_epoch - 1]
     summary = {
         "name": name,
@@ -75,7 +82,7 @@ def train_recipe(name: str, overrides: list[str]) -> dict:
         "last_test_auc": history[-1]["test_auc"],
         "max_test_auc": max(r["test_auc"] for r in history),
     }
-    write_json(OUT / f"{name}.json", summary)
+    write_json(out / f"{name}.json", summary)
     return summary
 
 
@@ -107,13 +114,17 @@ def plot_all() -> Path:
 @click.argument("name", required=False)
 @click.option("-S", "--set", "overrides", multiple=True, help="Parameter override key=value.")
 @click.option("--plot", is_flag=True, help="Only draw reports/convergence/convergence.png.")
-def main(name: str | None, overrides: tuple[str, ...], plot: bool) -> None:
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=OUT, show_default=True, help="Folder."
+)
+def main(name: str | None, overrides: tuple[str, ...], plot: bool, out: Path) -> None:
     """Train one teacher recipe and record its AUC against wall time."""
     if not plot:
         if not name:
             sys.exit("give a NAME for the recipe (or --plot)")
-        click.echo(train_recipe(name, list(overrides)))
-    click.echo(plot_all())
+        click.echo(train_recipe(name, list(overrides), out))
+    if out == OUT:
+        click.echo(plot_all())
 
 
 if __name__ == "__main__":

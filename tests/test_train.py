@@ -149,3 +149,13 @@ def test_ema_weights_are_what_is_scored_and_kept():
     ]
     assert differs, "with EMA the kept generator is the average, not the last weights"
     assert set(result.g_state) >= {k for k in raw if not k.endswith("num_batches_tracked")}
+
+
+@pytest.mark.parametrize("ratio,moves", [(1.0, True), (1e-6, False)])
+def test_d_lr_ratio_sets_ds_learning_rate(ratio, moves):
+    g, d = build_models(1, 8, 8, seed=0)
+    before = {k: v.detach().clone() for k, v in d.named_parameters()}  # not BatchNorm's stats
+    train_x, val_x, val_y = toy_data()
+    result = fit(g, d, train_x, val_x, val_y, cfg(epochs=1, d_lr_ratio=ratio), seed=0)
+    change = max((result.d_state[k] - v).abs().max().item() for k, v in before.items())
+    assert (change > 1e-5) is moves, change

@@ -58,6 +58,7 @@ class TrainCfg:
     beta2: float = 0.999
     w_adv: float = 1.0
     d_reset_below: float = 5e-6
+    d_lr_ratio: float = 1.0
     selection: str = "val_auc"
     augment_copies: int = 0
     log_every: int = 50
@@ -232,6 +233,7 @@ def validate(p: Params) -> Params:
             "train.lr_schedule must be constant or cosine",
         ),
         (p.train.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
+        (p.train.d_lr_ratio > 0, "train.d_lr_ratio must be positive (1 = D learns at G's lr)"),
         (p.student.temperature > 0, "student.temperature must be positive"),
         (
             min(

@@ -56,8 +56,8 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     return nullcontext()
 
 
-def make_optimizer(params, cfg: TrainCfg) -> torch.optim.Adam:
-    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+def make_optimizer(params, cfg: TrainCfg, lr_ratio: float = 1.0) -> torch.optim.Adam:
+    return torch.optim.Adam(params, lr=cfg.lr * lr_ratio, betas=(cfg.beta1, cfg.beta2))
 
 
 def make_schedule(opt: torch.optim.Optimizer, cfg: TrainCfg, total_steps: int):
@@ -129,7 +129,7 @@ def fit(
     val_t = torch.from_numpy(np.ascontiguousarray(val_x)).to(device)
     g_params = list(g.parameters()) + (list(distiller.parameters()) if distiller else [])
     opt_g = make_optimizer([p for p in g_params if p.requires_grad], cfg)
-    opt_d = make_optimizer(d.parameters(), cfg)
+    opt_d = make_optimizer(d.parameters(), cfg, cfg.d_lr_ratio)
     steps_per_epoch = len(train_x) * (1 + cfg.augment_copies) // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
     schedules = [make_schedule(o, cfg, total_steps) for o in (opt_g, opt_d)]
