@@ -159,3 +159,15 @@ def test_d_lr_ratio_sets_ds_learning_rate(ratio, moves):
     result = fit(g, d, train_x, val_x, val_y, cfg(epochs=1, d_lr_ratio=ratio), seed=0)
     change = max((result.d_state[k] - v).abs().max().item() for k, v in before.items())
     assert (change > 1e-5) is moves, change
+
+
+@pytest.mark.parametrize("real_label", [1.0, 0.9])
+def test_one_sided_label_smoothing_keeps_d_from_certainty(real_label):
+    """With real label 0.9 the D loss cannot fall below the entropy of 0.9 (0.325); with 1.0 a
+    D that wins drives it towards 0."""
+    g, d = build_models(1, 8, 4, 0)
+    opt_g, opt_d = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters(), lr=1e-2)
+    x = torch.rand(16, 1, 320) * 2 - 1
+    losses = [train_step(g, d, opt_g, opt_d, x, 1.0, real_label=real_label)["d"] for _ in range(30)]
+    floor = -(0.9 * np.log(0.9) + 0.1 * np.log(0.1))
+    assert bool(min(losses) >= floor - 1e-4) is (real_label == 0.9), min(losses)

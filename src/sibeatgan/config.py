@@ -59,6 +59,7 @@ class TrainCfg:
     w_adv: float = 1.0
     d_reset_below: float = 5e-6
     d_lr_ratio: float = 1.0
+    d_real_label: float = 1.0
     selection: str = "val_auc"
     augment_copies: int = 0
     log_every: int = 50
@@ -234,6 +235,10 @@ def validate(p: Params) -> Params:
         ),
         (p.train.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
         (p.train.d_lr_ratio > 0, "train.d_lr_ratio must be positive (1 = D learns at G's lr)"),
+        (
+            0.5 < p.train.d_real_label <= 1,
+            "train.d_real_label must be in (0.5, 1] (1 = no smoothing; e.g. 0.9)",
+        ),
         (p.student.temperature > 0, "student.temperature must be positive"),
         (
             min(

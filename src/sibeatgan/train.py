@@ -152,7 +152,7 @@ def fit(
         for b in bar:
             x = data[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
             with autocast(device, precision):
-                losses = train_step(g, d, opt_g, opt_d, x, cfg.w_adv, distiller)
+                losses = train_step(g, d, opt_g, opt_d, x, cfg.w_adv, distiller, cfg.d_real_label)
             for sched in schedules:
                 sched.step()
             if ema is not None:
@@ -207,15 +207,17 @@ def train_step(
     x: torch.Tensor,
     w_adv: float,
     distiller: Distiller | None = None,
+    real_label: float = 1.0,
 ) -> dict[str, float]:
     """One D step then one G step. x' is detached for D, so D's loss never reaches G; D's
-    parameters are frozen during the G step, so no gradient is computed for them there."""
+    parameters are frozen during the G step, so no gradient is computed for them there.
+    `real_label` < 1 is one-sided label smoothing: D is never asked for full confidence."""
     x_rec, maps = g.forward_with_features(x)
 
     real_logits = d.classify(d.features(x))
     fake_logits = d.classify(d.features(x_rec.detach()))
     loss_d = F.binary_cross_entropy_with_logits(
-        real_logits, torch.ones_like(real_logits)
+        real_logits, torch.full_like(real_logits, real_label)
     ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
