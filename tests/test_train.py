@@ -171,3 +171,20 @@ def test_one_sided_label_smoothing_keeps_d_from_certainty(real_label):
     losses = [train_step(g, d, opt_g, opt_d, x, 1.0, real_label=real_label)["d"] for _ in range(30)]
     floor = -(0.9 * np.log(0.9) + 0.1 * np.log(0.1))
     assert bool(min(losses) >= floor - 1e-4) is (real_label == 0.9), min(losses)
+
+
+def test_adversarial_weight_ramps_up(monkeypatch):
+    import sibeatgan.train as train
+
+    seen = []
+    real_step = train.train_step
+
+    def spy(g, d, opt_g, opt_d, x, w_adv, *rest):
+        seen.append(w_adv)
+        return real_step(g, d, opt_g, opt_d, x, w_adv, *rest)
+
+    monkeypatch.setattr(train, "train_step", spy)
+    g, d = build_models(1, 8, 4, 0)
+    train_x, val_x, val_y = toy_data(n=64)
+    fit(g, d, train_x, val_x, val_y, cfg(epochs=2, w_adv=2.0, adv_warmup_steps=4), seed=0)
+    assert seen == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0, 2.0])

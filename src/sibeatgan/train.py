@@ -152,7 +152,8 @@ def fit(
         for b in bar:
             x = data[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
             with autocast(device, precision):
-                losses = train_step(g, d, opt_g, opt_d, x, cfg.w_adv, distiller, cfg.d_real_label)
+                w_adv = cfg.w_adv * min(1.0, (step + 1) / max(cfg.adv_warmup_steps, 1))
+                losses = train_step(g, d, opt_g, opt_d, x, w_adv, distiller, cfg.d_real_label)
             for sched in schedules:
                 sched.step()
             if ema is not None:
