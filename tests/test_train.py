@@ -173,18 +173,25 @@ def test_one_sided_label_smoothing_keeps_d_from_certainty(real_label):
     assert bool(min(losses) >= floor - 1e-4) is (real_label == 0.9), min(losses)
 
 
-def test_adversarial_weight_ramps_up(monkeypatch):
+def test_g_pretrains_alone_then_the_game_starts(monkeypatch):
     import sibeatgan.train as train
 
     seen = []
     real_step = train.train_step
 
-    def spy(g, d, opt_g, opt_d, x, w_adv, *rest):
-        seen.append(w_adv)
-        return real_step(g, d, opt_g, opt_d, x, w_adv, *rest)
+    def spy(g, d, *rest):
+        out = real_step(g, d, *rest)
+        seen.append((d is not None, "d" in out, "adv" in out))
+        return out
 
     monkeypatch.setattr(train, "train_step", spy)
     g, d = build_models(1, 8, 4, 0)
+    before = {k: v.detach().clone() for k, v in d.named_parameters()}
     train_x, val_x, val_y = toy_data(n=64)
-    fit(g, d, train_x, val_x, val_y, cfg(epochs=2, w_adv=2.0, adv_warmup_steps=4), seed=0)
-    assert seen == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0, 2.0])
+    fit(g, d, train_x, val_x, val_y, cfg(epochs=2, pretrain_g_steps=5), seed=0)
+    assert seen == [(False, False, False)] * 5 + [(True, True, True)] * 3
+    assert any(not torch.equal(v, before[k]) for k, v in d.named_parameters())
+
+    g, d = build_models(1, 8, 4, 0)
+    fit(g, d, train_x, val_x, val_y, cfg(epochs=2, pretrain_g_steps=100), seed=0)
+    assert all(torch.equal(v, before[k]) for k, v in d.named_parameters()), "D never trained"

@@ -57,7 +57,7 @@ class TrainCfg:
     beta1: float = 0.5
     beta2: float = 0.999
     w_adv: float = 1.0
-    adv_warmup_steps: int = 0
+    pretrain_g_steps: int = 0
     d_reset_below: float = 5e-6
     d_lr_ratio: float = 1.0
     d_real_label: float = 1.0
@@ -235,7 +235,7 @@ def validate(p: Params) -> Params:
             "train.lr_schedule must be constant or cosine",
         ),
         (p.train.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
-        (p.train.adv_warmup_steps >= 0, "train.adv_warmup_steps must be >= 0"),
+        (p.train.pretrain_g_steps >= 0, "train.pretrain_g_steps must be >= 0"),
         (p.train.d_lr_ratio > 0, "train.d_lr_ratio must be positive (1 = D learns at G's lr)"),
         (
             0.5 < p.train.d_real_label <= 1,

@@ -152,13 +152,15 @@ def fit(
         for b in bar:
             x = data[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
             with autocast(device, precision):
-                w_adv = cfg.w_adv * min(1.0, (step + 1) / max(cfg.adv_warmup_steps, 1))
-                losses = train_step(g, d, opt_g, opt_d, x, w_adv, distiller, cfg.d_real_label)
+                gan = step >= cfg.pretrain_g_steps
+                losses = train_step(
+                    g, d if gan else None, opt_g, opt_d, x, cfg.w_adv, distiller, cfg.d_real_label
+                )
             for sched in schedules:
                 sched.step()
             if ema is not None:
                 ema.update_parameters(g)
-            if losses["d"] < cfg.d_reset_below:
+            if losses.get("d", float("inf")) < cfg.d_reset_below:
                 init_weights(d)
                 opt_d.state.clear()  # fresh Adam moments for the fresh D
                 d_resets += 1
@@ -168,7 +170,7 @@ def fit(
             if on_step and step % cfg.log_every == 0:
                 on_step(step, {f"loss_{k}": v for k, v in losses.items()})
             if b % 20 == 0:
-                bar.set_postfix(d=f"{losses['d']:.3f}", g=f"{losses['g']:.4f}")
+                bar.set_postfix({k: f"{losses[k]:.4f}" for k in ("d", "g") if k in losses})
         bar.close()
         train_time = time.perf_counter() - t0
         scored = ema.module if ema is not None else g
@@ -202,7 +204,7 @@ def fit(
 
 def train_step(
     g: Generator,
-    d: Discriminator,
+    d: Discriminator | None,
     opt_g: torch.optim.Optimizer,
     opt_d: torch.optim.Optimizer,
     x: torch.Tensor,
@@ -212,29 +214,32 @@ def train_step(
 ) -> dict[str, float]:
     """One D step then one G step. x' is detached for D, so D's loss never reaches G; D's
     parameters are frozen during the G step, so no gradient is computed for them there.
-    `real_label` < 1 is one-sided label smoothing: D is never asked for full confidence."""
+    `real_label` < 1 is one-sided label smoothing: D is never asked for full confidence.
+    Without D (G's pre-training), only G's reconstruction (and distillation) terms."""
     x_rec, maps = g.forward_with_features(x)
+    out: dict[str, float] = {}
+    terms = {"rec": F.mse_loss(x_rec.float(), x)}
+    if d is not None:
+        real_logits = d.classify(d.features(x))
+        fake_logits = d.classify(d.features(x_rec.detach()))
+        loss_d = F.binary_cross_entropy_with_logits(
+            real_logits, torch.full_like(real_logits, real_label)
+        ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        out["d"] = loss_d.item()
 
-    real_logits = d.classify(d.features(x))
-    fake_logits = d.classify(d.features(x_rec.detach()))
-    loss_d = F.binary_cross_entropy_with_logits(
-        real_logits, torch.full_like(real_logits, real_label)
-    ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-    opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
-    opt_d.step()
-
-    d.requires_grad_(False)
-    with torch.no_grad():
-        feat_real = d.features(x)
-    loss_rec = F.mse_loss(x_rec.float(), x)
-    loss_adv = F.mse_loss(d.features(x_rec).float(), feat_real.float())
-    terms = {"rec": loss_rec, "adv": w_adv * loss_adv}
+        d.requires_grad_(False)
+        with torch.no_grad():
+            feat_real = d.features(x)
+        terms["adv"] = w_adv * F.mse_loss(d.features(x_rec).float(), feat_real.float())
     if distiller is not None:
         terms.update(distiller.losses(x, x_rec.float(), maps))
     loss_g = sum(terms.values())
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
-    d.requires_grad_(True)
-    return {"d": loss_d.item(), "g": loss_g.item(), **{k: v.item() for k, v in terms.items()}}
+    if d is not None:
+        d.requires_grad_(True)
+    return {**out, "g": loss_g.item(), **{k: v.item() for k, v in terms.items()}}
