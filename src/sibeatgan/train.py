@@ -132,7 +132,9 @@ def fit(
     opt_d = make_optimizer(d.parameters(), cfg, cfg.d_lr_ratio)
     steps_per_epoch = len(train_x) * (1 + cfg.augment_copies) // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
-    schedules = [make_schedule(o, cfg, total_steps) for o in (opt_g, opt_d)]
+    # D's schedule (warm-up included) starts with the game, after G's pre-training
+    sched_g = make_schedule(opt_g, cfg, total_steps)
+    sched_d = make_schedule(opt_d, cfg, max(total_steps - cfg.pretrain_g_steps, 1))
     ema = AveragedModel(g, avg_fn=ema_avg(cfg.ema), use_buffers=True) if cfg.ema > 0 else None
     history: list[dict[str, float]] = []
     best_value, best_epoch = -float("inf"), 0
@@ -156,8 +158,9 @@ def fit(
                 losses = train_step(
                     g, d if gan else None, opt_g, opt_d, x, cfg.w_adv, distiller, cfg.d_real_label
                 )
-            for sched in schedules:
-                sched.step()
+            sched_g.step()
+            if gan:
+                sched_d.step()
             if ema is not None:
                 ema.update_parameters(g)
             if losses.get("d", float("inf")) < cfg.d_reset_below:
@@ -183,7 +186,7 @@ def fit(
             "val_recon_n": float(val_scores[val_y == 0].mean()),
             "epoch_time_s": time.perf_counter() - t0,
             "train_samples_per_s": n_batches * cfg.batch_size / train_time,
-            "lr": schedules[0].get_last_lr()[0],
+            "lr": sched_g.get_last_lr()[0],
             **{f"mean_loss_{k}": v / max(n_batches, 1) for k, v in sums.items()},
             **(monitor(scored) if monitor else {}),
         }
