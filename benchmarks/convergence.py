@@ -23,19 +23,40 @@ import numpy as np
 import torch
 
 from sibeatgan.config import load_params
-from sibeatgan.io import read_json, write_csv, write_json
+from sibeatgan.io import read_json, write_csv, write_json, write_text
 from sibeatgan.metrics import auc_ap
 from sibeatgan.models import build_models
 from sibeatgan.scoring import pick_device, score
 from sibeatgan.split import TEST, TRAIN, VAL
 from sibeatgan.stages import load_checked, set_threads
+from sibeatgan.study import git_commit
 from sibeatgan.train import fit
 
 OUT = Path("reports/convergence")
 
 
-def train_recipe(name: str, overrides: list[str], out: Path = OUT) -> dict:
+def command(name: str, overrides: list[str], out: Path, d_seed: int | None = None) -> str:
+    words = ["python", "benchmarks/convergence.py", name]
+    if out != OUT:
+        words += ["--out", str(out)]
+    if d_seed is not None:
+        words += ["--d-seed", str(d_seed)]
+    return " ".join(words + [f"-S {o}" for o in overrides])
+
+
+def train_recipe(
+    name: str, overrides: list[str], out: Path = OUT, d_seed: int | None = None
+) -> dict:
+    """`d_seed` initialises D from another seed than G (and the batch order): it tells whether
+    a seed's trouble comes with G's or D's initial weights."""
     p = load_params("params.yaml", overrides)
+    start = {
+        "name": name,
+        "overrides": overrides,
+        "command": command(name, overrides, out, d_seed),
+        "commit": git_commit(),
+    }
+    write_json(out / f"{name}.json", {**start, "finished": False})  # a stopped run keeps this
     set_threads(p)
     data = load_checked(p)
     nc = p.data.channels
@@ -46,6 +67,8 @@ def train_recipe(name: str, overrides: list[str], out: Path = OUT) -> dict:
     device = pick_device()
     test_t = torch.from_numpy(np.ascontiguousarray(test_x)).to(device)
     g, d = build_models(nc, p.model.nz, p.model.width, p.seed)
+    if d_seed is not None:
+        _, d = build_models(nc, p.model.nz, p.model.width, d_seed)
     g, d = g.to(device), d.to(device)
     t0 = time.perf_counter()
 
@@ -66,11 +89,8 @@ def train_recipe(name: str, overrides: list[str], out: Path = OUT) -> dict:
     history = result.history
     selected = history[result.best_epoch - 1]
     summary = {
-        "name": name,
-        "overrides": overrides,
-        "command": " ".join(
-            ["python", "benchmarks/convergence.py", name] + [f"-S {o}" for o in overrides]
-        ),
+        **start,
+        "finished": True,
         "threads": torch.get_num_threads(),
         "device": str(device),
         "epochs": len(history),
@@ -84,6 +104,36 @@ def train_recipe(name: str, overrides: list[str], out: Path = OUT) -> dict:
     }
     write_json(out / f"{name}.json", summary)
     return summary
+
+
+def table(out: Path) -> Path:
+    """out/README.md: every recipe in `out` with its command and val AUC per epoch (stopped
+    runs included: their CSV holds the epochs that ended)."""
+    lines = [
+        f"# Recipes in {out.as_posix()}",
+        "",
+        "Written by `python benchmarks/convergence.py --table --out "
+        f"{out.as_posix()}` from the CSV/JSON files here.",
+        "",
+        "| recipe | command (at commit) | val AUC per epoch | val-N recon. error per epoch "
+        "| finished | note |",
+        "|---|---|---|---|---|---|",
+    ]
+    for path in sorted(out.glob("*.json")):
+        info = read_json(path)
+        csv = path.with_suffix(".csv")
+        if not csv.exists():
+            continue
+        rows = np.atleast_1d(np.genfromtxt(csv, delimiter=",", names=True))
+        aucs = ", ".join(f"{v:.3f}" for v in rows["val_auc"])
+        recon = ", ".join(f"{v:.4f}" for v in rows["val_recon_n"])
+        done = "yes" if info.get("finished") else f"stopped after epoch {len(rows)}"
+        cmd = f"`{info['command']}`" + (f" ({info['commit']})" if info.get("commit") else "")
+        note = info.get("note", "")
+        lines.append(f"| {info['name']} | {cmd} | {aucs} | {recon} | {done} | {note} |")
+    path = out / "README.md"
+    write_text(path, "\n".join(lines) + "\n")
+    return path
 
 
 def plot_all() -> Path:
@@ -114,15 +164,27 @@ def plot_all() -> Path:
 @click.argument("name", required=False)
 @click.option("-S", "--set", "overrides", multiple=True, help="Parameter override key=value.")
 @click.option("--plot", is_flag=True, help="Only draw reports/convergence/convergence.png.")
+@click.option("--table", "only_table", is_flag=True, help="Only write OUT/README.md.")
+@click.option("--d-seed", type=int, default=None, help="Seed of D's first weights.")
 @click.option(
     "--out", type=click.Path(path_type=Path), default=OUT, show_default=True, help="Folder."
 )
-def main(name: str | None, overrides: tuple[str, ...], plot: bool, out: Path) -> None:
+def main(
+    name: str | None,
+    overrides: tuple[str, ...],
+    plot: bool,
+    only_table: bool,
+    out: Path,
+    d_seed: int | None,
+) -> None:
     """Train one teacher recipe and record its AUC against wall time."""
+    if only_table:
+        click.echo(table(out))
+        return
     if not plot:
         if not name:
             sys.exit("give a NAME for the recipe (or --plot)")
-        click.echo(train_recipe(name, list(overrides), out))
+        click.echo(train_recipe(name, list(overrides), out, d_seed))
     if out == OUT:
         click.echo(plot_all())
 
