@@ -10,7 +10,7 @@ from scipy import stats
 
 from sibeatgan.cli import main
 from sibeatgan.report import build_results, paired_difference, write_report
-from sibeatgan.study import STUDY_EXPERIMENT, run_variant
+from sibeatgan.study import STUDY_EXPERIMENT, run_variant, summary_path
 
 
 def test_student_run_trains_its_teacher_first_then_reuses_it(tiny_params, mlflow_store, tmp_path):
@@ -62,6 +62,21 @@ def test_student_run_trains_its_teacher_first_then_reuses_it(tiny_params, mlflow
     text = (out / "results.md").read_text()
     assert "| kd | 1 (0) |" in text and "compact_kd" in text
     assert (out / "results.png").stat().st_size > 10_000
+
+
+def test_a_teacher_trained_with_other_params_is_not_reused(tiny_params, mlflow_store, tmp_path):
+    work, runs = tmp_path / "work", tmp_path / "runs"
+    first = run_variant(tiny_params, "kd", seed=0, work=work, runs_dir=runs)
+    other = run_variant(tiny_params, "kd", 0, 0, "intra", work, runs, ("train.lr=0.001",))
+    assert other["teacher_run_id"] != first["teacher_run_id"], "the teacher is trained again"
+    again = run_variant(tiny_params, "kd", 0, 0, "intra", work, runs, ("train.lr=0.001",))
+    assert again["teacher_run_id"] == other["teacher_run_id"], "and reused while params match"
+
+
+def test_another_split_seed_gets_its_own_files(tmp_path):
+    path = summary_path("kd", "intra", 0, 1, tmp_path, split_seed=3)
+    assert path == tmp_path / "kd" / "intra-split3-fold0-seed1.json"
+    assert summary_path("kd", "intra", 0, 1, tmp_path).name == "intra-fold0-seed1.json"
 
 
 def _summary(variant: str, seed: int, auc: float, role: str = "student") -> dict:
