@@ -35,25 +35,37 @@ from sibeatgan.train import fit
 OUT = Path("reports/convergence")
 
 
-def command(name: str, overrides: list[str], out: Path, d_seed: int | None = None) -> str:
+def command(
+    name: str,
+    overrides: list[str],
+    out: Path,
+    d_seed: int | None = None,
+    g_seed: int | None = None,
+) -> str:
     words = ["python", "benchmarks/convergence.py", name]
     if out != OUT:
         words += ["--out", str(out)]
-    if d_seed is not None:
-        words += ["--d-seed", str(d_seed)]
+    for flag, value in (("--d-seed", d_seed), ("--g-seed", g_seed)):
+        if value is not None:
+            words += [flag, str(value)]
     return " ".join(words + [f"-S {o}" for o in overrides])
 
 
 def train_recipe(
-    name: str, overrides: list[str], out: Path = OUT, d_seed: int | None = None
+    name: str,
+    overrides: list[str],
+    out: Path = OUT,
+    d_seed: int | None = None,
+    g_seed: int | None = None,
 ) -> dict:
-    """`d_seed` initialises D from another seed than G (and the batch order): it tells whether
-    a seed's trouble comes with G's or D's initial weights."""
+    """`d_seed` / `g_seed` initialise D / G from another seed than `seed` (which still draws the
+    batch order): they tell whether a seed's trouble comes with G's or D's initial weights or
+    with the batch order."""
     p = load_params("params.yaml", overrides)
     start = {
         "name": name,
         "overrides": overrides,
-        "command": command(name, overrides, out, d_seed),
+        "command": command(name, overrides, out, d_seed, g_seed),
         "commit": git_commit(),
     }
     write_json(out / f"{name}.json", {**start, "finished": False})  # a stopped run keeps this
@@ -69,6 +81,8 @@ def train_recipe(
     g, d = build_models(nc, p.model.nz, p.model.width, p.seed)
     if d_seed is not None:
         _, d = build_models(nc, p.model.nz, p.model.width, d_seed)
+    if g_seed is not None:
+        g, _ = build_models(nc, p.model.nz, p.model.width, g_seed)
     g, d = g.to(device), d.to(device)
     t0 = time.perf_counter()
 
@@ -166,6 +180,7 @@ def plot_all() -> Path:
 @click.option("--plot", is_flag=True, help="Only draw reports/convergence/convergence.png.")
 @click.option("--table", "only_table", is_flag=True, help="Only write OUT/README.md.")
 @click.option("--d-seed", type=int, default=None, help="Seed of D's first weights.")
+@click.option("--g-seed", type=int, default=None, help="Seed of G's first weights.")
 @click.option(
     "--out", type=click.Path(path_type=Path), default=OUT, show_default=True, help="Folder."
 )
@@ -176,6 +191,7 @@ def main(
     only_table: bool,
     out: Path,
     d_seed: int | None,
+    g_seed: int | None,
 ) -> None:
     """Train one teacher recipe and record its AUC against wall time."""
     if only_table:
@@ -184,7 +200,7 @@ def main(
     if not plot:
         if not name:
             sys.exit("give a NAME for the recipe (or --plot)")
-        click.echo(train_recipe(name, list(overrides), out, d_seed))
+        click.echo(train_recipe(name, list(overrides), out, d_seed, g_seed))
     if out == OUT:
         click.echo(plot_all())
 
