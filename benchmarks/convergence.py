@@ -78,11 +78,8 @@ def train_recipe(
     test_y = (test_cls > 0).astype(int)
     device = pick_device()
     test_t = torch.from_numpy(np.ascontiguousarray(test_x)).to(device)
-    g, d = build_models(nc, p.model.nz, p.model.width, p.seed)
-    if d_seed is not None:
-        _, d = build_models(nc, p.model.nz, p.model.width, d_seed)
-    if g_seed is not None:
-        g, _ = build_models(nc, p.model.nz, p.model.width, g_seed)
+    g, _ = build_models(nc, p.model.nz, p.model.width, p.seed if g_seed is None else g_seed)
+    _, d = build_models(nc, p.model.nz, p.model.width, p.seed if d_seed is None else d_seed)
     g, d = g.to(device), d.to(device)
     t0 = time.perf_counter()
 

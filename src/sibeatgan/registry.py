@@ -44,7 +44,7 @@ def register(client: MlflowClient, name: str, info: dict, report: dict, p: Param
         "width": str(info["width"]),
     }
     if info["role"] == "student":
-        tags.update({k: str(on).lower() for k, on in p.student.terms.items()})
+        tags.update(tracking.term_tags(p))
     tags.update({k: f"{report[k]:.6f}" for k in FIGURES if report.get(k) is not None})
     for key, value in tags.items():
         client.set_model_version_tag(name, version.version, key, value)

@@ -46,9 +46,14 @@ def run_tags(p: Params, role: str, **extra: str) -> dict[str, str]:
         "teacher_config": teacher_config_key(p),
     }
     if role == "student":
-        tags.update({k: str(on).lower() for k, on in p.student.terms.items()})
+        tags.update(term_tags(p))
     tags.update(extra)
     return tags
+
+
+def term_tags(p: Params) -> dict[str, str]:
+    """A student's distillation terms as tags: kd, fd, rank, mimic -> "true" / "false"."""
+    return {k: str(on).lower() for k, on in p.student.terms.items()}
 
 
 def teacher_config_key(p: Params) -> str:
