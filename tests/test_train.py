@@ -179,8 +179,8 @@ def test_g_pretrains_alone_then_the_game_starts(monkeypatch):
     seen = []
     real_step = train.train_step
 
-    def spy(g, d, *rest):
-        out = real_step(g, d, *rest)
+    def spy(g, d, *rest, **kw):
+        out = real_step(g, d, *rest, **kw)
         seen.append((d is not None, "d" in out, "adv" in out))
         return out
 
@@ -195,3 +195,39 @@ def test_g_pretrains_alone_then_the_game_starts(monkeypatch):
     g, d = build_models(1, 8, 4, 0)
     fit(g, d, train_x, val_x, val_y, cfg(epochs=2, pretrain_g_steps=100), seed=0)
     assert all(torch.equal(v, before[k]) for k, v in d.named_parameters()), "D never trained"
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.5])
+def test_instance_noise_reaches_ds_step_only(noise, monkeypatch):
+    g, d = build_models(1, 8, 4, 0)
+    opt_g, opt_d = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
+    x = torch.rand(16, 1, 320) * 2 - 1
+    seen = []
+    real_features = d.features
+    monkeypatch.setattr(
+        d, "features", lambda t: seen.append(t.detach().clone()) or real_features(t)
+    )
+    train_step(g, d, opt_g, opt_d, x, 1.0, d_noise=noise)
+    d_real, g_real = seen[0], seen[2]  # D's step: real, fake; G's step: real, fake
+    assert torch.equal(g_real, x), "feature matching compares clean beats"
+    assert torch.equal(d_real, x) is (noise == 0)
+    if noise:
+        assert abs((d_real - x).std().item() - noise) < 0.05
+
+
+def test_instance_noise_anneals_to_zero_over_the_game():
+    from sibeatgan.train import _anneal
+
+    assert [_anneal(s, 10) for s in (-5, 0, 5, 10, 20)] == [1.0, 1.0, 0.5, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("skip_below,moves", [(0.0, True), (1.99, False)])
+def test_d_skips_its_update_while_its_loss_is_below_the_threshold(skip_below, moves):
+    """A fresh D's loss is about 2 ln 2 = 1.39, below 1.99: D must then stay as it is."""
+    g, d = build_models(1, 8, 4, 0)
+    opt_g, opt_d = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
+    before = {k: v.detach().clone() for k, v in d.named_parameters()}
+    x = torch.rand(16, 1, 320) * 2 - 1
+    out = train_step(g, d, opt_g, opt_d, x, 1.0, d_skip_below=skip_below)
+    assert out["d"] < 1.99
+    assert any(not torch.equal(v, before[k]) for k, v in d.named_parameters()) is moves

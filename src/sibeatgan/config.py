@@ -61,6 +61,8 @@ class TrainCfg:
     d_reset_below: float = 5e-6
     d_lr_ratio: float = 1.0
     d_real_label: float = 1.0
+    d_noise: float = 0.0
+    d_skip_below: float = 0.0
     selection: str = "val_auc"
     augment_copies: int = 0
     log_every: int = 50
@@ -240,6 +242,11 @@ def validate(p: Params) -> Params:
         (
             0.5 < p.train.d_real_label <= 1,
             "train.d_real_label must be in (0.5, 1] (1 = no smoothing; e.g. 0.9)",
+        ),
+        (p.train.d_noise >= 0, "train.d_noise must be >= 0 (0 = off; e.g. 0.1)"),
+        (
+            0 <= p.train.d_skip_below < 2,
+            "train.d_skip_below must be in [0, 2) (0 = D always updates; e.g. 0.3)",
         ),
         (p.student.temperature > 0, "student.temperature must be positive"),
         (

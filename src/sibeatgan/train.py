@@ -104,6 +104,11 @@ def _epoch_data(base: torch.Tensor, train_x: np.ndarray, cfg: TrainCfg, rng) -> 
     return torch.cat([base] + [w.to(base.device) for w in warped])
 
 
+def _anneal(step: int, steps: int) -> float:
+    """1 at the game's first step, falling linearly to 0 at its last."""
+    return min(max(1.0 - step / steps, 0.0), 1.0)
+
+
 def fit(
     g: Generator,
     d: Discriminator,
@@ -134,7 +139,8 @@ def fit(
     total_steps = steps_per_epoch * cfg.epochs
     # D's schedule (warm-up included) starts with the game, after G's pre-training
     sched_g = make_schedule(opt_g, cfg, total_steps)
-    sched_d = make_schedule(opt_d, cfg, max(total_steps - cfg.pretrain_g_steps, 1))
+    game_steps = max(total_steps - cfg.pretrain_g_steps, 1)
+    sched_d = make_schedule(opt_d, cfg, game_steps)
     ema = AveragedModel(g, avg_fn=ema_avg(cfg.ema), use_buffers=True) if cfg.ema > 0 else None
     history: list[dict[str, float]] = []
     best_value, best_epoch = -float("inf"), 0
@@ -156,7 +162,16 @@ def fit(
             with autocast(device, precision):
                 gan = step >= cfg.pretrain_g_steps
                 losses = train_step(
-                    g, d if gan else None, opt_g, opt_d, x, cfg.w_adv, distiller, cfg.d_real_label
+                    g,
+                    d if gan else None,
+                    opt_g,
+                    opt_d,
+                    x,
+                    cfg.w_adv,
+                    distiller,
+                    cfg.d_real_label,
+                    d_noise=cfg.d_noise * _anneal(step - cfg.pretrain_g_steps, game_steps),
+                    d_skip_below=cfg.d_skip_below,
                 )
             sched_g.step()
             if gan:
@@ -214,24 +229,34 @@ def train_step(
     w_adv: float,
     distiller: Distiller | None = None,
     real_label: float = 1.0,
+    d_noise: float = 0.0,
+    d_skip_below: float = 0.0,
 ) -> dict[str, float]:
     """One D step then one G step. x' is detached for D, so D's loss never reaches G; D's
     parameters are frozen during the G step, so no gradient is computed for them there.
     `real_label` < 1 is one-sided label smoothing: D is never asked for full confidence.
+    `d_noise` > 0 adds Gaussian instance noise of that std to D's inputs in D's step, so D cannot
+    win on details finer than the noise; D skips its update while its loss is below
+    `d_skip_below`, so a D that already wins does not run further ahead of G.
     Without D (G's pre-training), only G's reconstruction (and distillation) terms."""
     x_rec, maps = g.forward_with_features(x)
     out: dict[str, float] = {}
     terms = {"rec": F.mse_loss(x_rec.float(), x)}
     if d is not None:
-        real_logits = d.classify(d.features(x))
-        fake_logits = d.classify(d.features(x_rec.detach()))
+        real_in, fake_in = x, x_rec.detach()
+        if d_noise > 0:
+            real_in = real_in + d_noise * torch.randn_like(real_in)
+            fake_in = fake_in + d_noise * torch.randn_like(fake_in)
+        real_logits = d.classify(d.features(real_in))
+        fake_logits = d.classify(d.features(fake_in))
         loss_d = F.binary_cross_entropy_with_logits(
             real_logits, torch.full_like(real_logits, real_label)
         ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
         out["d"] = loss_d.item()
+        if out["d"] >= d_skip_below:
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
 
         d.requires_grad_(False)
         with torch.no_grad():
