@@ -9,8 +9,15 @@ from mlflow import MlflowClient
 from scipy import stats
 
 from sibeatgan.cli import main
+from sibeatgan.config import with_overrides
 from sibeatgan.report import build_results, paired_difference, write_report
-from sibeatgan.study import STUDY_EXPERIMENT, run_variant, summary_path
+from sibeatgan.study import (
+    STUDY_EXPERIMENT,
+    run_variant,
+    summary_is_current,
+    summary_path,
+    variant_params,
+)
 
 
 def test_student_run_trains_its_teacher_first_then_reuses_it(tiny_params, mlflow_store, tmp_path):
@@ -71,6 +78,35 @@ def test_a_teacher_trained_with_other_params_is_not_reused(tiny_params, mlflow_s
     assert other["teacher_run_id"] != first["teacher_run_id"], "the teacher is trained again"
     again = run_variant(tiny_params, "kd", 0, 0, "intra", work, runs, ("train.lr=0.001",))
     assert again["teacher_run_id"] == other["teacher_run_id"], "and reused while params match"
+
+    fit = next(work.glob("*/teacher/**/fit.json"))
+    written = json.loads(fit.read_text())
+    del written["recipe"]["train"]["d_noise"]  # as if the knob came after the teacher
+    fit.write_text(json.dumps(written))
+    later = run_variant(tiny_params, "kd", 0, 0, "intra", work, runs, ("train.lr=0.001",))
+    assert later["teacher_run_id"] == other["teacher_run_id"], "a new knob at its default"
+
+
+def test_a_summary_counts_as_done_only_for_the_same_recipe(tiny_params):
+    def summary(variant: str, base) -> dict:
+        p = variant_params(base, variant, 0, 0, "intra")
+        return {"variant": variant, "seed": 0, "fold": 0, "split": "intra", "params": p.to_dict()}
+
+    kd, teacher = summary("kd", tiny_params), summary("teacher", tiny_params)
+    assert summary_is_current(kd, tiny_params) and summary_is_current(teacher, tiny_params)
+    threads = with_overrides(tiny_params, ["train.threads=1"])
+    assert summary_is_current(kd, threads), "threads are not part of the recipe"
+    lr = with_overrides(tiny_params, ["train.lr=0.5"])
+    assert not summary_is_current(kd, lr) and not summary_is_current(teacher, lr)
+    weight = with_overrides(tiny_params, ["student.kd_weight=2"])
+    assert not summary_is_current(kd, weight) and summary_is_current(teacher, weight)
+    del kd["params"]["train"]["d_noise"]  # a knob added after the run, at its default
+    assert summary_is_current(kd, tiny_params)
+    kd["params"]["train"]["d_noise"] = 0.1
+    assert not summary_is_current(kd, tiny_params)
+    kd["params"]["train"]["d_noise"] = 0.0
+    kd["params"]["train"]["removed_knob"] = 1
+    assert not summary_is_current(kd, tiny_params)
 
 
 def test_another_split_seed_gets_its_own_files(tmp_path):

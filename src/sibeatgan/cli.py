@@ -327,11 +327,13 @@ def study_run(
 ) -> None:
     """Train VARIANTS (names from `sibeatgan study list`) for each seed, seed by seed; a
     student's teacher of the same seed is trained first when missing. Runs with a summary
-    already in --runs are skipped unless --force. Every run is tracked in MLflow (experiment
+    already in --runs are skipped unless --force; a summary trained with other params (another
+    recipe) is trained again and replaced. Every run is tracked in MLflow (experiment
     sibeatgan-study) and scores val and test each epoch, so the summary holds the test figures
     under each selection rule. -S overrides apply to every run (and change its budget: keep
     them the same across variants)."""
-    from sibeatgan.study import VARIANTS, run_variant, summary_path
+    from sibeatgan.io import read_json
+    from sibeatgan.study import VARIANTS, run_variant, summary_is_current, summary_path
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -343,8 +345,13 @@ def study_run(
         for variant in variants:
             path = summary_path(variant, split, fold, seed, runs_dir, p.data.split_seed)
             if path.exists() and not force:
-                click.echo(f"{variant} seed {seed}: summary exists ({path}), skipped")
-                continue
+                if summary_is_current(read_json(path), p):
+                    click.echo(f"{variant} seed {seed}: summary exists ({path}), skipped")
+                    continue
+                click.echo(
+                    f"{variant} seed {seed}: {path} was trained with other params; "
+                    "training again with these (it will be replaced)"
+                )
             s = run_variant(p, variant, seed, fold, split, work, runs_dir)
             sel = s["selection"]
             click.echo(

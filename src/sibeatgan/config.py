@@ -292,6 +292,11 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
     return validate(_build(Params, raw, ""))
 
 
+def params_from_dict(raw: dict[str, Any]) -> Params:
+    """Params from a dict written by an earlier run; keys added since take their defaults."""
+    return validate(_build(Params, raw, ""))
+
+
 def with_overrides(p: Params, overrides: list[str]) -> Params:
     """A copy of `p` with `key=value` overrides applied and validated."""
     return validate(_build(Params, apply_overrides(p.to_dict(), overrides), ""))

@@ -147,6 +147,7 @@ def train_model(
             "run_id": run.info.run_id,
             "model_uri": model_uri,
             "teacher_config": tracking.teacher_config_key(p),
+            "recipe": tracking.recipe(p, role),
         }
         write_json(out / "fit.json", info)
         mlflow.log_artifact(str(out / "fit.json"), artifact_path="checkpoints")

@@ -191,9 +191,23 @@ def teacher_dir_for(base, seed, fold, split, work: Path, runs_dir: Path, extra) 
     name = run_name(split, fold, seed, p.data.split_seed)
     teacher_dir = Layout(work / name / "teacher").model_dir("teacher")
     fit = teacher_dir / "fit.json"
-    if not fit.exists() or read_json(fit)["teacher_config"] != tracking.teacher_config_key(p):
+    if not fit.exists() or not _fit_is_current(read_json(fit), p):
         run_variant(base, "teacher", seed, fold, split, work, runs_dir, extra)
     return teacher_dir
+
+
+def _fit_is_current(fit: dict, p: Params) -> bool:
+    if "recipe" in fit:
+        return tracking.same_recipe(fit["recipe"], p)
+    return fit["teacher_config"] == tracking.teacher_config_key(p)  # checkpoints before recipes
+
+
+def summary_is_current(summary: dict, base: Params, extra: tuple[str, ...] = ()) -> bool:
+    """Whether a run summary was trained with the params its variant, seed, fold and split
+    would get from `base` now; a summary of another recipe does not count as done."""
+    variant = summary["variant"]
+    p = variant_params(base, variant, summary["seed"], summary["fold"], summary["split"], extra)
+    return tracking.same_recipe(summary["params"], p, VARIANTS[variant].role)
 
 
 def run_variant(

@@ -17,7 +17,7 @@ import torch
 from mlflow.models import infer_signature
 
 import sibeatgan
-from sibeatgan.config import Params, short_hash
+from sibeatgan.config import ConfigError, Params, params_from_dict, short_hash
 from sibeatgan.models import Generator
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -56,19 +56,34 @@ def term_tags(p: Params) -> dict[str, str]:
     return {k: str(on).lower() for k, on in p.student.terms.items()}
 
 
-def teacher_config_key(p: Params) -> str:
-    """Hash of everything that decides what teacher training produces (not paths, threads or
-    logging), so a teacher from `dvc repro` and one from `mlflow run` of the same config match."""
+def recipe(p: Params, role: str = "teacher") -> dict:
+    """Everything that decides what a training of `role` produces: seed, data, preprocessing,
+    model and training (and the student's terms for a student); not paths, threads or logging."""
     d = p.to_dict()
     skip = {"mitdb_dir", "prepared_dir", "workers", "threads", "log_every", "score_batch_size"}
-    fields = {
+    sections = ("data", "preprocess", "model", "train") + (
+        ("student",) if role == "student" else ()
+    )
+    return {
         "seed": d["seed"],
-        **{
-            s: {k: v for k, v in d[s].items() if k not in skip}
-            for s in ("data", "preprocess", "model", "train")
-        },
+        **{s: {k: v for k, v in d[s].items() if k not in skip} for s in sections},
     }
-    return short_hash(fields)
+
+
+def same_recipe(written: dict, p: Params, role: str = "teacher") -> bool:
+    """Whether params written by an earlier run (a summary's or checkpoint's) give the same
+    training as `p`. Knobs added since the run take their defaults, so adding a knob that keeps
+    the old behaviour by default does not make earlier runs stale."""
+    try:
+        return recipe(params_from_dict(written), role) == recipe(p, role)
+    except ConfigError:  # a knob that no longer exists
+        return False
+
+
+def teacher_config_key(p: Params) -> str:
+    """Hash of the teacher's recipe, so a teacher from `dvc repro` and one from `mlflow run` of
+    the same config match (an MLflow tag)."""
+    return short_hash(recipe(p))
 
 
 @contextmanager
