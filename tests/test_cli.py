@@ -1,6 +1,10 @@
+import subprocess
+import sys
+
 import click
 import pytest
 from click.testing import CliRunner
+from mlflow import MlflowClient
 
 from sibeatgan.cli import main
 
@@ -51,3 +55,25 @@ def test_training_without_prepared_data_names_the_fix(tmp_path):
     params.write_text(f"data:\n  prepared_dir: {tmp_path / 'none'}\n")
     result = CliRunner().invoke(main, ["train-teacher", "--params", str(params)])
     assert result.exit_code == 1 and "sibeatgan preprocess" in result.output
+
+
+def test_a_stopped_training_ends_its_mlflow_run_as_killed(mlflow_store, tmp_path):
+    """SIGTERM (kill, a scheduler) stops `sibeatgan` like Ctrl-C and the run ends KILLED, not
+    RUNNING for ever."""
+    script = (
+        "import os, signal, time\n"
+        "from sibeatgan import tracking\n"
+        "from sibeatgan.cli import main\n"
+        "from sibeatgan.config import Params\n"
+        "main.callback()\n"  # what `sibeatgan ...` runs before any command
+        "with tracking.training_run(Params(), 'teacher') as run:\n"
+        "    print(run.info.run_id, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(30)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0 and "KeyboardInterrupt" in done.stderr
+    run_id = done.stdout.split()[-1]
+    assert MlflowClient(mlflow_store).get_run(run_id).info.status == "KILLED"

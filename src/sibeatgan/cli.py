@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 from pathlib import Path
 
 import click
@@ -62,6 +63,13 @@ def main() -> None:
     """SI-BeatGAN: unsupervised ECG arrhythmia detection on MIT-BIH with a BeatGAN teacher and
     a distilled student, tracked with MLflow. The stages run in order with `dvc repro`:
     preprocess -> train-teacher -> train-student -> evaluate. Every knob is in params.yaml."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (`kill`, a scheduler's stop) stops like Ctrl-C: MLflow runs end as KILLED and
+    no output is left half-written (outputs are written atomically)."""
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
 @main.command("fetch-data")

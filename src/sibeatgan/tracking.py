@@ -93,14 +93,26 @@ def training_run(p: Params, role: str, use_active: bool = False, **tags: str) ->
     setup()
     active = mlflow.active_run()
     if use_active and active is None:
-        with mlflow.start_run() as run:  # resumes MLFLOW_RUN_ID when `mlflow run` set it
-            yield _start(run, p, role, tags)
+        with mlflow.start_run() as run, _killed_on_interrupt():
+            yield _start(run, p, role, tags)  # resumes MLFLOW_RUN_ID when `mlflow run` set it
         return
     if use_active:
-        yield _start(active, p, role, tags)
+        with _killed_on_interrupt():
+            yield _start(active, p, role, tags)
         return
-    with mlflow.start_run(run_name=role, nested=active is not None) as run:
+    with mlflow.start_run(run_name=role, nested=active is not None) as run, _killed_on_interrupt():
         yield _start(run, p, role, tags)
+
+
+@contextmanager
+def _killed_on_interrupt() -> Iterator[None]:
+    """End the active run as KILLED when Ctrl-C (or SIGTERM, see `cli.main`) stops training,
+    so the MLflow UI does not show it RUNNING forever."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
 
 
 def _start(run, p: Params, role: str, tags: dict[str, str]):
