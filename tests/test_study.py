@@ -10,7 +10,13 @@ from scipy import stats
 
 from sibeatgan.cli import main
 from sibeatgan.config import with_overrides
-from sibeatgan.report import build_results, paired_difference, write_report
+from sibeatgan.report import (
+    build_results,
+    current_and_stale,
+    markdown,
+    paired_difference,
+    write_report,
+)
 from sibeatgan.study import (
     STUDY_EXPERIMENT,
     run_variant,
@@ -157,6 +163,28 @@ def test_paired_difference_and_noise_rule():
         {s: r for s, r in enumerate(runs[3:5])}, {s: r for s, r in enumerate(runs[:2])}, "last"
     )
     assert two["n_pairs"] == 2 and two["diff_auc_beyond_noise"] is False, "needs 3 seeds"
+
+
+def test_stale_summaries_are_listed_not_averaged(tiny_params):
+    teacher = [_summary("teacher", s, 0.93, "teacher") for s in (0, 1)]
+    kd = [_summary("kd", s, 0.92) for s in (0, 1)]
+    kd[0]["teacher_run_id"] = "an-older-teacher"
+    kd[1]["teacher_run_id"] = teacher[1]["mlflow_run_id"]
+    current, stale = current_and_stale(teacher + kd)
+    assert [(s["variant"], s["seed"]) for s in stale] == [("kd", 0)]
+    assert "trained again" in stale[0]["stale_because"] and len(current) == 3
+    results = build_results(current, stale)
+    assert results["variants"]["kd"]["n_seeds"] == 1
+    assert "kd intra fold 0 seed 0: its teacher was trained again since" in markdown(results)
+
+    for s in teacher:  # with params: a teacher of another recipe is stale, and so its students
+        s["params"] = variant_params(tiny_params, "teacher", s["seed"], 0, "intra").to_dict()
+    teacher[1]["params"]["train"]["lr"] = 0.5
+    for s in kd:
+        s["params"] = variant_params(tiny_params, "kd", s["seed"], 0, "intra").to_dict()
+    current, stale = current_and_stale(teacher + kd, tiny_params)
+    assert sorted((s["variant"], s["seed"]) for s in current) == [("kd", 1), ("teacher", 0)]
+    assert sorted((s["variant"], s["seed"]) for s in stale) == [("kd", 0), ("teacher", 1)]
 
 
 def test_cli_errors_name_the_problem(tmp_path):

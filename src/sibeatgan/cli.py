@@ -378,15 +378,17 @@ def study_run(
     "Folder of the run summaries written by `sibeatgan study run`.",
 )
 @folder_option("--out", "out_dir", "reports", "Where results.md, results.json and results.png go.")
-def report(runs_dir: Path, out_dir: Path) -> None:
+@with_params
+def report(p: Params, runs_dir: Path, out_dir: Path) -> None:
     """Summarise the study from the run summaries: per variant, seeds, mean ± std of test AUC,
     AP, F1 and per-class recall under val-AUC and unsupervised selection, the paired difference
     to the teacher on the same seeds (and whether it exceeds seed noise), scoring cost, and the
-    published figures beside them."""
+    published figures beside them. Only summaries trained with the params (params.yaml and -S,
+    as `sibeatgan study run` would train them) count; stale ones are listed, not averaged."""
     from sibeatgan.report import write_report
 
     try:
-        results = write_report(runs_dir, out_dir)
+        results = write_report(runs_dir, out_dir, p)
     except FileNotFoundError as err:
         raise click.ClickException(str(err)) from err
     for name, v in results["variants"].items():

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from sibeatgan.config import Params
 from sibeatgan.io import read_json, write_json, write_text
 from sibeatgan.plots import results_figure
 from sibeatgan.published import PUBLISHED
-from sibeatgan.study import UNSUPERVISED, VARIANTS, group_name
+from sibeatgan.study import UNSUPERVISED, VARIANTS, group_name, summary_is_current
 
 RULES = ("val_auc", "val_recon", "last")
 RULE_NAMES = {
@@ -32,6 +33,34 @@ MIN_PAIRS = 3
 def load_summaries(runs_dir: Path) -> list[dict]:
     files = sorted(runs_dir.glob("*/*.json"))
     return [read_json(f) for f in files]
+
+
+def current_and_stale(
+    summaries: list[dict], base: Params | None = None
+) -> tuple[list[dict], list[dict]]:
+    """The summaries that belong in the tables, and the stale ones (each with `stale_because`):
+    trained with other params than `base` (the params.yaml of the report, e.g. before a recipe
+    change), or a student whose teacher has been trained again since, so that its pairing with
+    the teacher summary of its seed would compare runs of two different teachers."""
+    current, stale = [], []
+    for s in summaries:
+        if base is not None and not summary_is_current(s, base):
+            stale.append({**s, "stale_because": "trained with other params than params.yaml"})
+        else:
+            current.append(s)
+    teachers = {
+        (group_name(s["split"], s["fold"], s["split_seed"]), s["seed"]): s["mlflow_run_id"]
+        for s in current
+        if s["variant"] == "teacher"
+    }
+    kept = []
+    for s in current:
+        teacher = teachers.get((group_name(s["split"], s["fold"], s["split_seed"]), s["seed"]))
+        if s["role"] == "student" and teacher and s.get("teacher_run_id") not in (None, teacher):
+            stale.append({**s, "stale_because": "its teacher was trained again since"})
+        else:
+            kept.append(s)
+    return kept, stale
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -93,11 +122,18 @@ def run_rows(summaries: list[dict]) -> list[dict]:
     return rows
 
 
-def build_results(summaries: list[dict]) -> dict:
+def build_results(summaries: list[dict], stale: list[dict] = ()) -> dict:
     groups: dict[str, dict[str, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
     for s in summaries:
         groups[group_name(s["split"], s["fold"], s["split_seed"])][s["variant"]][s["seed"]] = s
-    results: dict = {"n_summaries": len(summaries), "groups": {}, "runs": run_rows(summaries)}
+    results: dict = {
+        "n_summaries": len(summaries),
+        "groups": {},
+        "runs": run_rows(summaries),
+        "stale": [
+            {k: s[k] for k in ("variant", "split", "fold", "seed", "stale_because")} for s in stale
+        ],
+    }
     for group, variants in sorted(groups.items()):
         teacher = variants.get("teacher")
         entry = {}
@@ -245,6 +281,13 @@ def markdown(results: dict) -> str:
                 f"| {e['score_beats_per_s_mean']:,.0f} | {e['train_time_s_mean']:,.0f} |"
             )
         lines.append("")
+    if results["stale"]:
+        lines += ["Left out of every table (rerun them with `sibeatgan study run`):", ""]
+        lines += [
+            f"- {r['variant']} {r['split']} fold {r['fold']} seed {r['seed']}: {r['stale_because']}"
+            for r in results["stale"]
+        ]
+        lines.append("")
     missing = [v for v in VARIANTS if v not in results["variants"]]
     if missing:
         lines += [f"Not run yet on {HEADLINE[0]} fold {HEADLINE[1]}: {', '.join(missing)}.", ""]
@@ -276,13 +319,18 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(runs_dir: Path, out_dir: Path) -> dict:
-    summaries = load_summaries(runs_dir)
+def write_report(runs_dir: Path, out_dir: Path, base: Params | None = None) -> dict:
+    """The report from the summaries in `runs_dir` that are current with `base` (all when
+    None)."""
+    summaries, stale = current_and_stale(load_summaries(runs_dir), base)
     if not summaries:
         raise FileNotFoundError(
             f"no run summaries in {runs_dir}; run `sibeatgan study run <variant>` first"
+            if not stale
+            else f"none of the {len(stale)} run summaries in {runs_dir} was trained with these "
+            "params (another recipe?); run `sibeatgan study run <variant>` with them first"
         )
-    results = build_results(summaries)
+    results = build_results(summaries, stale)
     write_json(out_dir / "results.json", results)
     results_figure(results["variants"], PUBLISHED, out_dir / "results.png")
     write_text(out_dir / "results.md", markdown(results))
