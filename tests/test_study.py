@@ -1,6 +1,7 @@
 """The distillation study on synthetic records: run summaries and the report built from them."""
 
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from sibeatgan.report import (
 )
 from sibeatgan.study import (
     STUDY_EXPERIMENT,
+    git_commit,
     run_variant,
     summary_is_current,
     summary_path,
@@ -193,3 +195,16 @@ def test_cli_errors_name_the_problem(tmp_path):
     assert "teacher" in result.output
     result = CliRunner().invoke(main, ["report", "--runs", str(tmp_path / "none")])
     assert result.exit_code == 1 and "no run summaries" in result.output
+
+
+def test_the_summary_commit_says_when_the_code_was_not_committed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "code.py").write_text("a = 1\n")
+    subprocess.run([*git, "add", "code.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    clean = git_commit()
+    assert clean is not None and len(clean) == 40
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert git_commit() == clean + "-dirty"

@@ -177,11 +177,14 @@ def scoring_cost(g: Generator, x: np.ndarray) -> dict[str, float]:
 
 
 def git_commit() -> str | None:
+    """HEAD, with "-dirty" when tracked files differ from it (the run used uncommitted code)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "diff", "HEAD", "--quiet"], capture_output=True)
     except OSError:
         return None
-    return out.stdout.strip() or None
+    commit = head.stdout.strip()
+    return (commit + ("-dirty" if dirty.returncode == 1 else "")) or None
 
 
 def teacher_dir_for(base, seed, fold, split, work: Path, runs_dir: Path, extra) -> Path:
@@ -221,6 +224,7 @@ def run_variant(
     extra: tuple[str, ...] = (),
 ) -> dict:
     """Train one variant for one seed, fold and split; write and return its summary."""
+    commit = git_commit()  # the code this run starts from, not the HEAD when it ends
     p = variant_params(base, variant, seed, fold, split, extra)
     role = VARIANTS[variant].role
     ensure_records(p)
@@ -248,7 +252,7 @@ def run_variant(
         "overrides": [*VARIANTS[variant].overrides, *extra],
         "mlflow_run_id": info["run_id"],
         "teacher_run_id": read_json(teacher_dir / "fit.json")["run_id"] if teacher_dir else None,
-        "commit": git_commit(),
+        "commit": commit,
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "epochs": p.train.epochs,
         "precision": info["precision"],
