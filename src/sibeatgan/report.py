@@ -247,6 +247,13 @@ def answers(entry: dict) -> list[str]:
     return lines
 
 
+def _recipe_line(train: dict | None) -> str:
+    if not train:
+        return "not given (the report was built without params)"
+    keys = ("epochs", "batch_size", "lr", "lr_schedule", "warmup_steps", "ema", "precision")
+    return ", ".join(f"`train.{k}={train[k]}`" for k in keys if k in train)
+
+
 def markdown(results: dict) -> str:
     lines = [
         "# Does distillation make the student better?",
@@ -255,7 +262,9 @@ def markdown(results: dict) -> str:
         "`reports/runs/` (one per variant and seed, written by `sibeatgan study run`). "
         "Do not edit by hand: rerun the generator.",
         "",
-        "Every run uses the fast recipe of `params.yaml` (the same budget for every variant). "
+        "Every run in the tables was trained with the same recipe (the same budget for every "
+        "variant; runs of another recipe are left out, see below): "
+        f"{_recipe_line(results.get('train'))}. "
         "Every seed trains and tests on the same split (`data.split_seed` 0), so the spread over "
         "seeds is training noise. A student and its teacher share the seed: the same initial "
         "weights and batch order, so each student has a paired teacher. ± is the standard "
@@ -331,6 +340,8 @@ def write_report(runs_dir: Path, out_dir: Path, base: Params | None = None) -> d
             "params (another recipe?); run `sibeatgan study run <variant>` with them first"
         )
     results = build_results(summaries, stale)
+    if base is not None:
+        results["train"] = base.to_dict()["train"]
     write_json(out_dir / "results.json", results)
     results_figure(results["variants"], PUBLISHED, out_dir / "results.png")
     write_text(out_dir / "results.md", markdown(results))
