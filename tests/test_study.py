@@ -5,6 +5,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import yaml
 from click.testing import CliRunner
 from mlflow import MlflowClient
 from scipy import stats
@@ -187,6 +188,43 @@ def test_stale_summaries_are_listed_not_averaged(tiny_params):
     current, stale = current_and_stale(teacher + kd, tiny_params)
     assert sorted((s["variant"], s["seed"]) for s in current) == [("kd", 1), ("teacher", 0)]
     assert sorted((s["variant"], s["seed"]) for s in stale) == [("kd", 0), ("teacher", 1)]
+
+
+def test_the_study_recipe_in_the_runs_folder_decides_what_is_current(tiny_params, tmp_path):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(tiny_params.to_dict()))
+    runs = tmp_path / "runs"
+    (runs / "teacher").mkdir(parents=True)
+    recipe = with_overrides(tiny_params, ["train.lr=0.5"])
+    for seed, base in ((0, recipe), (1, tiny_params)):
+        s = _summary("teacher", seed, 0.93, "teacher")
+        s["params"] = variant_params(base, "teacher", seed, 0, "intra").to_dict()
+        (runs / "teacher" / f"intra-fold0-seed{seed}.json").write_text(json.dumps(s))
+    args = ["--runs", str(runs), "--params", str(params_file)]
+
+    def done() -> str:
+        result = CliRunner().invoke(main, ["study", "list", *args])
+        assert result.exit_code == 0, result.output
+        return result.output.split("\n")[3]
+
+    assert "intra-fold0-seed0 (stale), intra-fold0-seed1" in done(), "no recipe: params.yaml"
+    (runs / "recipe.yaml").write_text("overrides:\n  - train.lr=0.5\n")
+    assert "intra-fold0-seed0, intra-fold0-seed1 (stale)" in done()
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", *args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["variants"]["teacher"]["n_seeds"] == 1
+    assert [s["seed"] for s in results["stale"]] == [1]
+    result = CliRunner().invoke(main, ["report", *args, "--out", str(out), "-S", "train.lr=0.25"])
+    assert result.exit_code == 1 and "none of the 2 run summaries" in result.output, "-S comes last"
+
+    (runs / "recipe.yaml").write_text("overrides: train.lr=0.5\n")
+    result = CliRunner().invoke(main, ["report", *args])
+    assert result.exit_code == 1 and "must hold 'overrides:' followed by a list" in result.output
+    (runs / "recipe.yaml").write_text("overrides:\n  - train.lr\n")
+    result = CliRunner().invoke(main, ["study", "list", *args])
+    assert result.exit_code == 1 and "'train.lr' must look like section.key=value" in result.output
 
 
 def test_cli_errors_name_the_problem(tmp_path):

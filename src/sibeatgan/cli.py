@@ -9,40 +9,52 @@ from pathlib import Path
 
 import click
 
-from sibeatgan.config import ConfigError, Params, load_params
+from sibeatgan.config import ConfigError, Params, load_params, read_overrides
 from sibeatgan.fetch import DataError
 
 USER_ERRORS = (ConfigError, DataError, FileNotFoundError, ValueError)
 
 
-def with_params(func):
-    """Add --params and -S/--set, and turn user errors into one clear line (exit 1)."""
+STUDY_RECIPE = "recipe.yaml"
 
-    @click.option(
-        "--params",
-        "params_path",
-        default="params.yaml",
-        show_default=True,
-        type=click.Path(dir_okay=False),
-        help="Parameter file to read.",
-    )
-    @click.option(
-        "-S",
-        "--set",
-        "overrides",
-        multiple=True,
-        metavar="KEY=VALUE",
-        help="Override one parameter, e.g. -S train.epochs=5 -S student.kd=false (repeatable).",
-    )
-    @functools.wraps(func)
-    def wrapper(params_path: str, overrides: tuple[str, ...], **kwargs):
-        try:
-            p = load_params(params_path, list(overrides))
-            return func(p, **kwargs)
-        except USER_ERRORS as err:
-            raise click.ClickException(str(err)) from err
 
-    return wrapper
+def _params_options(study: bool):
+    """--params and -S/--set, and user errors as one clear line (exit 1). With `study`, the
+    overrides in the summaries folder's recipe.yaml (--runs) come first, then -S."""
+
+    def decorate(func):
+        @click.option(
+            "--params",
+            "params_path",
+            default="params.yaml",
+            show_default=True,
+            type=click.Path(dir_okay=False),
+            help="Parameter file to read.",
+        )
+        @click.option(
+            "-S",
+            "--set",
+            "overrides",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Override one parameter, e.g. -S train.epochs=5 -S student.kd=false (repeatable).",
+        )
+        @functools.wraps(func)
+        def wrapper(params_path: str, overrides: tuple[str, ...], **kwargs):
+            try:
+                recipe = read_overrides(kwargs["runs_dir"] / STUDY_RECIPE) if study else []
+                p = load_params(params_path, [*recipe, *overrides])
+                return func(p, **kwargs)
+            except USER_ERRORS as err:
+                raise click.ClickException(str(err)) from err
+
+        return wrapper
+
+    return decorate
+
+
+with_params = _params_options(study=False)
+with_study_params = _params_options(study=True)
 
 
 def folder_option(name: str, dest: str, default: str, help: str):
@@ -288,17 +300,29 @@ def _int_list(ctx, param, value: str) -> list[int]:
 def study() -> None:
     """The distillation study: named variants (teacher, students with and without
     distillation, a compact student, an augmented teacher) trained per seed against the same
-    teacher, each run summarised to a JSON file in reports/runs/ for `sibeatgan report`."""
+    teacher, each run summarised to a JSON file in reports/runs/ for `sibeatgan report`.
+
+    The study's training recipe is params.yaml with the overrides listed in
+    reports/runs/recipe.yaml (when that file exists), then any -S; `study run` and `report`
+    both read it, so the summaries and the report agree on what counts as current."""
 
 
 @study.command("list")
 @folder_option("--runs", "runs_dir", "reports/runs", "Folder of the run summaries.")
-def study_list(runs_dir: Path) -> None:
-    """The variants, what each changes, and the summaries already written."""
-    from sibeatgan.study import VARIANTS
+@with_study_params
+def study_list(p: Params, runs_dir: Path) -> None:
+    """The recipe, the variants, what each changes, and the summaries already written (those
+    of another recipe marked stale: `study run` would train them again)."""
+    from sibeatgan.io import read_json
+    from sibeatgan.study import VARIANTS, summary_is_current
 
+    recipe = read_overrides(runs_dir / STUDY_RECIPE)
+    click.echo(f"recipe ({runs_dir / STUDY_RECIPE}): {' '.join(recipe) or 'params.yaml as is'}")
     for name, v in VARIANTS.items():
-        done = sorted(f.stem for f in (runs_dir / name).glob("*.json"))
+        done = [
+            f.stem if summary_is_current(read_json(f), p) else f"{f.stem} (stale)"
+            for f in sorted((runs_dir / name).glob("*.json"))
+        ]
         click.echo(f"{name:16s} {v.role:8s} {v.about}")
         click.echo(f"{'':16s} overrides: {' '.join(v.overrides) or '(none)'}")
         click.echo(f"{'':16s} done: {', '.join(done) or '-'}")
@@ -322,7 +346,7 @@ def study_list(runs_dir: Path) -> None:
 @folder_option(
     "--work", "work", "outputs/study", "Folder for prepared data and checkpoints (not committed)."
 )
-@with_params
+@with_study_params
 def study_run(
     p: Params,
     variants: tuple[str, ...],
@@ -338,8 +362,9 @@ def study_run(
     already in --runs are skipped unless --force; a summary trained with other params (another
     recipe) is trained again and replaced. Every run is tracked in MLflow (experiment
     sibeatgan-study) and scores val and test each epoch, so the summary holds the test figures
-    under each selection rule. -S overrides apply to every run (and change its budget: keep
-    them the same across variants)."""
+    under each selection rule. The recipe is params.yaml, then --runs/recipe.yaml, then -S;
+    -S overrides apply to every run (and change its budget: keep them the same across
+    variants, or better, put them in recipe.yaml)."""
     from sibeatgan.io import read_json
     from sibeatgan.study import VARIANTS, run_variant, summary_is_current, summary_path
 
@@ -378,13 +403,14 @@ def study_run(
     "Folder of the run summaries written by `sibeatgan study run`.",
 )
 @folder_option("--out", "out_dir", "reports", "Where results.md, results.json and results.png go.")
-@with_params
+@with_study_params
 def report(p: Params, runs_dir: Path, out_dir: Path) -> None:
     """Summarise the study from the run summaries: per variant, seeds, mean ± std of test AUC,
     AP, F1 and per-class recall under val-AUC and unsupervised selection, the paired difference
     to the teacher on the same seeds (and whether it exceeds seed noise), scoring cost, and the
-    published figures beside them. Only summaries trained with the params (params.yaml and -S,
-    as `sibeatgan study run` would train them) count; stale ones are listed, not averaged."""
+    published figures beside them. Only summaries trained with the params `sibeatgan study run`
+    would use now (params.yaml, then --runs/recipe.yaml, then -S) count; stale ones are listed,
+    not averaged."""
     from sibeatgan.report import write_report
 
     try:

@@ -292,6 +292,22 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
     return validate(_build(Params, raw, ""))
 
 
+def read_overrides(path: Path) -> list[str]:
+    """The `overrides:` list of `key=value` entries in a YAML file; none when it is missing."""
+    if not path.exists():
+        return []
+    raw = yaml.safe_load(path.read_text()) or {}
+    entries = raw.get("overrides") if isinstance(raw, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise ConfigError(
+            f"{path} must hold 'overrides:' followed by a list of section.key=value entries, "
+            "e.g. '  - train.lr=1e-4'"
+        )
+    for entry in entries:
+        parse_override(entry)  # a malformed entry fails here, naming itself
+    return entries
+
+
 def params_from_dict(raw: dict[str, Any]) -> Params:
     """Params from a dict written by an earlier run; keys added since take their defaults."""
     return validate(_build(Params, raw, ""))

@@ -39,13 +39,13 @@ def current_and_stale(
     summaries: list[dict], base: Params | None = None
 ) -> tuple[list[dict], list[dict]]:
     """The summaries that belong in the tables, and the stale ones (each with `stale_because`):
-    trained with other params than `base` (the params.yaml of the report, e.g. before a recipe
+    trained with other params than `base` (the study recipe of the report, e.g. before a recipe
     change), or a student whose teacher has been trained again since, so that its pairing with
     the teacher summary of its seed would compare runs of two different teachers."""
     current, stale = [], []
     for s in summaries:
         if base is not None and not summary_is_current(s, base):
-            stale.append({**s, "stale_because": "trained with other params than params.yaml"})
+            stale.append({**s, "stale_because": "trained with other params than the study recipe"})
         else:
             current.append(s)
     teachers = {
@@ -262,8 +262,9 @@ def markdown(results: dict) -> str:
         "`reports/runs/` (one per variant and seed, written by `sibeatgan study run`). "
         "Do not edit by hand: rerun the generator.",
         "",
-        "Every run in the tables was trained with the same recipe (the same budget for every "
-        "variant; runs of another recipe are left out, see below): "
+        "Every run in the tables was trained with the same recipe, params.yaml with the overrides "
+        "in `reports/runs/recipe.yaml` (the same budget for every variant; runs of another "
+        "recipe are left out, see below): "
         f"{_recipe_line(results.get('train'))}. "
         "Every seed trains and tests on the same split (`data.split_seed` 0), so the spread over "
         "seeds is training noise. A student and its teacher share the seed: the same initial "
