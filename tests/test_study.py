@@ -244,5 +244,12 @@ def test_the_summary_commit_says_when_the_code_was_not_committed(tmp_path, monke
     subprocess.run([*git, "commit", "-qm", "c"], check=True)
     clean = git_commit()
     assert clean is not None and len(clean) == 40
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "run.json").write_text("{}\n")
+    subprocess.run([*git, "add", "reports"], check=True)
+    subprocess.run([*git, "commit", "-qm", "summary"], check=True)
+    clean = git_commit()
+    (tmp_path / "reports" / "run.json").write_text('{"auc": 0.9}\n')
+    assert git_commit() == clean, "a changed summary is an output, not changed code"
     (tmp_path / "code.py").write_text("a = 2\n")
     assert git_commit() == clean + "-dirty"

@@ -177,10 +177,15 @@ def scoring_cost(g: Generator, x: np.ndarray) -> dict[str, float]:
 
 
 def git_commit() -> str | None:
-    """HEAD, with "-dirty" when tracked files differ from it (the run used uncommitted code)."""
+    """HEAD, with "-dirty" when tracked files other than reports/ differ from it (the run used
+    uncommitted code or params). reports/ is left out: the study's own summaries and report
+    change there while the grid runs, and recipe.yaml's overrides are recorded in each summary."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(["git", "diff", "HEAD", "--quiet"], capture_output=True)
+        dirty = subprocess.run(
+            ["git", "diff", "HEAD", "--quiet", "--", ".", ":(exclude)reports"],
+            capture_output=True,
+        )
     except OSError:
         return None
     commit = head.stdout.strip()
