@@ -253,3 +253,5 @@ def test_the_summary_commit_says_when_the_code_was_not_committed(tmp_path, monke
     assert git_commit() == clean, "a changed summary is an output, not changed code"
     (tmp_path / "code.py").write_text("a = 2\n")
     assert git_commit() == clean + "-dirty"
+    monkeypatch.chdir(tmp_path / "reports")  # the whole tree counts, not the working folder
+    assert git_commit() == clean + "-dirty"

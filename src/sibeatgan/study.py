@@ -178,12 +178,13 @@ def scoring_cost(g: Generator, x: np.ndarray) -> dict[str, float]:
 
 def git_commit() -> str | None:
     """HEAD, with "-dirty" when tracked files other than reports/ differ from it (the run used
-    uncommitted code or params). reports/ is left out: the study's own summaries and report
-    change there while the grid runs, and recipe.yaml's overrides are recorded in each summary."""
+    uncommitted code or params). reports/ (from the repository's top, whatever the working
+    folder) is left out: the study's own summaries and report change there while the grid runs,
+    and each summary records the full params it trained with."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
         dirty = subprocess.run(
-            ["git", "diff", "HEAD", "--quiet", "--", ".", ":(exclude)reports"],
+            ["git", "diff", "HEAD", "--quiet", "--", ":/", ":(top,exclude)reports"],
             capture_output=True,
         )
     except OSError:
