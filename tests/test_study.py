@@ -78,6 +78,7 @@ def test_student_run_trains_its_teacher_first_then_reuses_it(tiny_params, mlflow
     text = (out / "results.md").read_text()
     assert "| kd | 1 (0) |" in text and "compact_kd" in text
     assert (out / "results.png").stat().st_size > 10_000
+    assert (out / "curves.png").stat().st_size > 10_000 and "(curves.png)" in text
 
 
 def test_a_teacher_trained_with_other_params_is_not_reused(tiny_params, mlflow_store, tmp_path):
@@ -160,6 +161,7 @@ def test_paired_difference_and_noise_rule():
     assert kd_pair["diff_auc_mean"] == pytest.approx(0.004)
     assert kd_pair["diff_auc_p"] == pytest.approx(stats.ttest_rel(kd, teacher).pvalue)
     assert kd_pair["diff_auc_beyond_noise"] is True
+    assert kd_pair["diff_auc_values"] == pytest.approx([0.004, 0.005, 0.003])
     assert v["fd"]["paired_vs_teacher"]["diff_auc_beyond_noise"] is False
     assert v["compact_kd"]["paired_vs_teacher"]["n_pairs"] == 0
     two = paired_difference(

@@ -402,7 +402,9 @@ def study_run(
     "reports/runs",
     "Folder of the run summaries written by `sibeatgan study run`.",
 )
-@folder_option("--out", "out_dir", "reports", "Where results.md, results.json and results.png go.")
+@folder_option(
+    "--out", "out_dir", "reports", "Where results.md, results.json, results.png and curves.png go."
+)
 @with_study_params
 def report(p: Params, runs_dir: Path, out_dir: Path) -> None:
     """Summarise the study from the run summaries: per variant, seeds, mean ± std of test AUC,
@@ -422,4 +424,4 @@ def report(p: Params, runs_dir: Path, out_dir: Path) -> None:
             f"{name:16s} seeds {v['n_seeds']}  test AUC {v['test_auc_mean']:.4f}"
             + (f" ± {v['test_auc_std']:.4f}" if v["test_auc_std"] is not None else "")
         )
-    click.echo(f"written: {out_dir / 'results.md'}, results.json, results.png")
+    click.echo(f"written: {out_dir / 'results.md'}, results.json, results.png, curves.png")

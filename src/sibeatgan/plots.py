@@ -117,22 +117,30 @@ def results_figure(variants: dict[str, dict], published: list[tuple], path: Path
     ax.grid(axis="y", alpha=0.3)
 
     ax = axes[1, 1]
+    students = [n for n in names if variants[n]["val_auc"].get("paired_vs_teacher")]
     for offset, rule, label in (
         (-0.15, "val_auc", "val-AUC selection"),
         (0.15, "val_recon", "unsupervised"),
     ):
         mean, std, where = [], [], []
-        for i, n in enumerate(names):
-            pv = variants[n][rule].get("paired_vs_teacher")
-            if pv and pv["diff_auc_mean"] is not None:
-                mean.append(pv["diff_auc_mean"])
-                std.append(pv["diff_auc_std"] or 0)
-                where.append(i + offset)
+        for i, n in enumerate(students):
+            pv = variants[n][rule]["paired_vs_teacher"]
+            if pv["diff_auc_mean"] is None:
+                continue
+            mean.append(pv["diff_auc_mean"])
+            std.append(pv["diff_auc_std"] or 0)
+            where.append(i + offset)
+            dots = pv.get("diff_auc_values", [])
+            ax.plot([i + offset] * len(dots), dots, ".", color="gray", ms=5)
         ax.errorbar(where, mean, yerr=std, fmt="o", capsize=4, label=label)
     ax.axhline(0, color="k", lw=1)
     ax.axhspan(-0.005, 0.005, color="gray", alpha=0.15, label="±0.005")
-    ax.set(title="paired Δ test AUC vs teacher (same seeds)", xticks=x)
-    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.set(
+        title="paired Δ test AUC vs teacher (mean ± std; dots: seeds)",
+        xticks=np.arange(len(students)),
+        xlim=(-0.6, max(len(students), 1) - 0.4),
+    )
+    ax.set_xticklabels(students, rotation=30, ha="right", fontsize=8)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
 
@@ -141,5 +149,40 @@ def results_figure(variants: dict[str, dict], published: list[tuple], path: Path
     ax.set(title="scoring cost: G multiply-adds per beat (M)", xticks=x)
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def learning_curves(summaries: list[dict], path: Path) -> Path:
+    """Val and test AUC per epoch of every run, one colour per variant: thin lines are seeds,
+    the thick line their mean, a ring the epoch that val AUC picked. Variants keep the order
+    they come in."""
+    variants: dict[str, list[dict]] = {}
+    for s in sorted(summaries, key=lambda s: s["seed"]):
+        if s.get("history"):
+            variants.setdefault(s["variant"], []).append(s)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
+    colours = plt.get_cmap("tab10")
+    for k, (name, runs) in enumerate(variants.items()):
+        colour = colours(k % 10)
+        for ax, key in zip(axes, ("val_auc", "test_auc"), strict=True):
+            curves = [[r[key] for r in s["history"]] for s in runs]
+            for s, curve in zip(runs, curves, strict=True):
+                epochs = [r["epoch"] for r in s["history"]]
+                ax.plot(epochs, curve, color=colour, lw=0.8, alpha=0.5)
+                pick = s["selection"]["val_auc"]["epoch"]
+                if pick in epochs:
+                    ax.plot(pick, curve[epochs.index(pick)], "o", mfc="none", color=colour)
+            length = min(len(c) for c in curves)
+            mean = np.mean([c[:length] for c in curves], axis=0)
+            ax.plot(range(1, length + 1), mean, color=colour, lw=2.2, label=f"{name} ({len(runs)})")
+    for ax, title in zip(axes, ("val AUC per epoch", "test AUC per epoch"), strict=True):
+        ax.set(title=title, xlabel="epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("AUC")
+    axes[1].legend(fontsize=8, title="variant (seeds)", title_fontsize=8, loc="lower right")
+    lows = [v for ax in axes for line in ax.get_lines() for v in line.get_ydata()]
+    if lows:  # the first epochs can sit far below the rest; keep the end of the runs readable
+        axes[0].set_ylim(max(min(lows), float(np.percentile(lows, 10)) - 0.02), max(lows) + 0.005)
     fig.tight_layout()
     return _save(fig, path)

@@ -1,7 +1,8 @@
 """`sibeatgan report`: the study's results from the committed run summaries (reports/runs/).
 
 Writes results.json (per variant and selection rule: seeds, mean +- std of the test figures,
-the paired difference to the teacher on the same seeds), results.md and results.png.
+the paired difference to the teacher on the same seeds), results.md, results.png and
+curves.png (val and test AUC per epoch of every run: is the budget long enough?).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from scipy import stats
 
 from sibeatgan.config import Params
 from sibeatgan.io import read_json, write_json, write_text
-from sibeatgan.plots import results_figure
+from sibeatgan.plots import learning_curves, results_figure
 from sibeatgan.published import PUBLISHED
 from sibeatgan.study import UNSUPERVISED, VARIANTS, group_name, summary_is_current
 
@@ -79,6 +80,7 @@ def paired_difference(variant: dict[int, dict], teacher: dict[int, dict], rule: 
         theirs = np.array([teacher[s]["selection"][rule][key] for s in seeds])
         diffs = ours - theirs
         name = key.removeprefix("test_")
+        out[f"diff_{name}_values"] = [float(d) for d in diffs]  # per seed, in `seeds` order
         out[f"diff_{name}_mean"] = float(diffs.mean()) if len(diffs) else None
         out[f"diff_{name}_std"] = float(diffs.std(ddof=1)) if len(diffs) > 1 else None
         p = None
@@ -325,7 +327,17 @@ def markdown(results: dict) -> str:
     ]
     for method, auc, std, ap, source in PUBLISHED:
         lines.append(f"| {method} | {_pm(auc, std)} | {ap:.4f} | {source} |")
-    lines += ["", "![results](results.png)", ""]
+    lines += [
+        "",
+        "![results](results.png)",
+        "",
+        f"Val and test AUC per epoch of every {HEADLINE[0]} fold {HEADLINE[1]} run (thin: one "
+        "seed, thick: mean over seeds; a ring marks the epoch that val AUC picks). A curve "
+        "still rising at the last epoch says the budget is short.",
+        "",
+        "![learning curves](curves.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -345,5 +357,11 @@ def write_report(runs_dir: Path, out_dir: Path, base: Params | None = None) -> d
         results["train"] = base.to_dict()["train"]
     write_json(out_dir / "results.json", results)
     results_figure(results["variants"], PUBLISHED, out_dir / "results.png")
+    order = list(VARIANTS)
+    headline = sorted(
+        (s for s in summaries if (s["split"], s["fold"], s["split_seed"]) == (*HEADLINE, 0)),
+        key=lambda s: order.index(s["variant"]) if s["variant"] in order else len(order),
+    )
+    learning_curves(headline, out_dir / "curves.png")
     write_text(out_dir / "results.md", markdown(results))
     return results
