@@ -170,6 +170,18 @@ def test_paired_difference_and_noise_rule():
     assert two["n_pairs"] == 2 and two["diff_auc_beyond_noise"] is False, "needs 3 seeds"
 
 
+def test_a_distilled_variant_is_also_paired_with_its_control():
+    runs = [_summary("teacher", s, 0.93, "teacher") for s in range(3)]
+    runs += [_summary("compact_plain", s, a) for s, a in enumerate([0.910, 0.915, 0.905])]
+    runs += [_summary("compact_kd", s, a) for s, a in enumerate([0.912, 0.918, 0.909])]
+    results = build_results(runs)
+    pc = results["variants"]["compact_kd"]["paired_vs_control"]
+    assert pc["control"] == "compact_plain" and pc["n_pairs"] == 3
+    assert pc["diff_auc_values"] == pytest.approx([0.002, 0.003, 0.004])
+    assert "compact_kd against compact_plain" in markdown(results)
+    assert "paired_vs_control" not in results["variants"]["compact_plain"]
+
+
 def test_stale_summaries_are_listed_not_averaged(tiny_params):
     teacher = [_summary("teacher", s, 0.93, "teacher") for s in (0, 1)]
     kd = [_summary("kd", s, 0.92) for s in (0, 1)]

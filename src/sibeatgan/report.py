@@ -17,7 +17,7 @@ from sibeatgan.config import Params
 from sibeatgan.io import read_json, write_json, write_text
 from sibeatgan.plots import learning_curves, results_figure
 from sibeatgan.published import PUBLISHED
-from sibeatgan.study import UNSUPERVISED, VARIANTS, group_name, summary_is_current
+from sibeatgan.study import CONTROLS, UNSUPERVISED, VARIANTS, group_name, summary_is_current
 
 RULES = ("val_auc", "val_recon", "last")
 RULE_NAMES = {
@@ -165,6 +165,12 @@ def build_results(summaries: list[dict], stale: list[dict] = ()) -> dict:
                 test_ap_mean=head["test_ap_mean"],
                 paired_vs_teacher=head.get("paired_vs_teacher"),
             )
+        for name, control in CONTROLS.items():
+            if name in variants and control in variants:
+                entry[name]["paired_vs_control"] = {
+                    "control": control,
+                    **paired_difference(variants[name], variants[control], "val_auc"),
+                }
         results["groups"][group] = entry
     results["variants"] = results["groups"].get(group_name(*HEADLINE), {})
     return results
@@ -246,6 +252,16 @@ def answers(entry: dict) -> list[str]:
             f"- Compact student (width 0.5, KD): Δ AUC {_signed(d)} over "
             f"{compared['compact_kd']['n_pairs']} seed(s), {verdict} 0.005 of the teacher."
         )
+    for name, v in students.items():
+        pc = v.get("paired_vs_control")
+        if pc and pc["n_pairs"]:
+            p = f", p {pc['diff_auc_p']:.3f}" if pc["diff_auc_p"] is not None else ""
+            noise = "beyond" if pc["diff_auc_beyond_noise"] else "within"
+            lines.append(
+                f"- {name} against {pc['control']} (the same student without distillation, "
+                f"paired by seed): Δ AUC {_signed(pc['diff_auc_mean'])} over {pc['n_pairs']} "
+                f"seed(s){p}, {noise} seed noise."
+            )
     return lines
 
 

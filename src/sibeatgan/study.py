@@ -82,7 +82,15 @@ VARIANTS: dict[str, Variant] = {
         (*_STUDENT, "student.kd=true", "student.width_mult=0.5"),
         "half-width student (about 1/4 of the multiply-adds) with KD",
     ),
+    "compact_plain": Variant(
+        "student",
+        (*_STUDENT, "student.width_mult=0.5"),
+        "half-width student without distillation (compact_kd's control)",
+    ),
 }
+# a student variant and the run without its distillation term: same width, seed and batch order,
+# so their paired difference is what the term itself does
+CONTROLS = {"compact_kd": "compact_plain"}
 
 # figures of each epoch's detection report kept in the history and the selections
 REPORT_KEYS = (
