@@ -186,6 +186,17 @@ def _signed(value: float | None) -> str:
     return "-" if value is None else f"{value:+.4f}"
 
 
+def _pm_signed(mean: float | None, std: float | None) -> str:
+    return _signed(mean) + (f" ± {std:.4f}" if std is not None else "")
+
+
+def _per_seed(paired: dict) -> str:
+    return ", ".join(
+        f"{seed}: {_signed(d)}"
+        for seed, d in zip(paired["seeds"], paired["diff_auc_values"], strict=True)
+    )
+
+
 def _variant_table(entry: dict, rule: str) -> list[str]:
     lines = [
         "| variant | seeds | test AUC | test AP | F1 (val thr.) | recall S / V / F "
@@ -246,21 +257,29 @@ def answers(entry: dict) -> list[str]:
     else:
         lines.append("- No student runs yet.")
     if "compact_kd" in compared:
-        d = compared["compact_kd"]["diff_auc_mean"]
+        pv = compared["compact_kd"]
+        d = pv["diff_auc_mean"]
+        worst = min(pv["diff_auc_values"])
         verdict = "within" if d >= -0.005 else "not within"
         lines.append(
-            f"- Compact student (width 0.5, KD): Δ AUC {_signed(d)} over "
-            f"{compared['compact_kd']['n_pairs']} seed(s), {verdict} 0.005 of the teacher."
+            f"- Compact student (width 0.5, KD): Δ AUC {_pm_signed(d, pv['diff_auc_std'])} over "
+            f"{pv['n_pairs']} seed(s) (per seed {_per_seed(pv)}): the mean is {verdict} 0.005 of "
+            "the teacher"
+            + (f", the worst seed ({_signed(worst)}) is not." if worst < -0.005 else ".")
         )
     for name, v in students.items():
         pc = v.get("paired_vs_control")
         if pc and pc["n_pairs"]:
-            p = f", p {pc['diff_auc_p']:.3f}" if pc["diff_auc_p"] is not None else ""
-            noise = "beyond" if pc["diff_auc_beyond_noise"] else "within"
+            if pc["n_pairs"] < MIN_PAIRS:
+                verdict = f"too few seeds to tell from noise (needs {MIN_PAIRS})"
+            else:
+                verdict = f"p {pc['diff_auc_p']:.3f}, " + (
+                    "beyond seed noise" if pc["diff_auc_beyond_noise"] else "within seed noise"
+                )
             lines.append(
                 f"- {name} against {pc['control']} (the same student without distillation, "
-                f"paired by seed): Δ AUC {_signed(pc['diff_auc_mean'])} over {pc['n_pairs']} "
-                f"seed(s){p}, {noise} seed noise."
+                f"paired by seed): Δ AUC {_pm_signed(pc['diff_auc_mean'], pc['diff_auc_std'])} "
+                f"over {pc['n_pairs']} seed(s) (per seed {_per_seed(pc)}), {verdict}."
             )
     return lines
 
