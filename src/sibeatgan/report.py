@@ -71,13 +71,14 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else None
 
 
-def paired_difference(variant: dict[int, dict], teacher: dict[int, dict], rule: str) -> dict:
-    """Variant minus teacher test AUC / AP on the seeds both have, with a paired t-test."""
-    seeds = sorted(set(variant) & set(teacher))
+def paired_difference(variant: dict[int, dict], reference: dict[int, dict], rule: str) -> dict:
+    """Variant minus reference (the teacher, or a control) test AUC / AP on the seeds both
+    have, with a paired t-test."""
+    seeds = sorted(set(variant) & set(reference))
     out: dict = {"n_pairs": len(seeds), "seeds": seeds}
     for key in ("test_auc", "test_ap"):
         ours = np.array([variant[s]["selection"][rule][key] for s in seeds])
-        theirs = np.array([teacher[s]["selection"][rule][key] for s in seeds])
+        theirs = np.array([reference[s]["selection"][rule][key] for s in seeds])
         diffs = ours - theirs
         name = key.removeprefix("test_")
         out[f"diff_{name}_values"] = [float(d) for d in diffs]  # per seed, in `seeds` order
@@ -392,11 +393,12 @@ def write_report(runs_dir: Path, out_dir: Path, base: Params | None = None) -> d
         results["train"] = base.to_dict()["train"]
     write_json(out_dir / "results.json", results)
     results_figure(results["variants"], PUBLISHED, out_dir / "results.png")
-    order = list(VARIANTS)
-    headline = sorted(
-        (s for s in summaries if (s["split"], s["fold"], s["split_seed"]) == (*HEADLINE, 0)),
-        key=lambda s: order.index(s["variant"]) if s["variant"] in order else len(order),
-    )
+    headline = [
+        s
+        for s in summaries
+        if group_name(s["split"], s["fold"], s["split_seed"]) == group_name(*HEADLINE)
+    ]
+    headline.sort(key=lambda s: list(VARIANTS).index(s["variant"]))
     learning_curves(headline, out_dir / "curves.png")
     write_text(out_dir / "results.md", markdown(results))
     return results
