@@ -159,8 +159,7 @@ def learning_curves(summaries: list[dict], path: Path) -> Path:
     they come in."""
     variants: dict[str, list[dict]] = {}
     for s in sorted(summaries, key=lambda s: s["seed"]):
-        if s.get("history"):
-            variants.setdefault(s["variant"], []).append(s)
+        variants.setdefault(s["variant"], []).append(s)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
     colours = plt.get_cmap("tab10")
     for k, (name, runs) in enumerate(variants.items()):
@@ -171,8 +170,7 @@ def learning_curves(summaries: list[dict], path: Path) -> Path:
                 epochs = [r["epoch"] for r in s["history"]]
                 ax.plot(epochs, curve, color=colour, lw=0.8, alpha=0.5)
                 pick = s["selection"]["val_auc"]["epoch"]
-                if pick in epochs:
-                    ax.plot(pick, curve[epochs.index(pick)], "o", mfc="none", color=colour)
+                ax.plot(pick, curve[epochs.index(pick)], "o", mfc="none", color=colour)
             length = min(len(c) for c in curves)
             mean = np.mean([c[:length] for c in curves], axis=0)
             ax.plot(range(1, length + 1), mean, color=colour, lw=2.2, label=f"{name} ({len(runs)})")

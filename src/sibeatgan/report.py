@@ -177,18 +177,15 @@ def build_results(summaries: list[dict], stale: list[dict] = ()) -> dict:
     return results
 
 
-def _pm(mean: float | None, std: float | None, digits: int = 4) -> str:
+def _pm(mean: float | None, std: float | None, digits: int = 4, signed: bool = False) -> str:
     if mean is None:
         return "-"
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+    sign = "+" if signed else ""
+    return f"{mean:{sign}.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
 def _signed(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.4f}"
-
-
-def _pm_signed(mean: float | None, std: float | None) -> str:
-    return _signed(mean) + (f" ± {std:.4f}" if std is not None else "")
+    return _pm(value, None, signed=True)
 
 
 def _per_seed(paired: dict) -> str:
@@ -210,9 +207,7 @@ def _variant_table(entry: dict, rule: str) -> list[str]:
         recall = " / ".join(
             "-" if r[f"recall_{c}_mean"] is None else f"{r[f'recall_{c}_mean']:.2f}" for c in "SVF"
         )
-        diff = "-" if pv is None else f"{_signed(pv['diff_auc_mean'])}"
-        if pv is not None and pv["diff_auc_std"] is not None:
-            diff += f" ± {pv['diff_auc_std']:.4f}"
+        diff = "-" if pv is None else _pm(pv["diff_auc_mean"], pv["diff_auc_std"], signed=True)
         p = "-" if pv is None or pv["diff_auc_p"] is None else f"{pv['diff_auc_p']:.3f}"
         beyond = "-" if pv is None else ("yes" if pv["diff_auc_beyond_noise"] else "no")
         lines.append(
@@ -263,8 +258,9 @@ def answers(entry: dict) -> list[str]:
         worst = min(pv["diff_auc_values"])
         verdict = "within" if d >= -0.005 else "not within"
         lines.append(
-            f"- Compact student (width 0.5, KD): Δ AUC {_pm_signed(d, pv['diff_auc_std'])} over "
-            f"{pv['n_pairs']} seed(s) (per seed {_per_seed(pv)}): the mean is {verdict} 0.005 of "
+            "- Compact student (width 0.5, KD): Δ AUC "
+            f"{_pm(d, pv['diff_auc_std'], signed=True)} over {pv['n_pairs']} seed(s) "
+            f"(per seed {_per_seed(pv)}): the mean is {verdict} 0.005 of "
             "the teacher"
             + (f", the worst seed ({_signed(worst)}) is not." if worst < -0.005 else ".")
         )
@@ -279,8 +275,9 @@ def answers(entry: dict) -> list[str]:
                 )
             lines.append(
                 f"- {name} against {pc['control']} (the same student without distillation, "
-                f"paired by seed): Δ AUC {_pm_signed(pc['diff_auc_mean'], pc['diff_auc_std'])} "
-                f"over {pc['n_pairs']} seed(s) (per seed {_per_seed(pc)}), {verdict}."
+                "paired by seed): Δ AUC "
+                f"{_pm(pc['diff_auc_mean'], pc['diff_auc_std'], signed=True)} over {pc['n_pairs']} "
+                f"seed(s) (per seed {_per_seed(pc)}), {verdict}."
             )
     return lines
 
