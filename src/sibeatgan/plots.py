@@ -159,7 +159,8 @@ def learning_curves(summaries: list[dict], path: Path) -> Path:
     they come in."""
     variants: dict[str, list[dict]] = {}
     for s in sorted(summaries, key=lambda s: s["seed"]):
-        variants.setdefault(s["variant"], []).append(s)
+        if s.get("history"):  # hand-made summaries (tests, older runs) may have none
+            variants.setdefault(s["variant"], []).append(s)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
     colours = plt.get_cmap("tab10")
     for k, (name, runs) in enumerate(variants.items()):
