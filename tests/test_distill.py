@@ -104,3 +104,22 @@ def test_hint_projections_train_with_the_student():
     after = list(distiller.projections.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
     assert dataclasses.is_dataclass(distiller.cfg)
+
+
+def test_a_resumed_student_restores_its_hint_projections(tmp_path):
+    from test_train import fit_stopped_then_resumed
+
+    def build(seed):
+        return build_models(1, 8, 4, seed)
+
+    def distiller_of():
+        return teacher_and_student(0.5, kd=True, fd=True, fd_mode="hint")[3]
+
+    train_x, val_x, val_y = toy_data()
+    g, d = build(0)
+    straight = fit(g, d, train_x, val_x, val_y, cfg(epochs=2), seed=0, distiller=distiller_of())
+    _, resumed = fit_stopped_then_resumed(cfg(epochs=2), tmp_path / "s.pt", build, distiller_of)
+    assert [r["val_auc"] for r in resumed.history] == [r["val_auc"] for r in straight.history]
+    assert [r["mean_loss_fd"] for r in resumed.history] == [
+        r["mean_loss_fd"] for r in straight.history
+    ]

@@ -269,3 +269,69 @@ def test_the_summary_commit_says_when_the_code_was_not_committed(tmp_path, monke
     assert git_commit() == clean + "-dirty"
     monkeypatch.chdir(tmp_path / "reports")  # the whole tree counts, not the working folder
     assert git_commit() == clean + "-dirty"
+
+
+def _stopping_monitor(monkeypatch, at_epoch: int) -> None:
+    """Make the next study run stop (as Ctrl-C would) while scoring epoch `at_epoch`."""
+    import sibeatgan.study as study
+
+    real = study.epoch_monitor
+
+    def epoch_monitor(p, data):
+        inner, calls = real(p, data), []
+
+        def monitor(g):
+            calls.append(1)
+            if len(calls) == at_epoch:
+                raise KeyboardInterrupt
+            return inner(g)
+
+        return monitor
+
+    monkeypatch.setattr(study, "epoch_monitor", epoch_monitor)
+
+
+def test_a_stopped_study_run_resumes_in_its_mlflow_run(
+    tiny_params, mlflow_store, tmp_path, monkeypatch
+):
+    p = with_overrides(tiny_params, ["train.epochs=3"])
+    straight = run_variant(p, "teacher", seed=0, work=tmp_path / "w1", runs_dir=tmp_path / "r1")
+
+    work, runs = tmp_path / "w2", tmp_path / "r2"
+    with monkeypatch.context() as m:
+        _stopping_monitor(m, at_epoch=2)
+        with pytest.raises(KeyboardInterrupt):
+            run_variant(p, "teacher", seed=0, work=work, runs_dir=runs)
+    client = MlflowClient()
+    (stopped,) = [r for r in client.search_runs(
+        [client.get_experiment_by_name(STUDY_EXPERIMENT).experiment_id]
+    ) if r.info.run_id != straight["mlflow_run_id"]]  # fmt: skip
+    assert stopped.info.status == "KILLED"
+    state = work / "intra-fold0-seed0" / "teacher" / "models" / "teacher" / "train_state.pt"
+    assert state.exists() and not (runs / "teacher").exists()
+
+    resumed = run_variant(p, "teacher", seed=0, work=work, runs_dir=runs)
+    assert resumed["mlflow_run_id"] == stopped.info.run_id, "the stopped run goes on"
+    run = client.get_run(resumed["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["resumed_after_epoch"] == "1"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")] == [1, 2, 3]
+    assert resumed["history"] == straight["history"], "as if it had never stopped"
+    assert resumed["selection"] == straight["selection"]
+    assert not state.exists(), "a finished run leaves no training state behind"
+
+
+def test_a_stopped_run_of_another_recipe_is_trained_afresh(
+    tiny_params, mlflow_store, tmp_path, monkeypatch, capsys
+):
+    work, runs = tmp_path / "w", tmp_path / "r"
+    p = with_overrides(tiny_params, ["train.epochs=3"])
+    with monkeypatch.context() as m:
+        _stopping_monitor(m, at_epoch=2)
+        with pytest.raises(KeyboardInterrupt):
+            run_variant(p, "teacher", seed=0, work=work, runs_dir=runs)
+    other = with_overrides(p, ["train.lr=3e-4"])
+    fresh = run_variant(other, "teacher", seed=0, work=work, runs_dir=runs)
+    assert "not resuming" in capsys.readouterr().out
+    run = MlflowClient().get_run(fresh["mlflow_run_id"])
+    assert "resumed_after_epoch" not in run.data.tags
+    assert [r["epoch"] for r in fresh["history"]] == [1, 2, 3]

@@ -231,3 +231,76 @@ def test_d_skips_its_update_while_its_loss_is_below_the_threshold(skip_below, mo
     out = train_step(g, d, opt_g, opt_d, x, 1.0, d_skip_below=skip_below)
     assert out["d"] < 1.99
     assert any(not torch.equal(v, before[k]) for k, v in d.named_parameters()) is moves
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(epoch: int):
+    def on_epoch(row):
+        if row["epoch"] == epoch:
+            raise _Stop
+
+    return on_epoch
+
+
+def fit_stopped_then_resumed(cfg_, state_path, build=None, distiller_of=None):
+    """Fit until epoch 1 ends, stop as a killed process would, then resume on fresh models
+    (from another seed, so only the restored state can make the two parts match)."""
+    build = build or (lambda seed: build_models(1, 8, 4, seed))
+    distiller_of = distiller_of or (lambda: None)
+    train_x, val_x, val_y = toy_data()
+    g, d = build(0)
+    with pytest.raises(_Stop):
+        fit(g, d, train_x, val_x, val_y, cfg_, 0, distiller_of(),
+            on_epoch=_stop_after(1), state_path=state_path)  # fmt: skip
+    g, d = build(99)
+    result = fit(g, d, train_x, val_x, val_y, cfg_, 0, distiller_of(), state_path=state_path)
+    return g, result
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {},
+        # every stateful part: G's average, a schedule, both random generators (time-warp
+        # draws from numpy's, D's re-initialisation and instance noise from torch's)
+        {"ema": 0.9, "lr_schedule": "cosine", "warmup_steps": 3, "augment_copies": 1,
+         "d_noise": 0.1, "d_reset_below": 0.7},
+    ],
+)  # fmt: skip
+def test_a_resumed_fit_trains_exactly_as_one_that_never_stopped(knobs, tmp_path):
+    c = cfg(epochs=3, **knobs)
+    train_x, val_x, val_y = toy_data()
+    g, d = build_models(1, 8, 4, 0)
+    straight = fit(g, d, train_x, val_x, val_y, c, seed=0)
+    state_path = tmp_path / "state.pt"
+    g2, resumed = fit_stopped_then_resumed(c, state_path)
+    assert resumed.resumed_from == 1 and straight.resumed_from == 0
+    keys = ("epoch", "val_auc", "val_recon_n", "mean_loss_g", "mean_loss_d")
+    assert [{k: r[k] for k in keys} for r in resumed.history] == [
+        {k: r[k] for k in keys} for r in straight.history
+    ]
+    for k, v in g.state_dict().items():
+        assert torch.equal(v, g2.state_dict()[k]), k
+    for k, v in straight.g_state.items():
+        assert torch.equal(v, resumed.g_state[k]), k
+    assert resumed.best_epoch == straight.best_epoch
+    assert resumed.d_resets == straight.d_resets
+    assert resumed.train_time_s > resumed.history[-1]["epoch_time_s"], "time of both sessions"
+    assert state_path.exists(), "fit leaves the state; its caller removes it once done"
+
+
+def test_a_finished_state_resumes_to_the_same_result_without_training(tmp_path):
+    train_x, val_x, val_y = toy_data()
+    state_path = tmp_path / "state.pt"
+    g, d = build_models(1, 8, 4, 0)
+    first = fit(g, d, train_x, val_x, val_y, cfg(epochs=2), seed=0, state_path=state_path)
+    epochs = []
+    g, d = build_models(1, 8, 4, 5)
+    again = fit(g, d, train_x, val_x, val_y, cfg(epochs=2), 0, state_path=state_path,
+                on_epoch=epochs.append)  # fmt: skip
+    assert epochs == [] and again.resumed_from == 2 and again.best_epoch == first.best_epoch
+    for k, v in first.g_state.items():
+        assert torch.equal(v, again.g_state[k]), k

@@ -341,7 +341,11 @@ def study_list(p: Params, runs_dir: Path) -> None:
     show_default=True,
     help="intra: beat-level folds (published); inter: de Chazal DS1/DS2 patients.",
 )
-@click.option("--force", is_flag=True, help="Train again even when a summary exists.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Train again from scratch even when a summary (or a stopped training) exists.",
+)
 @folder_option("--runs", "runs_dir", "reports/runs", "Folder for the run summaries (commit it).")
 @folder_option(
     "--work", "work", "outputs/study", "Folder for prepared data and checkpoints (not committed)."
@@ -360,7 +364,9 @@ def study_run(
     """Train VARIANTS (names from `sibeatgan study list`) for each seed, seed by seed; a
     student's teacher of the same seed is trained first when missing. Runs with a summary
     already in --runs are skipped unless --force; a summary trained with other params (another
-    recipe) is trained again and replaced. Every run is tracked in MLflow (experiment
+    recipe) is trained again and replaced. A run stopped before its last epoch (Ctrl-C, a
+    closed session) resumes after its last finished epoch, in the same MLflow run, and trains
+    as if it had never stopped. Every run is tracked in MLflow (experiment
     sibeatgan-study) and scores val and test each epoch, so the summary holds the test figures
     under each selection rule. The recipe is params.yaml, then --runs/recipe.yaml, then -S;
     -S overrides apply to every run (and change its budget: keep them the same across
@@ -385,7 +391,7 @@ def study_run(
                     f"{variant} seed {seed}: {path} was trained with other params; "
                     "training again with these (it will be replaced)"
                 )
-            s = run_variant(p, variant, seed, fold, split, work, runs_dir)
+            s = run_variant(p, variant, seed, fold, split, work, runs_dir, resume=not force)
             sel = s["selection"]
             click.echo(
                 f"{variant} seed {seed}: test AUC {sel['val_auc']['test_auc']:.4f} (val-AUC "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import mlflow
 import torch
 from mlflow.exceptions import MlflowException
 
-from sibeatgan import plots, registry, tracking
+from sibeatgan import plots, registry, tracking, train_state
 from sibeatgan.config import Params
 from sibeatgan.distill import Distiller
 from sibeatgan.io import load_state_dict, read_json, save_state_dict, write_csv, write_json
@@ -59,10 +58,13 @@ def train_model(
     teacher_dir: Path | None = None,
     use_active_run: bool = False,
     monitor: Callable[[Generator], dict[str, float]] | None = None,
+    resume: bool = True,
 ) -> dict:
     """Train the teacher, or a student guided by the teacher in `teacher_dir`; save G and D of
     the selected epoch as state dicts, and track the run in MLflow. `monitor` adds figures to
-    each epoch's row (see train.fit); the returned dict holds the rows under `history`."""
+    each epoch's row (see train.fit); the returned dict holds the rows under `history`.
+    A training stopped before its last epoch left its state beside the checkpoints; with
+    `resume` and the same params it continues from there, in the same MLflow run."""
     set_threads(p)
     data = load_checked(p)
     nc = p.data.channels
@@ -89,9 +91,13 @@ def train_model(
             distiller = Distiller(teacher, p.student, width).to(device)
     g, d = g.to(device), d.to(device)
     out = layout.model_dir(role)
+    state_path = out / train_state.FILENAME
+    run_id = _resumable_run(state_path, p, role, resume and not use_active_run, extra_tags)
 
-    with tracking.training_run(p, role, use_active_run, **extra_tags) as run:
-        t0 = time.perf_counter()
+    with tracking.training_run(p, role, use_active_run, run_id, **extra_tags) as run:
+        if run_id is not None and run.info.run_id != run_id:  # the old run left the store
+            for row in train_state.read(state_path)["progress"]["history"]:
+                tracking.log_epoch(row)
         result = fit(
             g,
             d,
@@ -105,8 +111,11 @@ def train_model(
             on_epoch=tracking.log_epoch,
             desc=role,
             monitor=monitor,
+            state_path=state_path,
+            state_meta={"params": p.to_dict(), "run_id": run.info.run_id, **extra_tags},
         )
-        train_time = time.perf_counter() - t0
+        if result.resumed_from:
+            mlflow.set_tag("resumed_after_epoch", str(result.resumed_from))
         mlflow.set_tag("precision", result.precision)  # what train.precision=auto resolved to
         g.load_state_dict(result.g_state)
         d.load_state_dict(result.d_state)
@@ -126,7 +135,7 @@ def train_model(
             "selected_val_auc": best["val_auc"],
             "selected_val_ap": best["val_ap"],
             "d_resets": result.d_resets,
-            "train_time_s": train_time,
+            "train_time_s": result.train_time_s,
             "g_params": count_params(g),
             "d_params": count_params(d),
         }
@@ -152,7 +161,28 @@ def train_model(
         write_json(out / "fit.json", info)
         mlflow.log_artifact(str(out / "fit.json"), artifact_path="checkpoints")
         write_json(layout.metrics(f"{role}_train"), summary)
+    state_path.unlink(missing_ok=True)  # the run is done: its products replace the state
     return {**info, "history": result.history}
+
+
+def _resumable_run(
+    state_path: Path, p: Params, role: str, resume: bool, tags: dict[str, str]
+) -> str | None:
+    """The MLflow run id of a stopped training in `state_path` that these params continue;
+    None (and the state removed) when there is none, resuming is off, or the state is from
+    another recipe or teacher: that training is then started afresh."""
+    if not state_path.exists():
+        return None
+    meta = train_state.read(state_path)["meta"]
+    same = tracking.same_recipe(meta.get("params", {}), p, role) and all(
+        meta.get(k) == v for k, v in tags.items()
+    )
+    if resume and same:
+        return meta["run_id"]
+    why = "resuming is off" if not resume else "it was trained with other params or teacher"
+    print(f"{role}: not resuming the stopped training in {state_path} ({why}); starting afresh")
+    state_path.unlink()
+    return None
 
 
 def evaluate(p: Params, layout: Layout = DEFAULT_LAYOUT, roles: tuple[str, ...] = ROLES) -> dict:

@@ -236,8 +236,10 @@ def run_variant(
     work: Path = WORK_DIR,
     runs_dir: Path = RUNS_DIR,
     extra: tuple[str, ...] = (),
+    resume: bool = True,
 ) -> dict:
-    """Train one variant for one seed, fold and split; write and return its summary."""
+    """Train one variant for one seed, fold and split; write and return its summary. A stopped
+    training of it in `work` is resumed unless `resume` is off."""
     commit = git_commit()  # the code this run starts from, not the HEAD when it ends
     p = variant_params(base, variant, seed, fold, split, extra)
     role = VARIANTS[variant].role
@@ -250,7 +252,8 @@ def run_variant(
     layout = Layout(work / run_name(split, fold, seed, split_seed) / variant)
     with study_experiment():
         data = load_checked(p)
-        info = train_model(p, role, layout, teacher_dir, monitor=epoch_monitor(p, data))
+        monitor = epoch_monitor(p, data)
+        info = train_model(p, role, layout, teacher_dir, monitor=monitor, resume=resume)
         mlflow.MlflowClient(tracking.setup()).set_tag(info["run_id"], "variant", variant)
     history = info.pop("history")
     g = load_generator(layout.model_dir(role))

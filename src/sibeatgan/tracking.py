@@ -14,6 +14,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 import sibeatgan
@@ -87,9 +88,12 @@ def teacher_config_key(p: Params) -> str:
 
 
 @contextmanager
-def training_run(p: Params, role: str, use_active: bool = False, **tags: str) -> Iterator:
+def training_run(
+    p: Params, role: str, use_active: bool = False, run_id: str | None = None, **tags: str
+) -> Iterator:
     """A run for one training: the active run itself when `use_active` (the run `mlflow run`
-    made), a child of the active run when there is one, else a new top-level run."""
+    made), a child of the active run when there is one, else a new top-level run. `run_id`
+    reopens a stopped run to resume it, if the store still has it."""
     setup()
     active = mlflow.active_run()
     if use_active and active is None:
@@ -100,8 +104,21 @@ def training_run(p: Params, role: str, use_active: bool = False, **tags: str) ->
         with _killed_on_interrupt():
             yield _start(active, p, role, tags)
         return
-    with mlflow.start_run(run_name=role, nested=active is not None) as run, _killed_on_interrupt():
+    nested = active is not None
+    if run_id is not None and _run_exists(run_id):
+        start = mlflow.start_run(run_id=run_id, nested=nested)
+    else:
+        start = mlflow.start_run(run_name=role, nested=nested)
+    with start as run, _killed_on_interrupt():
         yield _start(run, p, role, tags)
+
+
+def _run_exists(run_id: str) -> bool:
+    try:
+        mlflow.get_run(run_id)
+    except MlflowException:
+        return False
+    return True
 
 
 @contextmanager

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,12 +16,14 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
+from sibeatgan import train_state
 from sibeatgan.augment import time_warp
 from sibeatgan.config import TrainCfg
 from sibeatgan.distill import Distiller
 from sibeatgan.metrics import auc_ap
 from sibeatgan.models import Discriminator, Generator, init_weights
 from sibeatgan.scoring import score
+from sibeatgan.train_state import Progress
 
 StepCallback = Callable[[int, dict[str, float]], None]
 EpochCallback = Callable[[dict[str, float]], None]
@@ -34,6 +38,8 @@ class FitResult:
     selection: str
     d_resets: int = 0
     precision: str = "fp32"
+    train_time_s: float = 0.0  # over every session of a resumed run
+    resumed_from: int = 0  # epochs already done when this call started
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -122,10 +128,14 @@ def fit(
     on_epoch: EpochCallback | None = None,
     desc: str = "train",
     monitor: Callable[[Generator], dict[str, float]] | None = None,
+    state_path: Path | None = None,
+    state_meta: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train G and D; score val each epoch (with the EMA of G when `cfg.ema` > 0); return the
     state dicts of the epoch chosen by `cfg.selection`. `monitor` adds figures to each epoch's
-    row for experiments (e.g. a test-AUC curve); it never takes part in the selection."""
+    row for experiments (e.g. a test-AUC curve); it never takes part in the selection.
+    With `state_path`, the training state (with `state_meta`) is written there after every
+    epoch, and a state already there is resumed: the caller removes one it must not resume."""
     device = next(g.parameters()).device
     precision = resolve_precision(cfg.precision, device)
     rng = np.random.default_rng([seed, 7])
@@ -142,15 +152,20 @@ def fit(
     game_steps = max(total_steps - cfg.pretrain_g_steps, 1)
     sched_d = make_schedule(opt_d, cfg, game_steps)
     ema = AveragedModel(g, avg_fn=ema_avg(cfg.ema), use_buffers=True) if cfg.ema > 0 else None
-    history: list[dict[str, float]] = []
-    best_value, best_epoch = -float("inf"), 0
-    best_g, best_d = {}, {}
-    step, d_resets = 0, 0
+    parts = {"g": g, "d": d, "opt_g": opt_g, "opt_d": opt_d, "sched_g": sched_g, "sched_d": sched_d}
+    parts |= {"ema": ema} if ema is not None else {}
+    parts |= {"projections": distiller.projections} if distiller is not None else {}
+    progress = Progress()
+    if state_path is not None and state_path.exists():
+        progress = train_state.restore(train_state.read(state_path), parts, rng)
+        tqdm.write(f"{desc}: resuming after epoch {progress.epoch} from {state_path}")
+    resumed_from = progress.epoch
+    history = progress.history
     for module in (g, d, distiller):
         if module is not None:
             module.train()
 
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(progress.epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         data = _epoch_data(base, train_x, cfg, rng)
         order = torch.from_numpy(rng.permutation(len(data))).to(device)
@@ -160,7 +175,7 @@ def fit(
         for b in bar:
             x = data[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
             with autocast(device, precision):
-                gan = step >= cfg.pretrain_g_steps
+                gan = progress.step >= cfg.pretrain_g_steps
                 losses = train_step(
                     g,
                     d if gan else None,
@@ -170,7 +185,7 @@ def fit(
                     cfg.w_adv,
                     distiller,
                     cfg.d_real_label,
-                    d_noise=cfg.d_noise * _anneal(step - cfg.pretrain_g_steps, game_steps),
+                    d_noise=cfg.d_noise * _anneal(progress.step - cfg.pretrain_g_steps, game_steps),
                     d_skip_below=cfg.d_skip_below,
                 )
             sched_g.step()
@@ -181,12 +196,12 @@ def fit(
             if losses.get("d", float("inf")) < cfg.d_reset_below:
                 init_weights(d)
                 opt_d.state.clear()  # fresh Adam moments for the fresh D
-                d_resets += 1
-            step += 1
+                progress.d_resets += 1
+            progress.step += 1
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
-            if on_step and step % cfg.log_every == 0:
-                on_step(step, {f"loss_{k}": v for k, v in losses.items()})
+            if on_step and progress.step % cfg.log_every == 0:
+                on_step(progress.step, {f"loss_{k}": v for k, v in losses.items()})
             if b % 20 == 0:
                 bar.set_postfix({k: f"{losses[k]:.4f}" for k in ("d", "g") if k in losses})
         bar.close()
@@ -206,18 +221,33 @@ def fit(
             **(monitor(scored) if monitor else {}),
         }
         value = _selection_value(row, cfg.selection)
-        if value > best_value:
-            best_value, best_epoch = value, epoch
-            best_g, best_d = copy.deepcopy(scored.state_dict()), copy.deepcopy(d.state_dict())
+        if value > progress.best_value:
+            progress.best_value, progress.best_epoch = value, epoch
+            progress.best_g = copy.deepcopy(scored.state_dict())
+            progress.best_d = copy.deepcopy(d.state_dict())
         row["best_val_auc"] = max(r["val_auc"] for r in [*history, row])
         history.append(row)
         tqdm.write(
             f"{desc} epoch {epoch}: val AUC {val_auc:.4f}  AP {val_ap:.4f}  "
-            f"({row['epoch_time_s']:.0f} s){'  *' if best_epoch == epoch else ''}"
+            f"({row['epoch_time_s']:.0f} s){'  *' if progress.best_epoch == epoch else ''}"
         )
+        progress.epoch = epoch
+        progress.elapsed_s += time.perf_counter() - t0
+        if state_path is not None:
+            train_state.save(state_path, parts, progress, rng, state_meta or {})
         if on_epoch:
             on_epoch(row)
-    return FitResult(best_g, best_d, history, best_epoch, cfg.selection, d_resets, precision)
+    return FitResult(
+        progress.best_g,
+        progress.best_d,
+        history,
+        progress.best_epoch,
+        cfg.selection,
+        progress.d_resets,
+        precision,
+        progress.elapsed_s,
+        resumed_from,
+    )
 
 
 def train_step(
