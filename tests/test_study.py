@@ -141,6 +141,8 @@ def _summary(variant: str, seed: int, auc: float, role: str = "student") -> dict
         "train_time_s": 5.0,
         "mlflow_run_id": f"run{variant}{seed}",
         "selection": {rule: dict(picked) for rule in ("val_auc", "val_recon", "last")},
+        "params": {"train": {"lr_schedule": "constant", "warmup_steps": 0}},
+        "history": [{"epoch": e, "val_auc": auc, "test_auc": auc} for e in (1, 2, 3)],
     }
 
 
@@ -335,3 +337,25 @@ def test_a_stopped_run_of_another_recipe_is_trained_afresh(
     run = MlflowClient().get_run(fresh["mlflow_run_id"])
     assert "resumed_after_epoch" not in run.data.tags
     assert [r["epoch"] for r in fresh["history"]] == [1, 2, 3]
+
+
+def _run_with(history_aucs, schedule="constant"):
+    history = [
+        {"epoch": i + 1, "val_auc": v, "test_auc": t} for i, (v, t) in enumerate(history_aucs)
+    ]
+    return {"params": {"train": {"lr_schedule": schedule, "warmup_steps": 0}}, "history": history}
+
+
+def test_budget_curve_scores_the_val_pick_among_the_first_k_epochs():
+    from sibeatgan.report import budget_curve
+
+    # seed 0 peaks on val at epoch 2 of the first 4, and at epoch 6 overall
+    s0 = _run_with([(0.1, 0.5), (0.9, 0.7), (0.2, 0.9), (0.3, 0.9), (0.4, 0.1), (0.95, 0.8)])
+    s1 = _run_with([(0.5, 0.6)] * 6)
+    curve = budget_curve({0: s0, 1: s1})
+    assert [c["epochs"] for c in curve] == [4, 6]
+    assert curve[0]["test_auc_values"] == [0.7, 0.6]
+    assert curve[1]["test_auc_values"] == [0.8, 0.6]
+    assert curve[1]["test_auc_mean"] == pytest.approx(0.7)
+    cosine = _run_with([(0.5, 0.6)] * 6, schedule="cosine")
+    assert budget_curve({0: s0, 1: cosine}) is None, "a cosine run's prefix is no shorter run"
