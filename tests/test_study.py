@@ -357,5 +357,18 @@ def test_budget_curve_scores_the_val_pick_among_the_first_k_epochs():
     assert curve[0]["test_auc_values"] == [0.7, 0.6]
     assert curve[1]["test_auc_values"] == [0.8, 0.6]
     assert curve[1]["test_auc_mean"] == pytest.approx(0.7)
+    aug = _run_with([(0.5, 0.6)] * 4)
+    aug["params"]["train"]["augment_copies"] = 2
+    assert [c["budget_epochs"] for c in budget_curve({0: aug})] == [12]
     cosine = _run_with([(0.5, 0.6)] * 6, schedule="cosine")
     assert budget_curve({0: s0, 1: cosine}) is None, "a cosine run's prefix is no shorter run"
+
+
+@pytest.mark.parametrize("epochs,aug_epochs", [(12, 4), (30, 10), (2, 1)])
+def test_the_augmented_teacher_gets_the_same_number_of_steps(tiny_params, epochs, aug_epochs):
+    base = with_overrides(tiny_params, [f"train.epochs={epochs}"])
+    plain = variant_params(base, "teacher", 0, 0, "intra").train
+    aug = variant_params(base, "teacher_aug", 0, 0, "intra").train
+    assert (plain.epochs, aug.epochs, aug.augment_copies) == (epochs, aug_epochs, 2)
+    if epochs % 3 == 0:
+        assert aug.epochs * (1 + aug.augment_copies) == plain.epochs

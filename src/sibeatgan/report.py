@@ -151,6 +151,8 @@ def budget_curve(runs: dict[int, dict]) -> list[dict] | None:
         return None
     seeds = sorted(runs)
     epochs = min(len(runs[s]["history"]) for s in seeds)
+    # an epoch over 1 + copies times the data counts as that many epochs of the budget
+    scale = 1 + next(iter(runs.values()))["params"]["train"].get("augment_copies", 0)
     curve = []
     for k in sorted({*range(4, epochs + 1, 4), epochs}):
         picks = [max(runs[s]["history"][:k], key=lambda r: r["val_auc"]) for s in seeds]
@@ -158,6 +160,7 @@ def budget_curve(runs: dict[int, dict]) -> list[dict] | None:
         curve.append(
             {
                 "epochs": k,
+                "budget_epochs": k * scale,
                 "seeds": seeds,
                 "test_auc_values": [r["test_auc"] for r in picks],
                 "test_auc_mean": mean,
@@ -331,20 +334,21 @@ def _budget_table(variants: dict) -> list[str]:
     curves = {name: e["budget"] for name, e in variants.items() if e.get("budget")}
     if not curves:
         return []
-    ks = [c["epochs"] for c in max(curves.values(), key=len)]
+    ks = sorted({c["budget_epochs"] for curve in curves.values() for c in curve})
     lines = [
         f"## {group_name(*HEADLINE)}: shorter budgets",
         "",
         "Test AUC (mean ± std over seeds) of the epoch val AUC picks among the first k epochs: "
         "with a constant learning rate the first k epochs of a run are the k-epoch run, so this "
         "is what each budget would have reported (a student's row keeps the teacher of the "
-        "full budget).",
+        "full budget; k counts epochs of plain data, so an epoch of an augmented run counts as "
+        "1 + copies).",
         "",
         "| variant | " + " | ".join(f"k = {k}" for k in ks) + " |",
         "|---|" + "---|" * len(ks),
     ]
     for name, curve in curves.items():
-        by_k = {c["epochs"]: _pm(c["test_auc_mean"], c["test_auc_std"]) for c in curve}
+        by_k = {c["budget_epochs"]: _pm(c["test_auc_mean"], c["test_auc_std"]) for c in curve}
         lines.append(f"| {name} | " + " | ".join(by_k.get(k, "-") for k in ks) + " |")
     return [*lines, ""]
 

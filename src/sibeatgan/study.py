@@ -58,7 +58,9 @@ _STUDENT = ("student.kd=false", "student.fd=false", "student.rank=false", "stude
 VARIANTS: dict[str, Variant] = {
     "teacher": Variant("teacher", (), "BeatGAN teacher"),
     "teacher_aug": Variant(
-        "teacher", ("train.augment_copies=2",), "BeatGAN with 2 time-warped copies (BeatGAN_aug)"
+        "teacher",
+        ("train.augment_copies=2",),
+        "BeatGAN_aug: + 2 time-warped copies per beat, 1/3 of the epochs",
     ),
     "student_plain": Variant("student", _STUDENT, "student without distillation"),
     "kd": Variant(
@@ -139,8 +141,16 @@ def summary_path(
 def variant_params(base: Params, variant: str, seed: int, fold: int, split: str, extra=()):
     if variant not in VARIANTS:
         raise ConfigError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    """The params of one study run: `base` (the study recipe), the run's seed, fold and split,
+    the variant's overrides, then `extra`. Every variant gets the same number of training
+    steps: a variant that trains on time-warped copies as well (each epoch 1 + copies times as
+    long) gets the budget's epochs divided by 1 + copies."""
     common = [f"seed={seed}", f"data.fold={fold}", f"data.split={split}", "train.selection=val_auc"]
-    return with_overrides(base, [*common, *VARIANTS[variant].overrides, *extra])
+    p = with_overrides(base, [*common, *VARIANTS[variant].overrides, *extra])
+    copies = p.train.augment_copies
+    if copies:
+        p = with_overrides(p, [f"train.epochs={max(1, round(p.train.epochs / (1 + copies)))}"])
+    return p
 
 
 def epoch_monitor(p: Params, data: Prepared) -> Callable[[Generator], dict[str, float]]:
