@@ -322,6 +322,27 @@ def test_a_stopped_study_run_resumes_in_its_mlflow_run(
     assert not state.exists(), "a finished run leaves no training state behind"
 
 
+def test_a_stopped_run_whose_mlflow_run_is_gone_resumes_in_a_new_one(
+    tiny_params, mlflow_store, tmp_path, monkeypatch
+):
+    work, runs = tmp_path / "w", tmp_path / "r"
+    p = with_overrides(tiny_params, ["train.epochs=3"])
+    with monkeypatch.context() as m:
+        _stopping_monitor(m, at_epoch=2)
+        with pytest.raises(KeyboardInterrupt):
+            run_variant(p, "teacher", seed=0, work=work, runs_dir=runs)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(STUDY_EXPERIMENT).experiment_id
+    (stopped,) = client.search_runs([exp])
+    client.delete_run(stopped.info.run_id)
+    resumed = run_variant(p, "teacher", seed=0, work=work, runs_dir=runs)
+    assert resumed["mlflow_run_id"] != stopped.info.run_id
+    run_id = resumed["mlflow_run_id"]
+    assert client.get_run(run_id).data.tags["resumed_after_epoch"] == "1"
+    steps = [m.step for m in client.get_metric_history(run_id, "val_auc")]
+    assert steps == [1, 2, 3], "the epochs before the stop are logged to the new run too"
+
+
 def test_a_stopped_run_of_another_recipe_is_trained_afresh(
     tiny_params, mlflow_store, tmp_path, monkeypatch, capsys
 ):

@@ -114,11 +114,11 @@ def training_run(
 
 
 def _run_exists(run_id: str) -> bool:
+    """Whether the store holds this run and it is not deleted (a deleted run cannot restart)."""
     try:
-        mlflow.get_run(run_id)
+        return mlflow.get_run(run_id).info.lifecycle_stage == "active"
     except MlflowException:
         return False
-    return True
 
 
 @contextmanager
