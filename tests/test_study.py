@@ -25,6 +25,7 @@ from sibeatgan.study import (
     run_variant,
     summary_is_current,
     summary_path,
+    unfinished_runs,
     variant_params,
 )
 
@@ -311,6 +312,9 @@ def test_a_stopped_study_run_resumes_in_its_mlflow_run(
     assert stopped.info.status == "KILLED"
     state = work / "intra-fold0-seed0" / "teacher" / "models" / "teacher" / "train_state.pt"
     assert state.exists() and not (runs / "teacher").exists()
+    assert unfinished_runs(work, p) == {"teacher": ["intra-fold0-seed0 after epoch 1/3"]}
+    other = with_overrides(p, ["train.lr=3e-4"])
+    assert unfinished_runs(work, other)["teacher"][0].endswith("(other recipe)")
 
     resumed = run_variant(p, "teacher", seed=0, work=work, runs_dir=runs)
     assert resumed["mlflow_run_id"] == stopped.info.run_id, "the stopped run goes on"
@@ -320,6 +324,7 @@ def test_a_stopped_study_run_resumes_in_its_mlflow_run(
     assert resumed["history"] == straight["history"], "as if it had never stopped"
     assert resumed["selection"] == straight["selection"]
     assert not state.exists(), "a finished run leaves no training state behind"
+    assert unfinished_runs(work, p) == {}
 
 
 def test_a_stopped_run_whose_mlflow_run_is_gone_resumes_in_a_new_one(

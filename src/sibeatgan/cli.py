@@ -309,12 +309,18 @@ def study() -> None:
 
 @study.command("list")
 @folder_option("--runs", "runs_dir", "reports/runs", "Folder of the run summaries.")
+@folder_option(
+    "--work", "work", "outputs/study", "Folder for prepared data and checkpoints (not committed)."
+)
 @with_study_params
-def study_list(p: Params, runs_dir: Path) -> None:
-    """The recipe, the variants, what each changes, and the summaries already written (those
-    of another recipe marked stale: `study run` would train them again)."""
+def study_list(p: Params, runs_dir: Path, work: Path) -> None:
+    """The recipe, the variants, what each changes, the summaries already written (those
+    of another recipe marked stale: `study run` would train them again) and the runs in --work
+    that have not finished (running, or stopped: `study run` resumes them)."""
     from sibeatgan.io import read_json
-    from sibeatgan.study import VARIANTS, summary_is_current
+    from sibeatgan.study import VARIANTS, summary_is_current, unfinished_runs
+
+    unfinished = unfinished_runs(work, p)
 
     recipe = read_overrides(runs_dir / STUDY_RECIPE)
     click.echo(f"recipe ({runs_dir / STUDY_RECIPE}): {' '.join(recipe) or 'params.yaml as is'}")
@@ -326,6 +332,8 @@ def study_list(p: Params, runs_dir: Path) -> None:
         click.echo(f"{name:16s} {v.role:8s} {v.about}")
         click.echo(f"{'':16s} overrides: {' '.join(v.overrides) or '(none)'}")
         click.echo(f"{'':16s} done: {', '.join(done) or '-'}")
+        if name in unfinished:
+            click.echo(f"{'':16s} unfinished: {', '.join(unfinished[name])}")
 
 
 @study.command("run")

@@ -28,7 +28,7 @@ import mlflow
 import numpy as np
 import torch
 
-from sibeatgan import tracking
+from sibeatgan import tracking, train_state
 from sibeatgan.bench import conv_macs
 from sibeatgan.config import ConfigError, Params, with_overrides
 from sibeatgan.experiment import ensure_prepared, ensure_records
@@ -227,6 +227,25 @@ def _fit_is_current(fit: dict, p: Params) -> bool:
     if "recipe" in fit:
         return tracking.same_recipe(fit["recipe"], p)
     return fit["teacher_config"] == tracking.teacher_config_key(p)  # checkpoints before recipes
+
+
+def unfinished_runs(work: Path, base: Params) -> dict[str, list[str]]:
+    """Per variant, the runs in `work` with a training state but no checkpoint yet (running
+    now, or stopped: `study run` resumes them), e.g. `intra-fold0-seed0 after epoch 7/30`."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(work.glob(f"*/*/models/*/{train_state.FILENAME}")):
+        variant, run = path.parents[2].name, path.parents[3].name
+        if variant not in VARIANTS:
+            continue
+        state = train_state.read(path)
+        written = state["meta"]["params"]
+        p = variant_params(
+            base, variant, written["seed"], written["data"]["fold"], written["data"]["split"]
+        )
+        same = tracking.same_recipe(written, p, VARIANTS[variant].role)
+        line = f"{run} after epoch {state['progress']['epoch']}/{written['train']['epochs']}"
+        found.setdefault(variant, []).append(line + ("" if same else " (other recipe)"))
+    return found
 
 
 def summary_is_current(summary: dict, base: Params, extra: tuple[str, ...] = ()) -> bool:
