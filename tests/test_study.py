@@ -398,3 +398,17 @@ def test_the_augmented_teacher_gets_the_same_number_of_steps(tiny_params, epochs
     assert (plain.epochs, aug.epochs, aug.augment_copies) == (epochs, aug_epochs, 2)
     if epochs % 3 == 0:
         assert aug.epochs * (1 + aug.augment_copies) == plain.epochs
+
+
+@pytest.mark.parametrize(
+    "auc,expected",
+    [
+        (0.935, "target (at least 0.93) met; the shortest budget whose mean reaches it: 3 epochs"),
+        (0.925, "target (at least 0.93) not met; no budget from 3 to 3 epochs reaches it"),
+    ],
+)
+def test_the_answers_say_whether_the_teacher_reaches_its_target(auc, expected):
+    from sibeatgan.report import answers
+
+    runs = [_summary("teacher", s, auc, "teacher") for s in range(3)]
+    assert expected in answers(build_results(runs)["variants"])[0]

@@ -36,6 +36,7 @@ FIGURES = ("test_auc", "test_ap", "test_f1", "oracle_f1", "recall_S", "recall_V"
 HEADLINE = ("intra", 0)  # split, fold of the main tables (split_seed 0)
 NOISE_P = 0.05  # a paired difference "exceeds seed noise" at p < this, with >= 3 pairs
 MIN_PAIRS = 3
+TEACHER_TARGET = 0.93  # the fold-0 mean test AUC for the teacher at the budget used
 
 
 def load_summaries(runs_dir: Path) -> list[dict]:
@@ -274,10 +275,19 @@ def answers(entry: dict) -> list[str]:
     if teacher is None:
         return ["- No teacher runs yet: no paired comparison is possible."]
     t = teacher["val_auc"]
-    lines.append(
+    met = "met" if t["test_auc_mean"] >= TEACHER_TARGET else "not met"
+    line = (
         f"- Teacher test AUC {_pm(t['test_auc_mean'], t['test_auc_std'])} over "
-        f"{t['n_seeds']} seed(s) (target: at least 0.93)."
+        f"{t['n_seeds']} seed(s): target (at least {TEACHER_TARGET}) {met}"
     )
+    curve = teacher.get("budget") or []
+    reached = [c["budget_epochs"] for c in curve if c["test_auc_mean"] >= TEACHER_TARGET]
+    if reached:
+        line += f"; the shortest budget whose mean reaches it: {reached[0]} epochs"
+    elif curve:
+        first, last = curve[0]["budget_epochs"], curve[-1]["budget_epochs"]
+        line += f"; no budget from {first} to {last} epochs reaches it (see 'shorter budgets')"
+    lines.append(line + ".")
     students = {k: v for k, v in entry.items() if v["role"] == "student"}
     better = [
         k
