@@ -139,12 +139,12 @@ def summary_path(
 
 
 def variant_params(base: Params, variant: str, seed: int, fold: int, split: str, extra=()):
-    if variant not in VARIANTS:
-        raise ConfigError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     """The params of one study run: `base` (the study recipe), the run's seed, fold and split,
     the variant's overrides, then `extra`. Every variant gets the same number of training
     steps: a variant that trains on time-warped copies as well (each epoch 1 + copies times as
     long) gets the budget's epochs divided by 1 + copies."""
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     common = [f"seed={seed}", f"data.fold={fold}", f"data.split={split}", "train.selection=val_auc"]
     p = with_overrides(base, [*common, *VARIANTS[variant].overrides, *extra])
     copies = p.train.augment_copies

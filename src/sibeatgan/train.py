@@ -238,15 +238,15 @@ def fit(
         if on_epoch:
             on_epoch(row)
     return FitResult(
-        progress.best_g,
-        progress.best_d,
-        history,
-        progress.best_epoch,
-        cfg.selection,
-        progress.d_resets,
-        precision,
-        progress.elapsed_s,
-        resumed_from,
+        g_state=progress.best_g,
+        d_state=progress.best_d,
+        history=history,
+        best_epoch=progress.best_epoch,
+        selection=cfg.selection,
+        d_resets=progress.d_resets,
+        precision=precision,
+        train_time_s=progress.elapsed_s,
+        resumed_from=resumed_from,
     )
 
 
