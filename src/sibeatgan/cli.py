@@ -354,6 +354,16 @@ def study_list(p: Params, runs_dir: Path, work: Path) -> None:
     is_flag=True,
     help="Train again from scratch even when a summary (or a stopped training) exists.",
 )
+@click.option(
+    "--jobs",
+    "-j",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Runs trained at once, each in its own process with its share of the CPU threads "
+    "(unless -S train.threads says otherwise) and a log in WORK/logs/; a student waits for "
+    "its seed's teacher, and a run that fails is reported while the others go on.",
+)
 @folder_option("--runs", "runs_dir", "reports/runs", "Folder for the run summaries (commit it).")
 @folder_option(
     "--work", "work", "outputs/study", "Folder for prepared data and checkpoints (not committed)."
@@ -366,6 +376,7 @@ def study_run(
     fold: int,
     split: str,
     force: bool,
+    jobs: int,
     runs_dir: Path,
     work: Path,
 ) -> None:
@@ -379,8 +390,8 @@ def study_run(
     under each selection rule. The recipe is params.yaml, then --runs/recipe.yaml, then -S;
     -S overrides apply to every run (and change its budget: keep them the same across
     variants, or better, put them in recipe.yaml)."""
-    from sibeatgan.io import read_json
-    from sibeatgan.study import VARIANTS, run_variant, summary_is_current, summary_path
+    from sibeatgan.grid import Where, plan, run_tasks
+    from sibeatgan.study import VARIANTS
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -388,25 +399,13 @@ def study_run(
             f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}",
             param_hint="VARIANTS",
         )
-    for seed in seeds:
-        for variant in variants:
-            path = summary_path(variant, split, fold, seed, runs_dir, p.data.split_seed)
-            if path.exists() and not force:
-                if summary_is_current(read_json(path), p):
-                    click.echo(f"{variant} seed {seed}: summary exists ({path}), skipped")
-                    continue
-                click.echo(
-                    f"{variant} seed {seed}: {path} was trained with other params; "
-                    "training again with these (it will be replaced)"
-                )
-            s = run_variant(p, variant, seed, fold, split, work, runs_dir, resume=not force)
-            sel = s["selection"]
-            click.echo(
-                f"{variant} seed {seed}: test AUC {sel['val_auc']['test_auc']:.4f} (val-AUC "
-                f"selection, epoch {sel['val_auc']['epoch']}), "
-                f"{sel['val_recon']['test_auc']:.4f} (unsupervised, epoch "
-                f"{sel['val_recon']['epoch']}) -> {path}"
-            )
+    where = Where(fold, split, work, runs_dir)
+    tasks, notes = plan(p, variants, seeds, where, force)
+    for note in notes:
+        click.echo(note)
+    failed = run_tasks(p, tasks, where, force, jobs, click.echo)
+    if failed:
+        raise click.ClickException(f"{len(failed)} run(s) failed: {', '.join(map(str, failed))}")
 
 
 @main.command()

@@ -2,7 +2,8 @@
 each finished run summarised in a small JSON file meant to be committed (reports/runs/), so
 results outlive the local MLflow store.
 
-Every run follows the fast recipe of params.yaml (the same budget for every variant) and scores
+Every run follows the study recipe (params.yaml with the overrides in the summaries folder's
+recipe.yaml: the same budget for every variant) and scores
 val and test after each epoch, so a run's summary gives the test figures of the checkpoint each
 selection rule would pick: best val AUC (the published protocol; val holds labelled anomalies)
 and the unsupervised rules, lowest val-N reconstruction error and last epoch.
@@ -211,16 +212,25 @@ def git_commit() -> str | None:
     return (commit + ("-dirty" if dirty.returncode == 1 else "")) or None
 
 
+def _teacher_dir(base, seed, fold, split, work: Path, extra=()) -> tuple[Path, Params]:
+    p = variant_params(base, "teacher", seed, fold, split, extra)
+    name = run_name(split, fold, seed, p.data.split_seed)
+    return Layout(work / name / "teacher").model_dir("teacher"), p
+
+
+def teacher_is_current(base, seed, fold, split, work: Path, extra=()) -> bool:
+    """Whether `work` holds the seed's teacher checkpoint, trained with these params."""
+    teacher_dir, p = _teacher_dir(base, seed, fold, split, work, extra)
+    fit = teacher_dir / "fit.json"
+    return fit.exists() and _fit_is_current(read_json(fit), p)
+
+
 def teacher_dir_for(base, seed, fold, split, work: Path, runs_dir: Path, extra) -> Path:
     """The seed's teacher checkpoint; trained (and summarised) first when missing or when the
     one in `work` was trained with other params (an older split, another recipe)."""
-    p = variant_params(base, "teacher", seed, fold, split, extra)
-    name = run_name(split, fold, seed, p.data.split_seed)
-    teacher_dir = Layout(work / name / "teacher").model_dir("teacher")
-    fit = teacher_dir / "fit.json"
-    if not fit.exists() or not _fit_is_current(read_json(fit), p):
+    if not teacher_is_current(base, seed, fold, split, work, extra):
         run_variant(base, "teacher", seed, fold, split, work, runs_dir, extra)
-    return teacher_dir
+    return _teacher_dir(base, seed, fold, split, work, extra)[0]
 
 
 def _fit_is_current(fit: dict, p: Params) -> bool:
