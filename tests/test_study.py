@@ -294,6 +294,13 @@ def _stopping_monitor(monkeypatch, at_epoch: int) -> None:
     monkeypatch.setattr(study, "epoch_monitor", epoch_monitor)
 
 
+def _teacher_stopped_after_epoch_1(monkeypatch, p, work, runs) -> None:
+    with monkeypatch.context() as m:
+        _stopping_monitor(m, at_epoch=2)
+        with pytest.raises(KeyboardInterrupt):
+            run_variant(p, "teacher", seed=0, work=work, runs_dir=runs)
+
+
 def test_a_stopped_study_run_resumes_in_its_mlflow_run(
     tiny_params, mlflow_store, tmp_path, monkeypatch
 ):
@@ -301,10 +308,7 @@ def test_a_stopped_study_run_resumes_in_its_mlflow_run(
     straight = run_variant(p, "teacher", seed=0, work=tmp_path / "w1", runs_dir=tmp_path / "r1")
 
     work, runs = tmp_path / "w2", tmp_path / "r2"
-    with monkeypatch.context() as m:
-        _stopping_monitor(m, at_epoch=2)
-        with pytest.raises(KeyboardInterrupt):
-            run_variant(p, "teacher", seed=0, work=work, runs_dir=runs)
+    _teacher_stopped_after_epoch_1(monkeypatch, p, work, runs)
     client = MlflowClient()
     (stopped,) = [r for r in client.search_runs(
         [client.get_experiment_by_name(STUDY_EXPERIMENT).experiment_id]
@@ -332,10 +336,7 @@ def test_a_stopped_run_whose_mlflow_run_is_gone_resumes_in_a_new_one(
 ):
     work, runs = tmp_path / "w", tmp_path / "r"
     p = with_overrides(tiny_params, ["train.epochs=3"])
-    with monkeypatch.context() as m:
-        _stopping_monitor(m, at_epoch=2)
-        with pytest.raises(KeyboardInterrupt):
-            run_variant(p, "teacher", seed=0, work=work, runs_dir=runs)
+    _teacher_stopped_after_epoch_1(monkeypatch, p, work, runs)
     client = MlflowClient()
     exp = client.get_experiment_by_name(STUDY_EXPERIMENT).experiment_id
     (stopped,) = client.search_runs([exp])
@@ -353,10 +354,7 @@ def test_a_stopped_run_of_another_recipe_is_trained_afresh(
 ):
     work, runs = tmp_path / "w", tmp_path / "r"
     p = with_overrides(tiny_params, ["train.epochs=3"])
-    with monkeypatch.context() as m:
-        _stopping_monitor(m, at_epoch=2)
-        with pytest.raises(KeyboardInterrupt):
-            run_variant(p, "teacher", seed=0, work=work, runs_dir=runs)
+    _teacher_stopped_after_epoch_1(monkeypatch, p, work, runs)
     other = with_overrides(p, ["train.lr=3e-4"])
     fresh = run_variant(other, "teacher", seed=0, work=work, runs_dir=runs)
     assert "not resuming" in capsys.readouterr().out
