@@ -80,7 +80,7 @@ def plan(
             and Task("teacher", seed) not in todo
             and not teacher_is_current(base, seed, where.fold, where.split, where.work)
         ):
-            todo.insert(0, Task("teacher", seed))
+            todo.append(Task("teacher", seed))
             notes.append(f"teacher seed {seed}: trained first, for its students")
         todo.sort(key=lambda t: VARIANTS[t.variant].role != "teacher")  # stable: teachers first
         tasks += todo
