@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from sibeatgan import train_state
 from sibeatgan.config import TrainCfg
 from sibeatgan.models import build_models
 from sibeatgan.train import fit, train_step
@@ -256,7 +257,8 @@ def fit_stopped_then_resumed(cfg_, state_path, build=None, distiller_of=None):
         fit(g, d, train_x, val_x, val_y, cfg_, 0, distiller_of(),
             on_epoch=_stop_after(1), state_path=state_path)  # fmt: skip
     g, d = build(99)
-    result = fit(g, d, train_x, val_x, val_y, cfg_, 0, distiller_of(), state_path=state_path)
+    result = fit(g, d, train_x, val_x, val_y, cfg_, 0, distiller_of(), state_path=state_path,
+                 resume_from=train_state.read(state_path))  # fmt: skip
     return g, result
 
 
@@ -300,7 +302,7 @@ def test_a_finished_state_resumes_to_the_same_result_without_training(tmp_path):
     epochs = []
     g, d = build_models(1, 8, 4, 5)
     again = fit(g, d, train_x, val_x, val_y, cfg(epochs=2), 0, state_path=state_path,
-                on_epoch=epochs.append)  # fmt: skip
+                on_epoch=epochs.append, resume_from=train_state.read(state_path))  # fmt: skip
     assert epochs == [] and again.resumed_from == 2 and again.best_epoch == first.best_epoch
     for k, v in first.g_state.items():
         assert torch.equal(v, again.g_state[k]), k

@@ -92,11 +92,12 @@ def train_model(
     g, d = g.to(device), d.to(device)
     out = layout.model_dir(role)
     state_path = out / train_state.FILENAME
-    run_id = _resumable_run(state_path, p, role, resume and not use_active_run, extra_tags)
+    state = _resumable_state(state_path, p, role, resume and not use_active_run, extra_tags)
+    run_id = state["meta"]["run_id"] if state else None
 
     with tracking.training_run(p, role, use_active_run, run_id, **extra_tags) as run:
-        if run_id is not None and run.info.run_id != run_id:  # the old run left the store
-            for row in train_state.read(state_path)["progress"]["history"]:
+        if state and run.info.run_id != run_id:  # the old run left the store
+            for row in state["progress"]["history"]:
                 tracking.log_epoch(row)
         result = fit(
             g,
@@ -113,6 +114,7 @@ def train_model(
             monitor=monitor,
             state_path=state_path,
             state_meta={"params": p.to_dict(), "run_id": run.info.run_id, **extra_tags},
+            resume_from=state,
         )
         if result.resumed_from:
             mlflow.set_tag("resumed_after_epoch", str(result.resumed_from))
@@ -165,20 +167,21 @@ def train_model(
     return {**info, "history": result.history}
 
 
-def _resumable_run(
+def _resumable_state(
     state_path: Path, p: Params, role: str, resume: bool, tags: dict[str, str]
-) -> str | None:
-    """The MLflow run id of a stopped training in `state_path` that these params continue;
-    None (and the state removed) when there is none, resuming is off, or the state is from
-    another recipe or teacher: that training is then started afresh."""
+) -> dict | None:
+    """The state of a stopped training in `state_path` that these params continue (read once:
+    it is tens of MB); None (and the state removed) when there is none, resuming is off, or
+    the state is from another recipe or teacher: that training is then started afresh."""
     if not state_path.exists():
         return None
-    meta = train_state.read(state_path)["meta"]
+    state = train_state.read(state_path)
+    meta = state["meta"]
     same = tracking.same_recipe(meta.get("params", {}), p, role) and all(
         meta.get(k) == v for k, v in tags.items()
     )
     if resume and same:
-        return meta["run_id"]
+        return state
     why = "resuming is off" if not resume else "it was trained with other params or teacher"
     print(f"{role}: not resuming the stopped training in {state_path} ({why}); starting afresh")
     state_path.unlink()

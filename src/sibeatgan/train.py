@@ -130,12 +130,13 @@ def fit(
     monitor: Callable[[Generator], dict[str, float]] | None = None,
     state_path: Path | None = None,
     state_meta: dict[str, Any] | None = None,
+    resume_from: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train G and D; score val each epoch (with the EMA of G when `cfg.ema` > 0); return the
     state dicts of the epoch chosen by `cfg.selection`. `monitor` adds figures to each epoch's
     row for experiments (e.g. a test-AUC curve); it never takes part in the selection.
     With `state_path`, the training state (with `state_meta`) is written there after every
-    epoch, and a state already there is resumed: the caller removes one it must not resume."""
+    epoch; `resume_from` (such a state, read back) continues a stopped run where it ended."""
     device = next(g.parameters()).device
     precision = resolve_precision(cfg.precision, device)
     rng = np.random.default_rng([seed, 7])
@@ -156,9 +157,9 @@ def fit(
     parts |= {"ema": ema} if ema is not None else {}
     parts |= {"projections": distiller.projections} if distiller is not None else {}
     progress = Progress()
-    if state_path is not None and state_path.exists():
-        progress = train_state.restore(train_state.read(state_path), parts, rng)
-        tqdm.write(f"{desc}: resuming after epoch {progress.epoch} from {state_path}")
+    if resume_from is not None:
+        progress = train_state.restore(resume_from, parts, rng)
+        tqdm.write(f"{desc}: resuming after epoch {progress.epoch}")
     resumed_from = progress.epoch
     history = progress.history
     for module in (g, d, distiller):
