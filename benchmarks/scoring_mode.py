@@ -24,6 +24,7 @@ epoch train-mode scoring would have kept.
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 
 import click
@@ -60,14 +61,19 @@ def train_mode_scores(g: Generator, x: torch.Tensor, order: np.ndarray) -> np.nd
     return out
 
 
+@functools.cache
+def test_set(prepared_dir: str, channels: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Test beats and classes, read once per prepared folder (runs of a fold share one)."""
+    x, cls = load_prepared(prepared_dir).part(TEST, channels)
+    return torch.from_numpy(np.ascontiguousarray(x)), cls
+
+
 def rescore(summary: dict, work: Path) -> dict:
     p = params_from_dict(summary["params"])
     role = VARIANTS[summary["variant"]].role
     name = run_name(summary["split"], summary["fold"], summary["seed"], summary["split_seed"])
     g = load_generator(Layout(work / name / summary["variant"]).model_dir(role))
-    data = load_prepared(p.data.prepared_dir)
-    x, cls = data.part(TEST, p.data.channels)
-    x = torch.from_numpy(np.ascontiguousarray(x))
+    x, cls = test_set(p.data.prepared_dir, p.data.channels)
     y = (cls > 0).astype(int)
     orders = {
         "train, class-sorted": np.argsort(cls, kind="stable"),
