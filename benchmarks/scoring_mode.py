@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -45,7 +46,13 @@ from sibeatgan.stages import load_generator
 from sibeatgan.study import VARIANTS, run_name
 
 BATCH = 64  # the original's batch size, for train and test alike
-MODES = ("eval", "train, class-sorted", "train, data order", "train, shuffled")
+# batch orders for train-mode scoring, from the test classes and the run's seed
+ORDERS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
+    "train, class-sorted": lambda cls, seed: np.argsort(cls, kind="stable"),
+    "train, data order": lambda cls, seed: np.arange(len(cls)),
+    "train, shuffled": lambda cls, seed: np.random.default_rng(seed).permutation(len(cls)),
+}
+MODES = ("eval", *ORDERS)
 
 
 @torch.no_grad()
@@ -69,26 +76,35 @@ def test_set(prepared_dir: str, channels: int) -> tuple[torch.Tensor, np.ndarray
 
 
 def rescore(summary: dict, work: Path) -> dict:
+    """Test AUC of a run's selected generator under each scoring mode; eval mode first, as a
+    check that the checkpoint in `work` is the run the summary describes."""
     p = params_from_dict(summary["params"])
     role = VARIANTS[summary["variant"]].role
+    label = f"{summary['variant']} seed {summary['seed']}"
     name = run_name(summary["split"], summary["fold"], summary["seed"], summary["split_seed"])
-    g = load_generator(Layout(work / name / summary["variant"]).model_dir(role))
+    model_dir = Layout(work / name / summary["variant"]).model_dir(role)
+    if not (model_dir / "G.pt").exists():
+        raise click.ClickException(
+            f"{label}: no checkpoint in {model_dir}; pass the study's --work folder, or train"
+            f" the run again with `sibeatgan study run {summary['variant']} --seeds"
+            f" {summary['seed']} --force`"
+        )
+    g = load_generator(model_dir)
     x, cls = test_set(p.data.prepared_dir, p.data.channels)
     y = (cls > 0).astype(int)
-    orders = {
-        "train, class-sorted": np.argsort(cls, kind="stable"),
-        "train, data order": np.arange(len(x)),
-        "train, shuffled": np.random.default_rng(summary["seed"]).permutation(len(x)),
-    }
-    aucs = {"eval": auc_ap(y, score(g, x))[0]}
-    for mode, order in orders.items():
-        aucs[mode] = auc_ap(y, train_mode_scores(g, x, order))[0]
     picked = summary["selection"]["val_auc"]
+    aucs = {"eval": auc_ap(y, score(g, x))[0]}
+    if abs(aucs["eval"] - picked["test_auc"]) > 1e-4:
+        raise click.ClickException(
+            f"{label}: eval-mode test AUC {aucs['eval']:.4f} differs from its summary's"
+            f" {picked['test_auc']:.4f}: the checkpoint in {model_dir} is not that run's"
+        )
+    for mode, order in ORDERS.items():
+        aucs[mode] = auc_ap(y, train_mode_scores(g, x, order(cls, summary["seed"])))[0]
     return {
         "variant": summary["variant"],
         "seed": summary["seed"],
         "epoch": picked["epoch"],
-        "summary_test_auc": picked["test_auc"],
         "test_auc": aucs,
     }
 
@@ -152,12 +168,6 @@ def main(runs: Path, work: Path, out: Path, variants: tuple[str, ...]) -> None:
     rows = []
     for s in sorted(summaries, key=lambda s: (s["variant"], s["seed"])):
         row = rescore(s, work)
-        if abs(row["test_auc"]["eval"] - row["summary_test_auc"]) > 1e-4:
-            raise click.ClickException(
-                f"{s['variant']} seed {s['seed']}: eval-mode test AUC {row['test_auc']['eval']:.4f}"
-                f" differs from its summary's {row['summary_test_auc']:.4f}: the checkpoint in"
-                f" {work} is not the run the summary describes"
-            )
         click.echo(
             f"{row['variant']} seed {row['seed']}: "
             + ", ".join(f"{m} {v:.4f}" for m, v in row["test_auc"].items())
