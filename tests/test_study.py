@@ -185,6 +185,15 @@ def test_a_distilled_variant_is_also_paired_with_its_control():
     assert "paired_vs_control" not in results["variants"]["compact_plain"]
 
 
+def test_a_variant_that_retraces_the_teacher_is_explained_not_listed_as_missing():
+    runs = [_summary("teacher", s, 0.93, "teacher") for s in range(3)]
+    text = markdown(build_results(runs))
+    missing = next(line for line in text.splitlines() if line.startswith("Not run yet"))
+    assert "kd" in missing and "student_plain" not in missing
+    assert "student_plain (student without distillation) is not trained on its own" in text
+    assert "student_plain" in markdown(build_results([]))  # no teacher: nothing stands for it
+
+
 def test_stale_summaries_are_listed_not_averaged(tiny_params):
     teacher = [_summary("teacher", s, 0.93, "teacher") for s in (0, 1)]
     kd = [_summary("kd", s, 0.92) for s in (0, 1)]

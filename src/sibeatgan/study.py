@@ -53,6 +53,8 @@ class Variant:
     role: str  # teacher | student
     overrides: tuple[str, ...]
     about: str
+    # a variant that, by construction, repeats another's training step for step
+    retraces: str | None = None
 
 
 _STUDENT = ("student.kd=false", "student.fd=false", "student.rank=false", "student.mimic=false")
@@ -63,7 +65,10 @@ VARIANTS: dict[str, Variant] = {
         ("train.augment_copies=2",),
         "BeatGAN_aug: + 2 time-warped copies per beat, 1/3 of the epochs",
     ),
-    "student_plain": Variant("student", _STUDENT, "student without distillation"),
+    # the teacher's width and seed and no teacher term: the teacher's own run again
+    "student_plain": Variant(
+        "student", _STUDENT, "student without distillation", retraces="teacher"
+    ),
     "kd": Variant(
         "student", (*_STUDENT, "student.kd=true"), "KD on standardised scores (born-again size)"
     ),
