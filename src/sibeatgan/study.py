@@ -77,7 +77,7 @@ VARIANTS: dict[str, Variant] = {
     "init_teacher_kd": Variant(
         "student",
         (*_STUDENT, "student.kd=true", "student.init_from_teacher=true"),
-        "student started from the teacher's weights, with KD",
+        "student started from the teacher's weights, with KD (the teacher's epochs + its own)",
     ),
     "rank": Variant(
         "student", (*_STUDENT, "student.rank=true"), "ranks beat pairs as the teacher does"
