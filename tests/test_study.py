@@ -185,6 +185,18 @@ def test_a_distilled_variant_is_also_paired_with_its_control():
     assert "paired_vs_control" not in results["variants"]["compact_plain"]
 
 
+def test_a_student_started_from_the_teacher_is_named_with_its_extra_budget():
+    runs = [_summary("teacher", s, 0.92, "teacher") for s in range(3)]
+    runs += [_summary("init_teacher_kd", s, a) for s, a in enumerate([0.930, 0.932, 0.929])]
+    runs += [_summary("init_teacher_plain", s, a) for s, a in enumerate([0.925, 0.926, 0.924])]
+    results = build_results(runs)
+    pc = results["variants"]["init_teacher_kd"]["paired_vs_control"]
+    assert pc["control"] == "init_teacher_plain" and pc["n_pairs"] == 3
+    better = next(line for line in markdown(results).splitlines() if "beyond seed noise:" in line)
+    assert "init_teacher_kd (started from the trained teacher" in better
+    assert "init_teacher_plain (started from the trained teacher" in better
+
+
 def test_a_variant_that_retraces_the_teacher_is_explained_not_listed_as_missing():
     runs = [_summary("teacher", s, 0.93, "teacher") for s in range(3)]
     text = markdown(build_results(runs))

@@ -299,13 +299,15 @@ def answers(entry: dict) -> list[str]:
         k: v["paired_vs_teacher"] for k, v in students.items() if v["paired_vs_teacher"]["n_pairs"]
     }
     if better:
-        lines.append(f"- Students better than the teacher beyond seed noise: {', '.join(better)}.")
+        named = ", ".join(k + _on_top(k) for k in better)
+        lines.append(f"- Students better than the teacher beyond seed noise: {named}.")
     elif compared:
         best = max(compared, key=lambda k: compared[k]["diff_auc_mean"])
         lines.append(
             "- No student beats the teacher beyond seed noise (paired t-test p < "
             f"{NOISE_P} with at least {MIN_PAIRS} seeds). Largest mean paired Δ AUC: {best} "
-            f"{_signed(compared[best]['diff_auc_mean'])} over {compared[best]['n_pairs']} seed(s)."
+            f"{_signed(compared[best]['diff_auc_mean'])} over {compared[best]['n_pairs']} seed(s)"
+            f"{_on_top(best)}."
         )
     else:
         lines.append("- No student runs yet.")
@@ -337,6 +339,13 @@ def answers(entry: dict) -> list[str]:
                 f"seed(s) (per seed {_per_seed(pc)}), {verdict}."
             )
     return lines
+
+
+def _on_top(name: str) -> str:
+    """A caveat for a variant whose budget comes on top of the teacher's."""
+    if not VARIANTS[name].on_top_of_teacher:
+        return ""
+    return " (started from the trained teacher: it has had the teacher's steps and its own)"
 
 
 def _budget_table(variants: dict) -> list[str]:

@@ -55,6 +55,8 @@ class Variant:
     about: str
     # a variant that, by construction, repeats another's training step for step
     retraces: str | None = None
+    # starts from the trained teacher's weights: its budget comes on top of the teacher's
+    on_top_of_teacher: bool = False
 
 
 _STUDENT = ("student.kd=false", "student.fd=false", "student.rank=false", "student.mimic=false")
@@ -78,6 +80,13 @@ VARIANTS: dict[str, Variant] = {
         "student",
         (*_STUDENT, "student.kd=true", "student.init_from_teacher=true"),
         "student started from the teacher's weights, with KD (the teacher's epochs + its own)",
+        on_top_of_teacher=True,
+    ),
+    "init_teacher_plain": Variant(
+        "student",
+        (*_STUDENT, "student.init_from_teacher=true"),
+        "student started from the teacher's weights, no distillation (init_teacher_kd's control)",
+        on_top_of_teacher=True,
     ),
     "rank": Variant(
         "student", (*_STUDENT, "student.rank=true"), "ranks beat pairs as the teacher does"
@@ -98,7 +107,7 @@ VARIANTS: dict[str, Variant] = {
 }
 # a student variant and the run without its distillation term: same width, seed and batch order,
 # so their paired difference is what the term itself does
-CONTROLS = {"compact_kd": "compact_plain"}
+CONTROLS = {"compact_kd": "compact_plain", "init_teacher_kd": "init_teacher_plain"}
 
 # figures of each epoch's detection report kept in the history and the selections
 REPORT_KEYS = (
