@@ -425,15 +425,16 @@ def markdown(results: dict) -> str:
         ]
         lines.append("")
     missing = [v for v in VARIANTS if v not in results["variants"]]
-    for name in [v for v in missing if VARIANTS[v].retraces in results["variants"]]:
-        missing.remove(name)
+    stood_for = [v for v in missing if VARIANTS[v].retraces in results["variants"]]
+    for name in stood_for:
+        other = VARIANTS[name].retraces
         lines += [
-            f"{name} ({VARIANTS[name].about}) is not trained on its own: with the "
-            f"{VARIANTS[name].retraces}'s width, seed and batch order and no teacher term it "
-            f"repeats the {VARIANTS[name].retraces} run of its seed step for step (the test "
-            f"suite checks this), so the {VARIANTS[name].retraces} row is its result.",
+            f"{name} ({VARIANTS[name].about}) is not trained on its own: with the {other}'s "
+            f"width, seed and batch order and no teacher term it repeats the {other} run of its "
+            f"seed step for step (the test suite checks this), so the {other} row is its result.",
             "",
         ]
+    missing = [v for v in missing if v not in stood_for]
     if missing:
         lines += [f"Not run yet on {HEADLINE[0]} fold {HEADLINE[1]}: {', '.join(missing)}.", ""]
     lines += [
