@@ -55,8 +55,11 @@ class Variant:
     about: str
     # a variant that, by construction, repeats another's training step for step
     retraces: str | None = None
-    # starts from the trained teacher's weights: its budget comes on top of the teacher's
-    on_top_of_teacher: bool = False
+
+    @property
+    def on_top_of_teacher(self) -> bool:
+        """Starts from the trained teacher's weights: its budget comes on top of the teacher's."""
+        return "student.init_from_teacher=true" in self.overrides
 
 
 _STUDENT = ("student.kd=false", "student.fd=false", "student.rank=false", "student.mimic=false")
@@ -80,13 +83,11 @@ VARIANTS: dict[str, Variant] = {
         "student",
         (*_STUDENT, "student.kd=true", "student.init_from_teacher=true"),
         "student started from the teacher's weights, with KD (the teacher's epochs + its own)",
-        on_top_of_teacher=True,
     ),
     "init_teacher_plain": Variant(
         "student",
         (*_STUDENT, "student.init_from_teacher=true"),
         "student started from the teacher's weights, no distillation (init_teacher_kd's control)",
-        on_top_of_teacher=True,
     ),
     "rank": Variant(
         "student", (*_STUDENT, "student.rank=true"), "ranks beat pairs as the teacher does"
