@@ -31,7 +31,7 @@ import torch
 
 from sibeatgan import tracking, train_state
 from sibeatgan.bench import conv_macs
-from sibeatgan.config import ConfigError, Params, with_overrides
+from sibeatgan.config import ConfigError, Params, apply_overrides, with_overrides
 from sibeatgan.experiment import ensure_prepared, ensure_records
 from sibeatgan.io import read_json, write_json
 from sibeatgan.layout import Layout
@@ -58,8 +58,10 @@ class Variant:
 
     @property
     def on_top_of_teacher(self) -> bool:
-        """Starts from the trained teacher's weights: its budget comes on top of the teacher's."""
-        return "student.init_from_teacher=true" in self.overrides
+        """Starts from the trained teacher's weights: its budget comes on top of the teacher's.
+        Read the way params read the overrides (YAML values, the last one wins)."""
+        student = apply_overrides({}, list(self.overrides)).get("student", {})
+        return bool(student.get("init_from_teacher", False))
 
 
 _STUDENT = ("student.kd=false", "student.fd=false", "student.rank=false", "student.mimic=false")
