@@ -212,11 +212,20 @@ def scoring_cost(g: Generator, x: np.ndarray) -> dict[str, float]:
     }
 
 
+def device_name() -> str:
+    """What trained the run: the GPU's name, or the CPU and its thread count."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
 def git_commit() -> str | None:
     """HEAD, with "-dirty" when tracked files other than reports/ differ from it (the run used
     uncommitted code or params). reports/ (from the repository's top, whatever the working
     folder) is left out: the study's own summaries and report change there while the grid runs,
     and each summary records the full params it trained with."""
+    if os.environ.get("SIBEATGAN_COMMIT"):  # a copy of the tree without .git, on another machine
+        return os.environ["SIBEATGAN_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
         dirty = subprocess.run(
@@ -329,6 +338,7 @@ def run_variant(
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "epochs": p.train.epochs,
         "precision": info["precision"],
+        "device": device_name(),
         "train_time_s": info["train_time_s"],
         "d_resets": info["d_resets"],
         "g_params": info["g_params"],
