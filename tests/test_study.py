@@ -21,6 +21,7 @@ from sibeatgan.report import (
 )
 from sibeatgan.study import (
     STUDY_EXPERIMENT,
+    device_name,
     git_commit,
     run_variant,
     summary_is_current,
@@ -48,6 +49,7 @@ def test_student_run_trains_its_teacher_first_then_reuses_it(tiny_params, mlflow
         assert picked["test_auc"] == history[lowest - 1]["test_auc"]
         assert 0 <= picked["test_auc"] <= 1 and s["g_macs_per_beat"] > 0
     assert kd["params"]["student"]["kd"] is True and kd["params"]["student"]["fd"] is False
+    assert kd["device"] == device_name() and device_name().startswith(("cpu (", "NVIDIA"))
 
     plain = run_variant(tiny_params, "student_plain", seed=0, work=work, runs_dir=runs)
     assert plain["history"] == teacher["history"], "without distillation it retraces the teacher"
@@ -78,6 +80,7 @@ def test_student_run_trains_its_teacher_first_then_reuses_it(tiny_params, mlflow
     )
     text = (out / "results.md").read_text()
     assert "| kd | 1 (0) |" in text and "compact_kd" in text
+    assert f"| {device_name()} | `{kd['mlflow_run_id'][:8]}` |" in text, "each run says its machine"
     assert (out / "results.png").stat().st_size > 10_000
     assert (out / "curves.png").stat().st_size > 10_000 and "(curves.png)" in text
 
@@ -295,6 +298,9 @@ def test_the_summary_commit_says_when_the_code_was_not_committed(tmp_path, monke
     assert git_commit() == clean + "-dirty"
     monkeypatch.chdir(tmp_path / "reports")  # the whole tree counts, not the working folder
     assert git_commit() == clean + "-dirty"
+    monkeypatch.chdir(tmp_path.parent)  # a copy of the tree without .git, on another machine
+    monkeypatch.setenv("SIBEATGAN_COMMIT", clean)
+    assert git_commit() == clean
 
 
 def _stopping_monitor(monkeypatch, at_epoch: int) -> None:

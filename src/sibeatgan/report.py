@@ -119,6 +119,12 @@ def group_stats(runs: dict[int, dict], teacher: dict[int, dict] | None, rule: st
     return out
 
 
+def trained_on(summary: dict) -> str:
+    """The machine a run trained on; summaries written before the field was kept came from the
+    study's CPU runs."""
+    return summary.get("device", "cpu (not recorded)")
+
+
 def run_rows(summaries: list[dict]) -> list[dict]:
     """One row per run: what each selection rule picked and scored on test."""
     rows = []
@@ -129,6 +135,7 @@ def run_rows(summaries: list[dict]) -> list[dict]:
             row[f"{rule}_epoch"] = picked["epoch"]
             row[f"{rule}_test_auc"] = picked["test_auc"]
         row["train_time_s"] = s["train_time_s"]
+        row["device"] = trained_on(s)
         rows.append(row)
     return rows
 
@@ -199,6 +206,7 @@ def build_results(summaries: list[dict], stale: list[dict] = (), runs_dir: Path 
                     [r["score_beats_per_s"] for r in runs.values()]
                 )[0],
                 "train_time_s_mean": _mean_std([r["train_time_s"] for r in runs.values()])[0],
+                "trained_on": sorted({trained_on(r) for r in runs.values()}),
                 **{
                     rule: group_stats(runs, None if name == "teacher" else teacher, rule)
                     for rule in RULES
@@ -408,14 +416,23 @@ def markdown(results: dict) -> str:
             lines += [f"## {group}: selection by {RULE_NAMES[rule]}", ""]
             lines += [*_variant_table(entry, rule), ""]
         lines += [f"### {group}: cost", ""]
-        lines += ["| variant | about | G params | G MMAC / beat | scoring beats/s | train s |"]
-        lines += ["|---|---|---|---|---|---|"]
+        lines += [
+            "| variant | about | G params | G MMAC / beat | scoring beats/s | train s "
+            "| trained on |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, e in entry.items():
             lines.append(
                 f"| {name} | {e['about']} | {e['g_params']:,} | {e['g_macs_per_beat'] / 1e6:.1f} "
-                f"| {e['score_beats_per_s_mean']:,.0f} | {e['train_time_s_mean']:,.0f} |"
+                f"| {e['score_beats_per_s_mean']:,.0f} | {e['train_time_s_mean']:,.0f} "
+                f"| {', '.join(e['trained_on'])} |"
             )
-        lines.append("")
+        lines += [
+            "",
+            "Scoring speed is measured on the CPU of the machine that trained the run (batches "
+            "of 1024 beats) and train time on that machine: compare rows trained on the same one.",
+            "",
+        ]
     lines += _budget_table(results["variants"])
     if results["stale"]:
         lines += ["Left out of every table (rerun them with `sibeatgan study run`):", ""]
@@ -441,8 +458,8 @@ def markdown(results: dict) -> str:
         "## Every run",
         "",
         "| variant | split, fold | seed | val-AUC pick: epoch, test AUC | unsupervised pick "
-        "| last epoch | train s | MLflow run |",
-        "|---|---|---|---|---|---|---|---|",
+        "| last epoch | train s | trained on | MLflow run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["runs"]:
         lines.append(
@@ -450,7 +467,7 @@ def markdown(results: dict) -> str:
             f"| {r['val_auc_epoch']}: {r['val_auc_test_auc']:.4f} "
             f"| {r['val_recon_epoch']}: {r['val_recon_test_auc']:.4f} "
             f"| {r['last_epoch']}: {r['last_test_auc']:.4f} | {r['train_time_s']:,.0f} "
-            f"| `{r['mlflow_run_id'][:8]}` |"
+            f"| {r['device']} | `{r['mlflow_run_id'][:8]}` |"
         )
     lines += [
         "",
