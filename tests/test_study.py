@@ -192,6 +192,21 @@ def test_a_distilled_variant_is_also_paired_with_its_control(student, control):
     assert "paired_vs_control" not in results["variants"][control]
 
 
+def test_the_answers_also_summarise_the_splits_beside_the_headline():
+    runs = [_summary("teacher", s, 0.93, "teacher") for s in range(3)]
+    inter = [_summary("teacher", s, a, "teacher") for s, a in enumerate([0.80, 0.70, 0.78])]
+    inter += [_summary("init_teacher_kd", s, a) for s, a in enumerate([0.81, 0.72, 0.79])]
+    for r in inter:
+        r["split"] = "inter"
+    text = markdown(build_results(runs + inter))
+    answers = text.split("## Answers")[1].split("\n## ")[0]
+    line = next(row for row in answers.splitlines() if row.startswith("- inter-fold0:"))
+    assert "teacher 0.7600 ± 0.0529 (3 seeds)" in line
+    p = stats.ttest_rel([0.81, 0.72, 0.79], [0.80, 0.70, 0.78]).pvalue
+    assert f"init_teacher_kd vs teacher +0.0133 (3 seeds, p {p:.3f}, within noise)" in line
+    assert not any(row.startswith("- intra-fold0:") for row in answers.splitlines())
+
+
 def test_a_student_started_from_the_teacher_is_named_with_its_extra_budget():
     runs = [_summary("teacher", s, 0.92, "teacher") for s in range(3)]
     for name in ("init_teacher_kd", "kd"):

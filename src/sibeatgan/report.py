@@ -349,6 +349,28 @@ def answers(entry: dict) -> list[str]:
     return lines
 
 
+def other_group_answer(group: str, entry: dict) -> list[str]:
+    """One line for a split or fold beside the headline: the teacher, each student's paired
+    difference to it and to its control (val-AUC selection)."""
+    teacher = entry.get("teacher")
+    if teacher is None:
+        return []
+    t = teacher["val_auc"]
+    parts = [f"teacher {_pm(t['test_auc_mean'], t['test_auc_std'])} ({t['n_seeds']} seeds)"]
+    for name, v in entry.items():
+        for key, other in (("paired_vs_teacher", "teacher"), ("paired_vs_control", None)):
+            pv = v.get(key)
+            if v["role"] != "student" or not pv or not pv["n_pairs"]:
+                continue
+            noise = "beyond noise" if pv["diff_auc_beyond_noise"] else "within noise"
+            p = "" if pv["diff_auc_p"] is None else f"p {pv['diff_auc_p']:.3f}, "
+            parts.append(
+                f"{name} vs {other or pv['control']} {_signed(pv['diff_auc_mean'])} "
+                f"({pv['n_pairs']} seeds, {p}{noise})"
+            )
+    return [f"- {group}: " + "; ".join(parts) + "."]
+
+
 def _on_top(name: str) -> str:
     """A caveat for a variant whose budget comes on top of the teacher's."""
     if not VARIANTS[name].on_top_of_teacher:
@@ -409,6 +431,12 @@ def markdown(results: dict) -> str:
         "## Answers",
         "",
         *answers(results["variants"]),
+        *[
+            line
+            for group, entry in results["groups"].items()
+            if group != group_name(*HEADLINE)
+            for line in other_group_answer(group, entry)
+        ],
         "",
     ]
     for group, entry in results["groups"].items():
