@@ -188,7 +188,11 @@ def test_a_distilled_variant_is_also_paired_with_its_control(student, control):
     pc = results["variants"][student]["paired_vs_control"]
     assert pc["control"] == control and pc["n_pairs"] == 3
     assert pc["diff_auc_values"] == pytest.approx([0.002, 0.003, 0.004])
-    assert f"{student} against {control}" in markdown(results)
+    line = next(r for r in markdown(results).splitlines() if f"{student} against {control}" in r)
+    assert "Δ AUC +0.0030 ± 0.0010 over 3 seed(s)" in line
+    assert line.count("+0.0030 ± 0.0010") == 2, "stated under both selection rules"
+    assert "; unsupervised selection: " in line
+    assert results["variants"][student]["val_recon"]["paired_vs_control"]["n_pairs"] == 3
     assert "paired_vs_control" not in results["variants"][control]
 
 
@@ -212,9 +216,15 @@ def test_a_student_started_from_the_teacher_is_named_with_its_extra_budget():
     for name in ("init_teacher_kd", "kd"):
         runs += [_summary(name, s, a) for s, a in enumerate([0.930, 0.932, 0.929])]
     text = markdown(build_results(runs))
-    better = next(line for line in text.splitlines() if "beyond seed noise:" in line)
-    assert "init_teacher_kd (started from the trained teacher" in better
-    assert "kd (started" not in better.replace("init_teacher_kd (started", "")
+    better = [line for line in text.splitlines() if "teacher beyond seed noise:" in line]
+    assert len(better) == 2, "one answer per selection rule"
+    assert better[0].startswith("- Selected by best val AUC")
+    assert better[1].startswith("- Selected by lowest val-N reconstruction error")
+    for line in better:
+        named = dict(part.split(" ", 1) for part in line.split(": ", 2)[2].split("; "))
+        assert set(named) == {"init_teacher_kd", "kd"}
+        assert "(started from the trained teacher" in named["init_teacher_kd"]
+        assert "(started" not in named["kd"]
 
 
 def test_a_variant_that_retraces_the_teacher_is_explained_not_listed_as_missing():

@@ -224,10 +224,12 @@ def build_results(summaries: list[dict], stale: list[dict] = (), runs_dir: Path 
             )
         for name, control in CONTROLS.items():
             if name in variants and control in variants:
-                entry[name]["paired_vs_control"] = {
-                    "control": control,
-                    **paired_difference(variants[name], variants[control], "val_auc"),
-                }
+                for rule in RULES:
+                    entry[name][rule]["paired_vs_control"] = {
+                        "control": control,
+                        **paired_difference(variants[name], variants[control], rule),
+                    }
+                entry[name]["paired_vs_control"] = entry[name]["val_auc"]["paired_vs_control"]
         results["groups"][group] = entry
     results["variants"] = results["groups"].get(group_name(*HEADLINE), {})
     return results
@@ -297,56 +299,73 @@ def answers(entry: dict) -> list[str]:
         line += f"; no budget from {first} to {last} epochs reaches it (see 'shorter budgets')"
     lines.append(line + ".")
     students = {k: v for k, v in entry.items() if v["role"] == "student"}
-    better = [
-        k
-        for k, v in students.items()
-        if v["paired_vs_teacher"]["diff_auc_beyond_noise"]
-        and v["paired_vs_teacher"]["diff_auc_mean"] > 0
-    ]
     compared = {
         k: v["paired_vs_teacher"] for k, v in students.items() if v["paired_vs_teacher"]["n_pairs"]
     }
-    if better:
-        named = ", ".join(k + _on_top(k) for k in better)
-        lines.append(f"- Students better than the teacher beyond seed noise: {named}.")
-    elif compared:
-        best = max(compared, key=lambda k: compared[k]["diff_auc_mean"])
-        lines.append(
-            "- No student beats the teacher beyond seed noise (paired t-test p < "
-            f"{NOISE_P} with at least {MIN_PAIRS} seeds). Largest mean paired Δ AUC: {best} "
-            f"{_signed(compared[best]['diff_auc_mean'])} over {compared[best]['n_pairs']} seed(s)"
-            f"{_on_top(best)}."
-        )
-    else:
+    if not compared:
         lines.append("- No student runs yet.")
+    for rule in ("val_auc", UNSUPERVISED):
+        lines += _beats_teacher(students, rule)
     if "compact_kd" in compared:
-        pv = compared["compact_kd"]
-        d = pv["diff_auc_mean"]
-        worst = min(pv["diff_auc_values"])
-        verdict = "within" if d >= -0.005 else "not within"
-        lines.append(
-            "- Compact student (width 0.5, KD): Δ AUC "
-            f"{_pm(d, pv['diff_auc_std'], signed=True)} over {pv['n_pairs']} seed(s) "
-            f"(per seed {_per_seed(pv)}): the mean is {verdict} 0.005 of "
-            "the teacher"
-            + (f", the worst seed ({_signed(worst)}) is not." if worst < -0.005 else ".")
-        )
+        for rule in ("val_auc", UNSUPERVISED):
+            pv = students["compact_kd"][rule]["paired_vs_teacher"]
+            d, worst = pv["diff_auc_mean"], min(pv["diff_auc_values"])
+            verdict = "within" if d >= -0.005 else "not within"
+            lines.append(
+                f"- Compact student (width 0.5, KD), selected by {RULE_NAMES[rule]}: Δ AUC "
+                f"{_pm(d, pv['diff_auc_std'], signed=True)} over {pv['n_pairs']} seed(s) "
+                f"(per seed {_per_seed(pv)}): the mean is {verdict} 0.005 of the teacher"
+                + (f", the worst seed ({_signed(worst)}) is not." if worst < -0.005 else ".")
+            )
     for name, v in students.items():
         pc = v.get("paired_vs_control")
         if pc and pc["n_pairs"]:
-            if pc["n_pairs"] < MIN_PAIRS:
-                verdict = f"too few seeds to tell from noise (needs {MIN_PAIRS})"
-            else:
-                verdict = f"p {pc['diff_auc_p']:.3f}, " + (
-                    "beyond seed noise" if pc["diff_auc_beyond_noise"] else "within seed noise"
-                )
+            unsup = v[UNSUPERVISED]["paired_vs_control"]
             lines.append(
                 f"- {name} against {pc['control']} (the same student without distillation, "
-                "paired by seed): Δ AUC "
-                f"{_pm(pc['diff_auc_mean'], pc['diff_auc_std'], signed=True)} over {pc['n_pairs']} "
-                f"seed(s) (per seed {_per_seed(pc)}), {verdict}."
+                f"paired by seed): Δ AUC {_paired(pc)}; unsupervised selection: {_paired(unsup)}."
             )
     return lines
+
+
+def _verdict(pv: dict) -> str:
+    if pv["n_pairs"] < MIN_PAIRS:
+        return f"too few seeds to tell from noise (needs {MIN_PAIRS})"
+    noise = "beyond seed noise" if pv["diff_auc_beyond_noise"] else "within seed noise"
+    return f"p {pv['diff_auc_p']:.3f}, {noise}"
+
+
+def _paired(pv: dict) -> str:
+    """A paired difference in words: mean ± std, seeds, per seed and the noise verdict."""
+    return (
+        f"{_pm(pv['diff_auc_mean'], pv['diff_auc_std'], signed=True)} over {pv['n_pairs']} "
+        f"seed(s) (per seed {_per_seed(pv)}), {_verdict(pv)}"
+    )
+
+
+def _beats_teacher(students: dict, rule: str) -> list[str]:
+    """Whether any student beats the teacher beyond seed noise under one selection rule."""
+    compared = {
+        k: v[rule]["paired_vs_teacher"]
+        for k, v in students.items()
+        if v[rule].get("paired_vs_teacher") and v[rule]["paired_vs_teacher"]["n_pairs"]
+    }
+    if not compared:
+        return []
+    how = f"Selected by {RULE_NAMES[rule]}"
+    better = [
+        k for k, pv in compared.items() if pv["diff_auc_beyond_noise"] and pv["diff_auc_mean"] > 0
+    ]
+    if better:
+        named = "; ".join(f"{k} {_paired(compared[k])}{_on_top(k)}" for k in better)
+        return [f"- {how}: students better than the teacher beyond seed noise: {named}."]
+    best = max(compared, key=lambda k: compared[k]["diff_auc_mean"])
+    return [
+        f"- {how}: no student beats the teacher beyond seed noise (paired t-test p < {NOISE_P} "
+        f"with at least {MIN_PAIRS} seeds). Largest mean paired Δ AUC: {best} "
+        f"{_signed(compared[best]['diff_auc_mean'])} over {compared[best]['n_pairs']} seed(s)"
+        f"{_on_top(best)}."
+    ]
 
 
 def other_group_answer(group: str, entry: dict) -> list[str]:
