@@ -207,7 +207,7 @@ def test_the_answers_also_summarise_the_splits_beside_the_headline():
     line = next(row for row in answers.splitlines() if row.startswith("- inter-fold0:"))
     assert "teacher 0.7600 ± 0.0529 (3 seeds)" in line
     p = stats.ttest_rel([0.81, 0.72, 0.79], [0.80, 0.70, 0.78]).pvalue
-    assert f"init_teacher_kd vs teacher +0.0133 (3 seeds, p {p:.3f}, within noise)" in line
+    assert f"init_teacher_kd vs teacher +0.0133 (3 seeds, p {p:.3f}, within seed noise)" in line
     assert not any(row.startswith("- intra-fold0:") for row in answers.splitlines())
 
 

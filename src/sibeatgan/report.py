@@ -381,11 +381,9 @@ def other_group_answer(group: str, entry: dict) -> list[str]:
             pv = v.get(key)
             if v["role"] != "student" or not pv or not pv["n_pairs"]:
                 continue
-            noise = "beyond noise" if pv["diff_auc_beyond_noise"] else "within noise"
-            p = "" if pv["diff_auc_p"] is None else f"p {pv['diff_auc_p']:.3f}, "
             parts.append(
                 f"{name} vs {other or pv['control']} {_signed(pv['diff_auc_mean'])} "
-                f"({pv['n_pairs']} seeds, {p}{noise})"
+                f"({pv['n_pairs']} seeds, {_verdict(pv)})"
             )
     return [f"- {group}: " + "; ".join(parts) + "."]
 
