@@ -299,22 +299,19 @@ def answers(entry: dict) -> list[str]:
         line += f"; no budget from {first} to {last} epochs reaches it (see 'shorter budgets')"
     lines.append(line + ".")
     students = {k: v for k, v in entry.items() if v["role"] == "student"}
-    compared = {
-        k: v["paired_vs_teacher"] for k, v in students.items() if v["paired_vs_teacher"]["n_pairs"]
-    }
-    if not compared:
+    paired = [k for k, v in students.items() if v["paired_vs_teacher"]["n_pairs"]]
+    if not paired:
         lines.append("- No student runs yet.")
     for rule in ("val_auc", UNSUPERVISED):
         lines += _beats_teacher(students, rule)
-    if "compact_kd" in compared:
+    if "compact_kd" in paired:
         for rule in ("val_auc", UNSUPERVISED):
             pv = students["compact_kd"][rule]["paired_vs_teacher"]
             d, worst = pv["diff_auc_mean"], min(pv["diff_auc_values"])
             verdict = "within" if d >= -0.005 else "not within"
             lines.append(
                 f"- Compact student (width 0.5, KD), selected by {RULE_NAMES[rule]}: Δ AUC "
-                f"{_pm(d, pv['diff_auc_std'], signed=True)} over {pv['n_pairs']} seed(s) "
-                f"(per seed {_per_seed(pv)}): the mean is {verdict} 0.005 of the teacher"
+                f"{_diff(pv)}: the mean is {verdict} 0.005 of the teacher"
                 + (f", the worst seed ({_signed(worst)}) is not." if worst < -0.005 else ".")
             )
     for name, v in students.items():
@@ -335,12 +332,17 @@ def _verdict(pv: dict) -> str:
     return f"p {pv['diff_auc_p']:.3f}, {noise}"
 
 
-def _paired(pv: dict) -> str:
-    """A paired difference in words: mean ± std, seeds, per seed and the noise verdict."""
+def _diff(pv: dict) -> str:
+    """A paired difference in words: mean ± std, seeds and per seed."""
     return (
         f"{_pm(pv['diff_auc_mean'], pv['diff_auc_std'], signed=True)} over {pv['n_pairs']} "
-        f"seed(s) (per seed {_per_seed(pv)}), {_verdict(pv)}"
+        f"seed(s) (per seed {_per_seed(pv)})"
     )
+
+
+def _paired(pv: dict) -> str:
+    """`_diff` with the noise verdict."""
+    return f"{_diff(pv)}, {_verdict(pv)}"
 
 
 def _beats_teacher(students: dict, rule: str) -> list[str]:
