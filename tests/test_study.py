@@ -464,3 +464,29 @@ def test_the_answers_say_whether_the_teacher_reaches_its_target(auc, expected):
 
     runs = [_summary("teacher", s, auc, "teacher") for s in range(3)]
     assert expected in answers(build_results(runs)["variants"])[0]
+
+
+def test_variants_on_several_folds_are_summarised_across_folds():
+    runs = [_summary("teacher", s, a, "teacher") for s, a in enumerate([0.92, 0.93, 0.91])]
+    runs += [_summary("kd", s, a) for s, a in enumerate([0.93, 0.93, 0.92])]
+    for fold, (t_auc, kd_auc) in {1: (0.94, 0.945), 2: (0.95, 0.95)}.items():
+        teacher, kd = _summary("teacher", 0, t_auc, "teacher"), _summary("kd", 0, kd_auc)
+        teacher["fold"] = kd["fold"] = fold
+        runs += [teacher, kd]
+    inter = _summary("teacher", 0, 0.8, "teacher")
+    inter["split"] = "inter"  # one fold only: nothing to summarise across folds
+    results = build_results([*runs, inter])
+    across = results["across_folds"]
+    assert set(across) == {"intra"}
+    t = across["intra"]["teacher"]
+    assert t["folds"] == [0, 1, 2] and t["seeds"] == [0], "only the seeds every fold has"
+    assert t["test_auc_values"] == pytest.approx([0.92, 0.94, 0.95])
+    assert t["test_auc_std"] == pytest.approx(np.std([0.92, 0.94, 0.95], ddof=1))
+    vs = across["intra"]["kd"]["vs_teacher"]
+    assert vs["diff_auc_values"] == pytest.approx([0.01, 0.005, 0.0])
+    text = markdown(results)
+    assert "## intra: across folds" in text
+    answer = next(line for line in text.splitlines() if line.startswith("- intra, across"))
+    assert "teacher 0.9367 ± 0.0153" in answer and "kd vs teacher +0.0050 (3 folds)" in answer
+    assert "Published, 5 folds: BeatGAN 0.9447 ± 0.0053" in text
+    assert build_results(runs[:6])["across_folds"] == {}, "fold 0 alone"

@@ -178,6 +178,56 @@ def budget_curve(runs: dict[int, dict]) -> list[dict] | None:
     return curve
 
 
+def _fold_mean(runs: dict[int, dict], seeds: list[int], key: str) -> float:
+    """One fold's figure under the val-AUC pick: the mean over `seeds`."""
+    return float(np.mean([runs[s]["selection"]["val_auc"][key] for s in seeds]))
+
+
+def across_folds(summaries: list[dict]) -> dict[str, dict]:
+    """Per split with runs on two or more folds (of split seed 0): each such variant's test
+    figures under the val-AUC pick, per fold on the seeds it has in every one of its folds,
+    then mean +- std over folds (how the published tables report their 5 folds), and its
+    difference to the teacher fold by fold on the same seeds."""
+    by_split: dict[str, dict[str, dict[int, dict[int, dict]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(dict))
+    )
+    for s in summaries:
+        if s["split_seed"] == 0:
+            by_split[s["split"]][s["variant"]][s["fold"]][s["seed"]] = s
+    out: dict[str, dict] = {}
+    for split, variants in sorted(by_split.items()):
+        entry = {}
+        for name in [v for v in VARIANTS if len(variants.get(v, {})) >= 2]:
+            folds = variants[name]
+            seeds = sorted(set.intersection(*(set(runs) for runs in folds.values())))
+            if not seeds:
+                continue
+            row: dict = {"folds": sorted(folds), "seeds": seeds}
+            for key in ("test_auc", "test_ap"):
+                values = [_fold_mean(folds[f], seeds, key) for f in row["folds"]]
+                row[f"{key}_values"] = values  # per fold, in `folds` order
+                row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(values)
+            teacher = variants.get("teacher", {})
+            if name != "teacher":
+                shared = [f for f in row["folds"] if f in teacher and set(seeds) <= set(teacher[f])]
+                diffs = [
+                    _fold_mean(folds[f], seeds, "test_auc")
+                    - _fold_mean(teacher[f], seeds, "test_auc")
+                    for f in shared
+                ]
+                mean, std = _mean_std(diffs)
+                row["vs_teacher"] = {
+                    "folds": shared,
+                    "diff_auc_values": diffs,
+                    "diff_auc_mean": mean,
+                    "diff_auc_std": std,
+                }
+            entry[name] = row
+        if entry:
+            out[split] = entry
+    return out
+
+
 def build_results(summaries: list[dict], stale: list[dict] = (), runs_dir: Path = RUNS_DIR) -> dict:
     groups: dict[str, dict[str, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
     for s in summaries:
@@ -187,6 +237,7 @@ def build_results(summaries: list[dict], stale: list[dict] = (), runs_dir: Path 
         "n_summaries": len(summaries),
         "groups": {},
         "runs": run_rows(summaries),
+        "across_folds": across_folds(summaries),
         "stale": [
             {k: s[k] for k in ("variant", "split", "fold", "seed", "stale_because")} for s in stale
         ],
@@ -421,6 +472,65 @@ def _budget_table(variants: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _folds_section(across: dict[str, dict]) -> list[str]:
+    """Mean +- std over folds, beside the published 5-fold BeatGAN figure."""
+    method, auc, std, _, source = next(row for row in PUBLISHED if row[0] == "BeatGAN")
+    lines = []
+    for split, entry in across.items():
+        lines += [
+            f"## {split}: across folds (selection by {RULE_NAMES['val_auc']})",
+            "",
+            "Each variant on every fold it has run on, with the seeds it has on all of them "
+            "(a fold's figure is the mean over those seeds); ± is the standard deviation over "
+            "folds, which also holds each fold's own seed noise. Δ is the difference to the "
+            "teacher fold by fold on the same seeds. Published, 5 folds: "
+            f"{method} {_pm(auc, std)} ({source}).",
+            "",
+            "| variant | folds | seeds | test AUC per fold | test AUC over folds "
+            "| test AP over folds | Δ AUC vs teacher over folds |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, row in entry.items():
+            per_fold = ", ".join(
+                f"{f}: {a:.4f}" for f, a in zip(row["folds"], row["test_auc_values"], strict=True)
+            )
+            vs = row.get("vs_teacher")
+            diff = "-"
+            if vs and vs["folds"]:
+                diff = (
+                    f"{_pm(vs['diff_auc_mean'], vs['diff_auc_std'], signed=True)} "
+                    f"({len(vs['folds'])} folds)"
+                )
+            lines.append(
+                f"| {name} | {len(row['folds'])} | {', '.join(map(str, row['seeds']))} "
+                f"| {per_fold} | {_pm(row['test_auc_mean'], row['test_auc_std'])} "
+                f"| {_pm(row['test_ap_mean'], row['test_ap_std'])} | {diff} |"
+            )
+        lines.append("")
+    return lines
+
+
+def across_folds_answer(across: dict[str, dict]) -> list[str]:
+    """One line per split with a teacher on several folds."""
+    lines = []
+    for split, entry in across.items():
+        t = entry.get("teacher")
+        if t is None:
+            continue
+        line = (
+            f"- {split}, across {len(t['folds'])} folds (seeds {', '.join(map(str, t['seeds']))}"
+            f"): teacher {_pm(t['test_auc_mean'], t['test_auc_std'])}"
+        )
+        for name, row in entry.items():
+            vs = row.get("vs_teacher")
+            if vs and vs["folds"]:
+                line += (
+                    f"; {name} vs teacher {_signed(vs['diff_auc_mean'])} ({len(vs['folds'])} folds)"
+                )
+        lines.append(line + ".")
+    return lines
+
+
 def _recipe_line(train: dict | None) -> str:
     if not train:
         return "not given (the report was built without params)"
@@ -456,7 +566,9 @@ def markdown(results: dict) -> str:
             if group != group_name(*HEADLINE)
             for line in other_group_answer(group, entry)
         ],
+        *across_folds_answer(results["across_folds"]),
         "",
+        *_folds_section(results["across_folds"]),
     ]
     for group, entry in results["groups"].items():
         for rule in ("val_auc", UNSUPERVISED):
