@@ -102,6 +102,18 @@ VARIANTS: dict[str, Variant] = {
         (*_STUDENT, "student.kd=true", "student.width_mult=0.5"),
         "half-width student (about 1/4 of the multiply-adds) with KD",
     ),
+    "compact_kd_hint": Variant(
+        "student",
+        (
+            *_STUDENT,
+            "student.kd=true",
+            "student.fd=true",
+            "student.fd_mode=hint",
+            "student.width_mult=0.5",
+        ),
+        "half-width student with KD + FD hints (its maps through 1x1 projections onto the "
+        "teacher's, 5 depths)",
+    ),
     "compact_plain": Variant(
         "student",
         (*_STUDENT, "student.width_mult=0.5"),
@@ -110,7 +122,11 @@ VARIANTS: dict[str, Variant] = {
 }
 # a student variant and the run without its distillation term: same width, seed and batch order,
 # so their paired difference is what the term itself does
-CONTROLS = {"compact_kd": "compact_plain", "init_teacher_kd": "init_teacher_plain"}
+CONTROLS = {
+    "compact_kd": "compact_plain",
+    "compact_kd_hint": "compact_plain",
+    "init_teacher_kd": "init_teacher_plain",
+}
 
 # figures of each epoch's detection report kept in the history and the selections
 REPORT_KEYS = (
