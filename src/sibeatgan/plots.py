@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from sibeatgan.beats import CLASSES  # noqa: E402
 from sibeatgan.io import atomic_path  # noqa: E402
@@ -154,34 +155,57 @@ def results_figure(variants: dict[str, dict], published: list[tuple], path: Path
 
 
 def learning_curves(summaries: list[dict], path: Path) -> Path:
-    """Val and test AUC per epoch of every run, one colour per variant: thin lines are seeds,
-    the thick line their mean, a ring the epoch that val AUC picked. Variants keep the order
-    they come in."""
+    """Val and test AUC per epoch, one panel per variant (in the order they come in), so that
+    a dozen variants stay legible: thin lines are seeds, thick lines their mean, a ring the
+    epoch that val AUC picked; every other panel repeats the teacher's mean test AUC, dotted."""
     variants: dict[str, list[dict]] = {}
     for s in sorted(summaries, key=lambda s: s["seed"]):
         if s.get("history"):  # hand-made summaries (tests, older runs) may have none
             variants.setdefault(s["variant"], []).append(s)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
-    colours = plt.get_cmap("tab10")
-    for k, (name, runs) in enumerate(variants.items()):
-        colour = colours(k % 10)
-        for ax, key in zip(axes, ("val_auc", "test_auc"), strict=True):
-            curves = [[r[key] for r in s["history"]] for s in runs]
-            for s, curve in zip(runs, curves, strict=True):
+    cols = min(4, max(len(variants), 1))
+    rows = -(-max(len(variants), 1) // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.4 * cols, 2.6 * rows), sharex=True, sharey=True, squeeze=False
+    )
+
+    def mean_curve(runs: list[dict], key: str) -> np.ndarray:
+        curves = [[r[key] for r in s["history"]] for s in runs]
+        length = min(len(c) for c in curves)
+        return np.mean([c[:length] for c in curves], axis=0)
+
+    teacher = mean_curve(variants["teacher"], "test_auc") if "teacher" in variants else None
+    values = []
+    for ax, (name, runs) in zip(axes.flat, variants.items(), strict=False):  # spare axes
+        if teacher is not None and name != "teacher":
+            ax.plot(range(1, len(teacher) + 1), teacher, color="black", lw=1.2, ls=":")
+        for key, colour in (("val_auc", "tab:orange"), ("test_auc", "tab:blue")):
+            for s in runs:
                 epochs = [r["epoch"] for r in s["history"]]
-                ax.plot(epochs, curve, color=colour, lw=0.8, alpha=0.5)
+                curve = [r[key] for r in s["history"]]
+                values += curve
+                ax.plot(epochs, curve, color=colour, lw=0.7, alpha=0.5)
                 pick = s["selection"]["val_auc"]["epoch"]
-                ax.plot(pick, curve[epochs.index(pick)], "o", mfc="none", color=colour)
-            length = min(len(c) for c in curves)
-            mean = np.mean([c[:length] for c in curves], axis=0)
-            ax.plot(range(1, length + 1), mean, color=colour, lw=2.2, label=f"{name} ({len(runs)})")
-    for ax, title in zip(axes, ("val AUC per epoch", "test AUC per epoch"), strict=True):
-        ax.set(title=title, xlabel="epoch")
+                ax.plot(pick, curve[epochs.index(pick)], "o", mfc="none", color=colour, ms=5)
+            mean = mean_curve(runs, key)
+            ax.plot(range(1, len(mean) + 1), mean, color=colour, lw=2)
+        ax.set_title(f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("AUC")
-    axes[1].legend(fontsize=8, title="variant (seeds)", title_fontsize=8, loc="lower right")
-    lows = [v for ax in axes for line in ax.get_lines() for v in line.get_ydata()]
-    if lows:  # the first epochs can sit far below the rest; keep the end of the runs readable
-        axes[0].set_ylim(max(min(lows), float(np.percentile(lows, 10)) - 0.02), max(lows) + 0.005)
-    fig.tight_layout()
+    for ax in axes.flat[len(variants) :]:
+        ax.set_axis_off()
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes[:, 0]:
+        ax.set_ylabel("AUC")
+    handles = [
+        plt.Line2D([], [], color="tab:orange", lw=2, label="val AUC"),
+        plt.Line2D([], [], color="tab:blue", lw=2, label="test AUC"),
+        plt.Line2D([], [], color="black", lw=1.2, ls=":", label="teacher test AUC (mean)"),
+        plt.Line2D([], [], color="black", ls="", marker="o", mfc="none", label="val-AUC pick"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, 0))
+    if values:  # the first epochs can sit far below the rest; keep the end of the runs readable
+        low = max(min(values), float(np.percentile(values, 10)) - 0.02)
+        axes[0, 0].set_ylim(low, max(values) + 0.005)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return _save(fig, path)

@@ -642,8 +642,9 @@ def markdown(results: dict) -> str:
         "![results](results.png)",
         "",
         f"Val and test AUC per epoch of every {HEADLINE[0]} fold {HEADLINE[1]} run (thin: one "
-        "seed, thick: mean over seeds; a ring marks the epoch that val AUC picks). A curve "
-        "still rising at the last epoch says the budget is short.",
+        "seed, thick: mean over seeds; a ring marks the epoch that val AUC picks; dotted: "
+        "the teacher's mean test AUC, for comparison). A curve still rising at the last epoch "
+        "says the budget is short.",
         "",
         "![learning curves](curves.png)",
         "",
