@@ -33,6 +33,7 @@ def test_boolean_strings_parse(text):
         ("data.fold=5", "data.fold must be 0-4"),
         ("student.kd=maybe", "student.kd must be true or false"),
         ("train.selection=best", "train.selection must be"),
+        ("train.w_rec=-0.5", "train.w_rec and train.w_adv must be >= 0"),
         ("epochs", "must look like section.key=value"),
     ],
 )

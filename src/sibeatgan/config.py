@@ -57,6 +57,7 @@ class TrainCfg:
     beta1: float = 0.5
     beta2: float = 0.999
     w_adv: float = 1.0
+    w_rec: float = 1.0
     pretrain_g_steps: int = 0
     d_reset_below: float = 5e-6
     d_lr_ratio: float = 1.0
@@ -237,6 +238,10 @@ def validate(p: Params) -> Params:
             "train.lr_schedule must be constant or cosine",
         ),
         (p.train.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
+        (
+            min(p.train.w_rec, p.train.w_adv) >= 0,
+            "train.w_rec and train.w_adv must be >= 0 (1 = the published weights)",
+        ),
         (p.train.pretrain_g_steps >= 0, "train.pretrain_g_steps must be >= 0"),
         (p.train.d_lr_ratio > 0, "train.d_lr_ratio must be positive (1 = D learns at G's lr)"),
         (

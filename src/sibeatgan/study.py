@@ -97,6 +97,14 @@ VARIANTS: dict[str, Variant] = {
     "mimic": Variant(
         "student", (*_STUDENT, "student.mimic=true"), "also learns the teacher's reconstructions"
     ),
+    # the mimic term adds a second reconstruction target and so halves the adversarial term's
+    # relative weight; here the two targets share the reconstruction weight of 1 instead
+    "mimic_blend": Variant(
+        "student",
+        (*_STUDENT, "student.mimic=true", "student.mimic_weight=0.5", "train.w_rec=0.5"),
+        "learns the midpoint of the beat and the teacher's reconstruction (reconstruction weight "
+        "kept at 1)",
+    ),
     "compact_kd": Variant(
         "student",
         (*_STUDENT, "student.kd=true", "student.width_mult=0.5"),

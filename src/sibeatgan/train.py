@@ -186,6 +186,7 @@ def fit(
                     cfg.w_adv,
                     distiller,
                     cfg.d_real_label,
+                    w_rec=cfg.w_rec,
                     d_noise=cfg.d_noise * _anneal(progress.step - cfg.pretrain_g_steps, game_steps),
                     d_skip_below=cfg.d_skip_below,
                 )
@@ -262,17 +263,20 @@ def train_step(
     real_label: float = 1.0,
     d_noise: float = 0.0,
     d_skip_below: float = 0.0,
+    w_rec: float = 1.0,
 ) -> dict[str, float]:
     """One D step then one G step. x' is detached for D, so D's loss never reaches G; D's
     parameters are frozen during the G step, so no gradient is computed for them there.
     `real_label` < 1 is one-sided label smoothing: D is never asked for full confidence.
     `d_noise` > 0 adds Gaussian instance noise of that std to D's inputs in D's step, so D cannot
     win on details finer than the noise; D skips its update while its loss is below
-    `d_skip_below`, so a D that already wins does not run further ahead of G.
+    `d_skip_below`, so a D that already wins does not run further ahead of G. `w_rec` weighs
+    the reconstruction term (with the mimic term, a target between the beat and the teacher's
+    reconstruction: w_rec 0.5 and mimic weight 0.5 regress onto their midpoint).
     Without D (G's pre-training), only G's reconstruction (and distillation) terms."""
     x_rec, maps = g.forward_with_features(x)
     out: dict[str, float] = {}
-    terms = {"rec": F.mse_loss(x_rec.float(), x)}
+    terms = {"rec": w_rec * F.mse_loss(x_rec.float(), x)}
     if d is not None:
         real_in, fake_in = x, x_rec.detach()
         if d_noise > 0:
