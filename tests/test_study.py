@@ -469,10 +469,18 @@ def test_the_answers_say_whether_the_teacher_reaches_its_target(auc, expected):
 def test_variants_on_several_folds_are_summarised_across_folds():
     runs = [_summary("teacher", s, a, "teacher") for s, a in enumerate([0.92, 0.93, 0.91])]
     runs += [_summary("kd", s, a) for s, a in enumerate([0.93, 0.93, 0.92])]
-    for fold, (t_auc, kd_auc) in {1: (0.94, 0.945), 2: (0.95, 0.95)}.items():
-        teacher, kd = _summary("teacher", 0, t_auc, "teacher"), _summary("kd", 0, kd_auc)
-        teacher["fold"] = kd["fold"] = fold
-        runs += [teacher, kd]
+    # compact_kd beats its control by about 0.01 on every fold: beyond fold-to-fold noise
+    runs += [_summary("compact_kd", 0, 0.91), _summary("compact_plain", 0, 0.90)]
+    for fold, (t_auc, kd_auc, c_kd, c_plain) in {
+        1: (0.94, 0.945, 0.932, 0.920),
+        2: (0.95, 0.95, 0.941, 0.930),
+    }.items():
+        for variant, auc in (("teacher", t_auc), ("kd", kd_auc)):
+            runs.append(_summary(variant, 0, auc, "teacher" if variant == "teacher" else "student"))
+            runs[-1]["fold"] = fold
+        for variant, auc in (("compact_kd", c_kd), ("compact_plain", c_plain)):
+            runs.append(_summary(variant, 0, auc))
+            runs[-1]["fold"] = fold
     inter = _summary("teacher", 0, 0.8, "teacher")
     inter["split"] = "inter"  # one fold only: nothing to summarise across folds
     results = build_results([*runs, inter])
@@ -484,9 +492,18 @@ def test_variants_on_several_folds_are_summarised_across_folds():
     assert t["test_auc_std"] == pytest.approx(np.std([0.92, 0.94, 0.95], ddof=1))
     vs = across["intra"]["kd"]["vs_teacher"]
     assert vs["diff_auc_values"] == pytest.approx([0.01, 0.005, 0.0])
+    assert vs["diff_auc_p"] == pytest.approx(stats.ttest_1samp([0.01, 0.005, 0.0], 0).pvalue)
+    assert not vs["diff_auc_beyond_noise"] and "vs_control" not in across["intra"]["kd"]
+    control = across["intra"]["compact_kd"]["vs_control"]
+    assert control["control"] == "compact_plain" and control["folds"] == [0, 1, 2]
+    assert control["diff_auc_values"] == pytest.approx([0.01, 0.012, 0.011])
+    assert control["diff_auc_beyond_noise"]
     text = markdown(results)
     assert "## intra: across folds" in text
     answer = next(line for line in text.splitlines() if line.startswith("- intra, across"))
-    assert "teacher 0.9367 ± 0.0153" in answer and "kd vs teacher +0.0050 (3 folds)" in answer
+    assert "teacher 0.9367 ± 0.0153" in answer
+    assert "kd vs teacher +0.0050 (3 folds, p 0.225, within fold-to-fold noise)" in answer
+    assert "compact_kd vs compact_plain +0.0110 (3 folds, p 0." in answer
+    assert "beyond fold-to-fold noise" in answer
     assert "Published, 5 folds: BeatGAN 0.9447 ± 0.0053" in text
     assert build_results(runs[:6])["across_folds"] == {}, "fold 0 alone"

@@ -183,11 +183,37 @@ def _fold_mean(runs: dict[int, dict], seeds: list[int], key: str) -> float:
     return float(np.mean([runs[s]["selection"]["val_auc"][key] for s in seeds]))
 
 
+def fold_difference(
+    ours: dict[int, dict[int, dict]], reference: dict[int, dict[int, dict]], seeds: list[int]
+) -> dict:
+    """Test AUC of `ours` minus `reference` fold by fold (each fold's mean over `seeds`), on the
+    folds where both have those seeds, with a paired t-test over the folds: a difference that
+    keeps its size from one fold's patients to the next is beyond noise."""
+    folds = [f for f in sorted(ours) if f in reference and set(seeds) <= set(reference[f])]
+    diffs = np.array(
+        [
+            _fold_mean(ours[f], seeds, "test_auc") - _fold_mean(reference[f], seeds, "test_auc")
+            for f in folds
+        ]
+    )
+    mean, std = _mean_std(list(diffs))
+    p = float(stats.ttest_1samp(diffs, 0.0).pvalue) if len(diffs) > 1 and diffs.std() > 0 else None
+    return {
+        "folds": folds,
+        "diff_auc_values": [float(d) for d in diffs],  # per fold, in `folds` order
+        "diff_auc_mean": mean,
+        "diff_auc_std": std,
+        "diff_auc_p": p,
+        "diff_auc_beyond_noise": bool(p is not None and p < NOISE_P and len(diffs) >= MIN_PAIRS),
+    }
+
+
 def across_folds(summaries: list[dict]) -> dict[str, dict]:
     """Per split with runs on two or more folds (of split seed 0): each such variant's test
     figures under the val-AUC pick, per fold on the seeds it has in every one of its folds,
     then mean +- std over folds (how the published tables report their 5 folds), and its
-    difference to the teacher fold by fold on the same seeds."""
+    difference to the teacher (and to its control, when that ran on the same folds) fold by
+    fold on the same seeds."""
     by_split: dict[str, dict[str, dict[int, dict[int, dict]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(dict))
     )
@@ -207,20 +233,13 @@ def across_folds(summaries: list[dict]) -> dict[str, dict]:
                 values = [_fold_mean(folds[f], seeds, key) for f in row["folds"]]
                 row[f"{key}_values"] = values  # per fold, in `folds` order
                 row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(values)
-            teacher = variants.get("teacher", {})
             if name != "teacher":
-                shared = [f for f in row["folds"] if f in teacher and set(seeds) <= set(teacher[f])]
-                diffs = [
-                    _fold_mean(folds[f], seeds, "test_auc")
-                    - _fold_mean(teacher[f], seeds, "test_auc")
-                    for f in shared
-                ]
-                mean, std = _mean_std(diffs)
-                row["vs_teacher"] = {
-                    "folds": shared,
-                    "diff_auc_values": diffs,
-                    "diff_auc_mean": mean,
-                    "diff_auc_std": std,
+                row["vs_teacher"] = fold_difference(folds, variants.get("teacher", {}), seeds)
+            if name in CONTROLS:
+                control = CONTROLS[name]
+                row["vs_control"] = {
+                    "control": control,
+                    **fold_difference(folds, variants.get(control, {}), seeds),
                 }
             entry[name] = row
         if entry:
@@ -383,6 +402,23 @@ def _verdict(pv: dict) -> str:
     return f"p {pv['diff_auc_p']:.3f}, {noise}"
 
 
+def _fold_verdict(vs: dict) -> str:
+    n = len(vs["folds"])
+    folds = f"{n} fold" + ("s" if n != 1 else "")
+    if n < MIN_PAIRS:
+        return f"{folds}, too few to tell from noise (needs {MIN_PAIRS})"
+    if vs["diff_auc_p"] is None:
+        return f"{folds}, the same on every fold"
+    noise = "beyond" if vs["diff_auc_beyond_noise"] else "within"
+    return f"{folds}, p {vs['diff_auc_p']:.3f}, {noise} fold-to-fold noise"
+
+
+def _fold_diff(vs: dict | None) -> str:
+    if not vs or not vs["folds"]:
+        return "-"
+    return f"{_pm(vs['diff_auc_mean'], vs['diff_auc_std'], signed=True)} ({_fold_verdict(vs)})"
+
+
 def _diff(pv: dict) -> str:
     """A paired difference in words: mean ± std, seeds and per seed."""
     return (
@@ -483,28 +519,27 @@ def _folds_section(across: dict[str, dict]) -> list[str]:
             "Each variant on every fold it has run on, with the seeds it has on all of them "
             "(a fold's figure is the mean over those seeds); ± is the standard deviation over "
             "folds, which also holds each fold's own seed noise. Δ is the difference to the "
-            "teacher fold by fold on the same seeds. Published, 5 folds: "
-            f"{method} {_pm(auc, std)} ({source}).",
+            "teacher (or to the variant's control) fold by fold on the same seeds, with a "
+            f"paired t-test over folds (beyond noise: p < {NOISE_P} with at least {MIN_PAIRS} "
+            f"folds). Published, 5 folds: {method} {_pm(auc, std)} ({source}).",
             "",
             "| variant | folds | seeds | test AUC per fold | test AUC over folds "
-            "| test AP over folds | Δ AUC vs teacher over folds |",
-            "|---|---|---|---|---|---|---|",
+            "| test AP over folds | Δ AUC vs teacher over folds | Δ AUC vs control over folds |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, row in entry.items():
             per_fold = ", ".join(
                 f"{f}: {a:.4f}" for f, a in zip(row["folds"], row["test_auc_values"], strict=True)
             )
-            vs = row.get("vs_teacher")
-            diff = "-"
-            if vs and vs["folds"]:
-                diff = (
-                    f"{_pm(vs['diff_auc_mean'], vs['diff_auc_std'], signed=True)} "
-                    f"({len(vs['folds'])} folds)"
-                )
+            control = row.get("vs_control")
+            vs_control = "-"
+            if control and control["folds"]:
+                vs_control = f"{control['control']}: {_fold_diff(control)}"
             lines.append(
                 f"| {name} | {len(row['folds'])} | {', '.join(map(str, row['seeds']))} "
                 f"| {per_fold} | {_pm(row['test_auc_mean'], row['test_auc_std'])} "
-                f"| {_pm(row['test_ap_mean'], row['test_ap_std'])} | {diff} |"
+                f"| {_pm(row['test_ap_mean'], row['test_ap_std'])} "
+                f"| {_fold_diff(row.get('vs_teacher'))} | {vs_control} |"
             )
         lines.append("")
     return lines
@@ -522,11 +557,13 @@ def across_folds_answer(across: dict[str, dict]) -> list[str]:
             f"): teacher {_pm(t['test_auc_mean'], t['test_auc_std'])}"
         )
         for name, row in entry.items():
-            vs = row.get("vs_teacher")
-            if vs and vs["folds"]:
-                line += (
-                    f"; {name} vs teacher {_signed(vs['diff_auc_mean'])} ({len(vs['folds'])} folds)"
-                )
+            for vs, against in ((row.get("vs_teacher"), "teacher"), (row.get("vs_control"), "")):
+                if vs and vs["folds"]:
+                    against = against or vs["control"]
+                    line += (
+                        f"; {name} vs {against} {_signed(vs['diff_auc_mean'])} "
+                        f"({_fold_verdict(vs)})"
+                    )
         lines.append(line + ".")
     return lines
 
