@@ -79,6 +79,22 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else None
 
 
+def difference_stats(diffs: np.ndarray, name: str = "auc") -> dict:
+    """Mean, std and a one-sample t-test against 0 of paired differences (per seed, or per fold);
+    beyond noise at p < NOISE_P with at least MIN_PAIRS pairs."""
+    p = None
+    if len(diffs) > 1 and diffs.std() > 0:
+        p = float(stats.ttest_1samp(diffs, 0.0).pvalue)
+    beyond = p is not None and p < NOISE_P and len(diffs) >= MIN_PAIRS
+    return {
+        f"diff_{name}_values": [float(d) for d in diffs],
+        f"diff_{name}_mean": float(diffs.mean()) if len(diffs) else None,
+        f"diff_{name}_std": float(diffs.std(ddof=1)) if len(diffs) > 1 else None,
+        f"diff_{name}_p": p,
+        f"diff_{name}_beyond_noise": beyond,
+    }
+
+
 def paired_difference(variant: dict[int, dict], reference: dict[int, dict], rule: str) -> dict:
     """Variant minus reference (the teacher, or a control) test AUC / AP on the seeds both
     have, with a paired t-test."""
@@ -87,18 +103,8 @@ def paired_difference(variant: dict[int, dict], reference: dict[int, dict], rule
     for key in ("test_auc", "test_ap"):
         ours = np.array([variant[s]["selection"][rule][key] for s in seeds])
         theirs = np.array([reference[s]["selection"][rule][key] for s in seeds])
-        diffs = ours - theirs
-        name = key.removeprefix("test_")
-        out[f"diff_{name}_values"] = [float(d) for d in diffs]  # per seed, in `seeds` order
-        out[f"diff_{name}_mean"] = float(diffs.mean()) if len(diffs) else None
-        out[f"diff_{name}_std"] = float(diffs.std(ddof=1)) if len(diffs) > 1 else None
-        p = None
-        if len(diffs) > 1 and diffs.std() > 0:
-            p = float(stats.ttest_rel(ours, theirs).pvalue)
-        out[f"diff_{name}_p"] = p
-        out[f"diff_{name}_beyond_noise"] = bool(
-            p is not None and p < NOISE_P and len(diffs) >= MIN_PAIRS
-        )
+        # values per seed, in `seeds` order
+        out |= difference_stats(ours - theirs, key.removeprefix("test_"))
     return out
 
 
@@ -190,22 +196,12 @@ def fold_difference(
     folds where both have those seeds, with a paired t-test over the folds: a difference that
     keeps its size from one fold's patients to the next is beyond noise."""
     folds = [f for f in sorted(ours) if f in reference and set(seeds) <= set(reference[f])]
-    diffs = np.array(
-        [
-            _fold_mean(ours[f], seeds, "test_auc") - _fold_mean(reference[f], seeds, "test_auc")
-            for f in folds
-        ]
-    )
-    mean, std = _mean_std(list(diffs))
-    p = float(stats.ttest_1samp(diffs, 0.0).pvalue) if len(diffs) > 1 and diffs.std() > 0 else None
-    return {
-        "folds": folds,
-        "diff_auc_values": [float(d) for d in diffs],  # per fold, in `folds` order
-        "diff_auc_mean": mean,
-        "diff_auc_std": std,
-        "diff_auc_p": p,
-        "diff_auc_beyond_noise": bool(p is not None and p < NOISE_P and len(diffs) >= MIN_PAIRS),
-    }
+    diffs = [
+        _fold_mean(ours[f], seeds, "test_auc") - _fold_mean(reference[f], seeds, "test_auc")
+        for f in folds
+    ]
+    # values per fold, in `folds` order
+    return {"folds": folds, **difference_stats(np.array(diffs))}
 
 
 def across_folds(summaries: list[dict]) -> dict[str, dict]:
@@ -557,9 +553,11 @@ def across_folds_answer(across: dict[str, dict]) -> list[str]:
             f"): teacher {_pm(t['test_auc_mean'], t['test_auc_std'])}"
         )
         for name, row in entry.items():
-            for vs, against in ((row.get("vs_teacher"), "teacher"), (row.get("vs_control"), "")):
+            pairs = [("teacher", row.get("vs_teacher"))]
+            if "vs_control" in row:
+                pairs.append((row["vs_control"]["control"], row["vs_control"]))
+            for against, vs in pairs:
                 if vs and vs["folds"]:
-                    against = against or vs["control"]
                     line += (
                         f"; {name} vs {against} {_signed(vs['diff_auc_mean'])} "
                         f"({_fold_verdict(vs)})"
