@@ -391,22 +391,24 @@ def answers(entry: dict) -> list[str]:
     return lines
 
 
+def _noise_words(diff: dict, n: int, unit: str, noise: str) -> str:
+    """Whether a paired AUC difference over `n` seeds or folds exceeds `noise`, in words."""
+    if n < MIN_PAIRS:
+        return f"too few {unit}s to tell from noise (needs {MIN_PAIRS})"
+    if diff["diff_auc_p"] is None:
+        return f"the same on every {unit}"
+    where = "beyond" if diff["diff_auc_beyond_noise"] else "within"
+    return f"p {diff['diff_auc_p']:.3f}, {where} {noise}"
+
+
 def _verdict(pv: dict) -> str:
-    if pv["n_pairs"] < MIN_PAIRS:
-        return f"too few seeds to tell from noise (needs {MIN_PAIRS})"
-    noise = "beyond seed noise" if pv["diff_auc_beyond_noise"] else "within seed noise"
-    return f"p {pv['diff_auc_p']:.3f}, {noise}"
+    return _noise_words(pv, pv["n_pairs"], "seed", "seed noise")
 
 
 def _fold_verdict(vs: dict) -> str:
     n = len(vs["folds"])
     folds = f"{n} fold" + ("s" if n != 1 else "")
-    if n < MIN_PAIRS:
-        return f"{folds}, too few to tell from noise (needs {MIN_PAIRS})"
-    if vs["diff_auc_p"] is None:
-        return f"{folds}, the same on every fold"
-    noise = "beyond" if vs["diff_auc_beyond_noise"] else "within"
-    return f"{folds}, p {vs['diff_auc_p']:.3f}, {noise} fold-to-fold noise"
+    return f"{folds}, {_noise_words(vs, n, 'fold', 'fold-to-fold noise')}"
 
 
 def _fold_diff(vs: dict | None) -> str:
