@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import torch
+from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
@@ -25,12 +26,22 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "sibeatgan"
 
 
+def store_lock_path(uri: str) -> Path | None:
+    """The lock file beside a SQLite store (`sqlite:///mlflow.db` -> `mlflow.db.lock`)."""
+    prefix = "sqlite:///"
+    return Path(uri.removeprefix(prefix) + ".lock") if uri.startswith(prefix) else None
+
+
 def setup() -> str:
     """Point MLflow at the project's store; inside `mlflow run` keep its experiment."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     mlflow.set_tracking_uri(uri)
     if not os.environ.get("MLFLOW_EXPERIMENT_ID") and mlflow.active_run() is None:
-        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
+        # the first call creates a SQLite store by running its schema migrations, which collide
+        # when two processes (two `study run` shells, `--jobs`) create the same store at once
+        lock = store_lock_path(uri)
+        with FileLock(lock) if lock else nullcontext():
+            mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
         # set_experiment also exports MLFLOW_EXPERIMENT_ID, which would pin every later call
         # in this process to this experiment; only `mlflow run` should set it
         os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
