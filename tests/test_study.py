@@ -12,6 +12,7 @@ from scipy import stats
 
 from sibeatgan.cli import main
 from sibeatgan.config import with_overrides
+from sibeatgan.plots import folds_figure
 from sibeatgan.report import (
     build_results,
     current_and_stale,
@@ -83,6 +84,7 @@ def test_student_run_trains_its_teacher_first_then_reuses_it(tiny_params, mlflow
     assert f"| {device_name()} | `{kd['mlflow_run_id'][:8]}` |" in text, "each run says its machine"
     assert (out / "results.png").stat().st_size > 10_000
     assert (out / "curves.png").stat().st_size > 10_000 and "(curves.png)" in text
+    assert not (out / "folds.png").exists() and "folds.png" not in text, "one fold only"
 
 
 def test_a_teacher_trained_with_other_params_is_not_reused(tiny_params, mlflow_store, tmp_path):
@@ -466,7 +468,7 @@ def test_the_answers_say_whether_the_teacher_reaches_its_target(auc, expected):
     assert expected in answers(build_results(runs)["variants"])[0]
 
 
-def test_variants_on_several_folds_are_summarised_across_folds():
+def test_variants_on_several_folds_are_summarised_across_folds(tmp_path):
     runs = [_summary("teacher", s, a, "teacher") for s, a in enumerate([0.92, 0.93, 0.91])]
     runs += [_summary("kd", s, a) for s, a in enumerate([0.93, 0.93, 0.92])]
     # compact_kd beats its control by about 0.01 on every fold: beyond fold-to-fold noise
@@ -506,4 +508,7 @@ def test_variants_on_several_folds_are_summarised_across_folds():
     assert "compact_kd vs compact_plain +0.0110 (3 folds, p 0." in answer
     assert "beyond fold-to-fold noise" in answer
     assert "Published, 5 folds: BeatGAN 0.9447 ± 0.0053" in text
+    assert "![across folds](folds.png)" in text
+    figure = folds_figure(across, ("BeatGAN", 0.9447, 0.0053), tmp_path / "folds.png")
+    assert figure.stat().st_size > 10_000
     assert build_results(runs[:6])["across_folds"] == {}, "fold 0 alone"

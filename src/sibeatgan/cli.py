@@ -423,9 +423,10 @@ def report(p: Params, runs_dir: Path, out_dir: Path) -> None:
     """Summarise the study from the run summaries: per variant, seeds, mean ± std of test AUC,
     AP, F1 and per-class recall under val-AUC and unsupervised selection, the paired difference
     to the teacher on the same seeds (and whether it exceeds seed noise), scoring cost, and the
-    published figures beside them. Only summaries trained with the params `sibeatgan study run`
-    would use now (params.yaml, then --runs/recipe.yaml, then -S) count; stale ones are listed,
-    not averaged."""
+    published figures beside them; for variants run on several folds, their figures over folds
+    and fold-by-fold differences (folds.png). Only summaries trained with the params
+    `sibeatgan study run` would use now (params.yaml, then --runs/recipe.yaml, then -S) count;
+    stale ones are listed, not averaged."""
     from sibeatgan.report import write_report
 
     try:
@@ -437,4 +438,6 @@ def report(p: Params, runs_dir: Path, out_dir: Path) -> None:
             f"{name:16s} seeds {v['n_seeds']}  test AUC {v['test_auc_mean']:.4f}"
             + (f" ± {v['test_auc_std']:.4f}" if v["test_auc_std"] is not None else "")
         )
-    click.echo(f"written: {out_dir / 'results.md'}, results.json, results.png, curves.png")
+    written = ["results.json", "results.png", "curves.png"]
+    written += ["folds.png"] if results["across_folds"] else []
+    click.echo(f"written: {out_dir / 'results.md'}, {', '.join(written)}")

@@ -209,3 +209,66 @@ def learning_curves(summaries: list[dict], path: Path) -> Path:
         axes[0, 0].set_ylim(low, max(values) + 0.005)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return _save(fig, path)
+
+
+def folds_figure(across: dict[str, dict], published: tuple[str, float, float], path: Path) -> Path:
+    """Per split, left: each variant's test AUC fold by fold (the mean over its seeds) beside
+    the published 5-fold mean +- std; right: the paired differences fold by fold (dots, labelled
+    with the fold), their mean +- std over folds and the t-test's p."""
+    method, auc, std = published
+    fig, axes = plt.subplots(len(across), 2, figsize=(14, 4.5 * len(across)), squeeze=False)
+    for (split, entry), (left, right) in zip(across.items(), axes, strict=True):
+        every_fold = sorted({f for row in entry.values() for f in row["folds"]})
+        for name, row in entry.items():
+            left.plot(row["folds"], row["test_auc_values"], "o-", label=name)
+        left.axhspan(auc - std, auc + std, color="gray", alpha=0.2)
+        left.axhline(auc, color="gray", ls="--", lw=1, label=f"{method}, published {auc} ± {std}")
+        left.set(
+            title=f"{split}: test AUC per fold (val-AUC pick)",
+            xlabel="test fold",
+            xticks=every_fold,
+        )
+        left.legend(fontsize=8)
+        left.grid(alpha=0.3)
+
+        pairs = []
+        for name, row in entry.items():
+            if row.get("vs_teacher") and row["vs_teacher"]["folds"]:
+                pairs.append((f"{name}\n− teacher", row["vs_teacher"]))
+            control = row.get("vs_control")
+            if control and control["folds"]:
+                pairs.append((f"{name}\n− {control['control']}", control))
+        for i, (_, vs) in enumerate(pairs):
+            right.plot([i] * len(vs["folds"]), vs["diff_auc_values"], ".", color="gray", ms=7)
+            for fold, d in zip(vs["folds"], vs["diff_auc_values"], strict=True):
+                right.annotate(str(fold), (i, d), xytext=(5, -3), textcoords="offset points")
+            p = vs["diff_auc_p"]
+            right.errorbar(
+                i,
+                vs["diff_auc_mean"],
+                yerr=vs["diff_auc_std"] or 0,
+                fmt="o",
+                capsize=5,
+                color="tab:red" if vs["diff_auc_beyond_noise"] else "tab:blue",
+            )
+            note = f"p {p:.3f}" if p is not None else "p -"
+            right.annotate(
+                note,
+                (i, vs["diff_auc_mean"]),
+                xytext=(-40, 0),
+                textcoords="offset points",
+                fontsize=8,
+                ha="right",
+            )
+        right.axhline(0, color="k", lw=1)
+        right.axhspan(-0.005, 0.005, color="gray", alpha=0.15)
+        right.set(
+            title=f"{split}: paired Δ test AUC per fold\n"
+            "(dots: folds; red: beyond fold-to-fold noise; shaded: ±0.005)",
+            xticks=range(len(pairs)),
+            xlim=(-0.7, max(len(pairs), 1) - 0.3),
+        )
+        right.set_xticklabels([label for label, _ in pairs], fontsize=8)
+        right.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,8 +1,9 @@
 """`sibeatgan report`: the study's results from the committed run summaries (reports/runs/).
 
 Writes results.json (per variant and selection rule: seeds, mean +- std of the test figures,
-the paired difference to the teacher on the same seeds), results.md, results.png and
-curves.png (val and test AUC per epoch of every run: is the budget long enough?).
+the paired difference to the teacher on the same seeds), results.md, results.png,
+curves.png (val and test AUC per epoch of every run: is the budget long enough?) and, once
+variants have run on several folds, folds.png (their figures and differences fold by fold).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from scipy import stats
 
 from sibeatgan.config import Params
 from sibeatgan.io import read_json, write_json, write_text
-from sibeatgan.plots import learning_curves, results_figure
+from sibeatgan.plots import folds_figure, learning_curves, results_figure
 from sibeatgan.published import PUBLISHED
 from sibeatgan.study import (
     CONTROLS,
@@ -539,7 +540,7 @@ def _folds_section(across: dict[str, dict]) -> list[str]:
                 f"| {_pm(row['test_ap_mean'], row['test_ap_std'])} "
                 f"| {_fold_diff(row.get('vs_teacher'))} | {vs_control} |"
             )
-        lines.append("")
+        lines += ["", "![across folds](folds.png)", ""]
     return lines
 
 
@@ -712,5 +713,8 @@ def write_report(runs_dir: Path, out_dir: Path, base: Params | None = None) -> d
     ]
     headline.sort(key=lambda s: list(VARIANTS).index(s["variant"]))
     learning_curves(headline, out_dir / "curves.png")
+    if results["across_folds"]:
+        beatgan = next(row for row in PUBLISHED if row[0] == "BeatGAN")
+        folds_figure(results["across_folds"], beatgan[:3], out_dir / "folds.png")
     write_text(out_dir / "results.md", markdown(results))
     return results
