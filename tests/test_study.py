@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -512,3 +513,28 @@ def test_variants_on_several_folds_are_summarised_across_folds(tmp_path):
     figure = folds_figure(across, ("BeatGAN", 0.9447, 0.0053), tmp_path / "folds.png")
     assert figure.stat().st_size > 10_000
     assert build_results(runs[:6])["across_folds"] == {}, "fold 0 alone"
+
+
+def test_the_committed_report_is_what_the_generator_writes_from_the_committed_summaries(
+    tmp_path,
+):
+    """reports/results.md and results.json must come from `sibeatgan report` over the committed
+    summaries: a summary added (or a generator changed) without rerunning it fails here."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "reports"
+    result = CliRunner().invoke(
+        main,
+        [
+            "report",
+            "--runs",
+            str(root / "reports/runs"),
+            "--out",
+            str(out),
+            "--params",
+            str(root / "params.yaml"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    for name in ("results.md", "results.json"):
+        fresh = (out / name).read_text().replace(str(root / "reports/runs"), "reports/runs")
+        assert fresh == (root / "reports" / name).read_text(), f"rerun `sibeatgan report`: {name}"

@@ -416,7 +416,10 @@ def study_run(
     "Folder of the run summaries written by `sibeatgan study run`.",
 )
 @folder_option(
-    "--out", "out_dir", "reports", "Where results.md, results.json, results.png and curves.png go."
+    "--out",
+    "out_dir",
+    "reports",
+    "Where results.md, results.json, results.png, curves.png and folds.png go.",
 )
 @with_study_params
 def report(p: Params, runs_dir: Path, out_dir: Path) -> None:
