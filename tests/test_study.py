@@ -192,7 +192,7 @@ def test_a_distilled_variant_is_also_paired_with_its_control(student, control):
     assert pc["control"] == control and pc["n_pairs"] == 3
     assert pc["diff_auc_values"] == pytest.approx([0.002, 0.003, 0.004])
     line = next(r for r in markdown(results).splitlines() if f"{student} against {control}" in r)
-    assert "Δ AUC +0.0030 ± 0.0010 over 3 seed(s)" in line
+    assert "Δ AUC +0.0030 ± 0.0010 over 3 seeds" in line
     assert line.count("+0.0030 ± 0.0010") == 2, "stated under both selection rules"
     assert "; unsupervised selection: " in line
     assert results["variants"][student]["val_recon"]["paired_vs_control"]["n_pairs"] == 3

@@ -355,7 +355,7 @@ def answers(entry: dict) -> list[str]:
     met = "met" if t["test_auc_mean"] >= TEACHER_TARGET else "not met"
     line = (
         f"- Teacher test AUC {_pm(t['test_auc_mean'], t['test_auc_std'])} over "
-        f"{t['n_seeds']} seed(s): target (at least {TEACHER_TARGET}) {met}"
+        f"{_count(t['n_seeds'], 'seed')}: target (at least {TEACHER_TARGET}) {met}"
     )
     curve = teacher.get("budget") or []
     reached = [c["budget_epochs"] for c in curve if c["test_auc_mean"] >= TEACHER_TARGET]
@@ -395,7 +395,7 @@ def answers(entry: dict) -> list[str]:
 def _noise_words(diff: dict, n: int, unit: str, noise: str) -> str:
     """Whether a paired AUC difference over `n` seeds or folds exceeds `noise`, in words."""
     if n < MIN_PAIRS:
-        return f"too few {unit}s to tell from noise (needs {MIN_PAIRS})"
+        return f"too few {unit}s to tell from noise: needs {MIN_PAIRS}"
     if diff["diff_auc_p"] is None:
         return f"the same on every {unit}"
     where = "beyond" if diff["diff_auc_beyond_noise"] else "within"
@@ -406,10 +406,14 @@ def _verdict(pv: dict) -> str:
     return _noise_words(pv, pv["n_pairs"], "seed", "seed noise")
 
 
+def _count(n: int, unit: str) -> str:
+    """`1 seed`, `3 seeds`."""
+    return f"{n} {unit}" + ("" if n == 1 else "s")
+
+
 def _fold_verdict(vs: dict) -> str:
     n = len(vs["folds"])
-    folds = f"{n} fold" + ("s" if n != 1 else "")
-    return f"{folds}, {_noise_words(vs, n, 'fold', 'fold-to-fold noise')}"
+    return f"{_count(n, 'fold')}, {_noise_words(vs, n, 'fold', 'fold-to-fold noise')}"
 
 
 def _fold_diff(vs: dict | None) -> str:
@@ -421,8 +425,8 @@ def _fold_diff(vs: dict | None) -> str:
 def _diff(pv: dict) -> str:
     """A paired difference in words: mean ± std, seeds and per seed."""
     return (
-        f"{_pm(pv['diff_auc_mean'], pv['diff_auc_std'], signed=True)} over {pv['n_pairs']} "
-        f"seed(s) (per seed {_per_seed(pv)})"
+        f"{_pm(pv['diff_auc_mean'], pv['diff_auc_std'], signed=True)} over "
+        f"{_count(pv['n_pairs'], 'seed')} (per seed {_per_seed(pv)})"
     )
 
 
@@ -451,7 +455,8 @@ def _beats_teacher(students: dict, rule: str) -> list[str]:
     return [
         f"- {how}: no student beats the teacher beyond seed noise (paired t-test p < {NOISE_P} "
         f"with at least {MIN_PAIRS} seeds). Largest mean paired Δ AUC: {best} "
-        f"{_signed(compared[best]['diff_auc_mean'])} over {compared[best]['n_pairs']} seed(s)"
+        f"{_signed(compared[best]['diff_auc_mean'])} over "
+        f"{_count(compared[best]['n_pairs'], 'seed')}"
         f"{_on_top(best)}."
     ]
 
@@ -463,7 +468,8 @@ def other_group_answer(group: str, entry: dict) -> list[str]:
     if teacher is None:
         return []
     t = teacher["val_auc"]
-    parts = [f"teacher {_pm(t['test_auc_mean'], t['test_auc_std'])} ({t['n_seeds']} seeds)"]
+    seeds = _count(t["n_seeds"], "seed")
+    parts = [f"teacher {_pm(t['test_auc_mean'], t['test_auc_std'])} ({seeds})"]
     for name, v in entry.items():
         for key, other in (("paired_vs_teacher", "teacher"), ("paired_vs_control", None)):
             pv = v.get(key)
@@ -471,7 +477,7 @@ def other_group_answer(group: str, entry: dict) -> list[str]:
                 continue
             parts.append(
                 f"{name} vs {other or pv['control']} {_signed(pv['diff_auc_mean'])} "
-                f"({pv['n_pairs']} seeds, {_verdict(pv)})"
+                f"({_count(pv['n_pairs'], 'seed')}, {_verdict(pv)})"
             )
     return [f"- {group}: " + "; ".join(parts) + "."]
 
