@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from pathlib import Path
 
 import mlflow
@@ -12,8 +13,6 @@ from sibeatgan import tracking
 
 
 def _open_store(uri: str, barrier, errors) -> None:
-    import os
-
     os.environ["MLFLOW_TRACKING_URI"] = uri
     barrier.wait()  # all at once: the store does not exist yet
     try:
@@ -53,3 +52,37 @@ def test_processes_starting_together_create_one_store(tmp_path: Path):
 def test_store_lock_sits_beside_a_sqlite_file_only(uri: str, lock: str | None):
     found = tracking.store_lock_path(uri)
     assert (str(found) if found else None) == lock
+
+
+def test_runs_whose_process_died_are_closed_others_left_running(mlflow_store):
+    """A session that ends kills training without Ctrl-C; the next training start ends such
+    runs as KILLED, but not a run whose process still trains, nor another machine's."""
+    import socket
+
+    dead = mp.get_context("spawn").Process(target=int)
+    dead.start()
+    dead.join()
+    tracking.setup()
+    client = mlflow.MlflowClient()
+    exp = mlflow.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT).experiment_id
+    here = socket.gethostname()
+    runs = {}
+    for name, host, pid in (
+        ("orphan", here, dead.pid),
+        ("alive", here, os.getpid()),
+        ("elsewhere", "another-machine", dead.pid),
+    ):
+        runs[name] = client.create_run(exp, tags={"host": host, "pid": str(pid)}).info.run_id
+    assert tracking.close_orphaned_runs() == [runs["orphan"]]
+    status = {name: client.get_run(rid).info.status for name, rid in runs.items()}
+    assert status == {"orphan": "KILLED", "alive": "RUNNING", "elsewhere": "RUNNING"}
+    assert "ended mid-run" in client.get_run(runs["orphan"]).data.tags["stopped_because"]
+    assert tracking.close_orphaned_runs() == [], "already closed"
+
+
+def test_a_training_run_records_its_host_and_pid(mlflow_store, tiny_params):
+    import socket
+
+    with tracking.training_run(tiny_params, "teacher") as run:
+        tags = mlflow.get_run(run.info.run_id).data.tags
+    assert (tags["host"], tags["pid"]) == (socket.gethostname(), str(os.getpid()))

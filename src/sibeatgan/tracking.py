@@ -7,6 +7,7 @@ Default store: SQLite `mlflow.db` in the working directory (the repository root)
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -106,6 +107,7 @@ def training_run(
     made), a child of the active run when there is one, else a new top-level run. `run_id`
     reopens a stopped run to resume it, if the store still has it."""
     setup()
+    close_orphaned_runs()
     active = mlflow.active_run()
     if use_active and active is None:
         with mlflow.start_run() as run, _killed_on_interrupt():
@@ -143,7 +145,40 @@ def _killed_on_interrupt() -> Iterator[None]:
         raise
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def close_orphaned_runs() -> list[str]:
+    """End as KILLED the RUNNING runs this machine started whose process is gone (a closed
+    session, SIGKILL, a power cut: nothing ran `_killed_on_interrupt`), so `mlflow ui` does not
+    show them running forever. Runs of other machines are left alone. A later `study run` that
+    resumes one of them reopens it as RUNNING. Returns the run ids it ended."""
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"attributes.status = 'RUNNING' and tags.host = '{socket.gethostname()}'",
+        output_format="list",
+    )
+    client = mlflow.MlflowClient()
+    ended = []
+    for run in runs:
+        pid = run.data.tags.get("pid", "")
+        if pid.isdigit() and not _process_alive(int(pid)):
+            client.set_tag(run.info.run_id, "stopped_because", f"process {pid} ended mid-run")
+            client.set_terminated(run.info.run_id, "KILLED")
+            ended.append(run.info.run_id)
+    return ended
+
+
 def _start(run, p: Params, role: str, tags: dict[str, str]):
+    # host and pid: how a later run tells a run whose process died from one still training
+    mlflow.set_tags({"host": socket.gethostname(), "pid": str(os.getpid())})
     mlflow.set_tags(run_tags(p, role, **tags))
     # `mlflow run` has already logged its own -P values (e.g. seed='' for "params.yaml");
     # params cannot change, so those keep their value and the resolved one is in the tags.
