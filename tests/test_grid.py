@@ -4,26 +4,39 @@ import json
 
 from mlflow import MlflowClient
 
-from sibeatgan.grid import Task, Where, plan, run_tasks
+from sibeatgan.grid import Task, Where, _ready, plan, run_tasks
 from sibeatgan.study import STUDY_EXPERIMENT
 
 
 def test_a_seed_without_its_teacher_trains_it_before_its_students(tiny_params, tmp_path):
-    where = Where(0, "intra", tmp_path / "work", tmp_path / "runs")
+    where = Where("intra", tmp_path / "work", tmp_path / "runs")
     tasks, notes = plan(tiny_params, ("kd", "compact_kd"), [0, 1], where, force=False)
     assert tasks == [
         Task("teacher", 0), Task("kd", 0), Task("compact_kd", 0),
         Task("teacher", 1), Task("kd", 1), Task("compact_kd", 1),
     ]  # fmt: skip
-    assert "teacher seed 0: trained first, for its students" in notes
+    assert "teacher fold 0 seed 0: trained first, for its students" in notes
     tasks, _ = plan(tiny_params, ("kd", "teacher"), [0], where, force=False)
     assert tasks == [Task("teacher", 0), Task("kd", 0)], "a teacher asked for runs first"
+
+
+def test_each_fold_gets_its_own_teacher_and_its_students_wait_for_that_one(tiny_params, tmp_path):
+    where = Where("intra", tmp_path / "work", tmp_path / "runs")
+    tasks, _ = plan(tiny_params, ("kd",), [0], where, force=False, folds=(0, 3))
+    assert tasks == [
+        Task("teacher", 0, 0), Task("kd", 0, 0), Task("teacher", 0, 3), Task("kd", 0, 3),
+    ]  # fmt: skip
+    assert str(tasks[-1]) == "kd fold 3 seed 0"
+    # fold 3's student may start while fold 0's teacher trains, not while fold 3's does
+    assert _ready([Task("kd", 0, 3)], [Task("teacher", 0, 0)], []) == [Task("kd", 0, 3)]
+    assert _ready([Task("kd", 0, 3)], [Task("teacher", 0, 3)], []) == []
+    assert _ready([Task("kd", 0, 3)], [], [Task("teacher", 0, 3)]) == []
 
 
 def test_parallel_jobs_train_the_grid_and_students_wait_for_their_teacher(
     tiny_params, mlflow_store, tmp_path
 ):
-    where = Where(0, "intra", tmp_path / "work", tmp_path / "runs")
+    where = Where("intra", tmp_path / "work", tmp_path / "runs")
     tasks, _ = plan(tiny_params, ("kd",), [0, 1], where, force=False)
     lines = []
     failed = run_tasks(tiny_params, tasks, where, force=False, jobs=2, echo=lines.append)
@@ -37,7 +50,8 @@ def test_parallel_jobs_train_the_grid_and_students_wait_for_their_teacher(
         log = where.work / "logs" / f"intra-fold0-seed{seed}-kd.log"
         assert "student epoch 2" in log.read_text(), "each job's output goes to its log"
     started = [line for line in lines if "started" in line]
-    assert [s.split(":")[0] for s in started[:2]] == ["teacher seed 0", "teacher seed 1"]
+    first = ["teacher fold 0 seed 0", "teacher fold 0 seed 1"]
+    assert [s.split(":")[0] for s in started[:2]] == first
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name(STUDY_EXPERIMENT).experiment_id])
     assert sorted(r.data.tags["variant"] for r in runs) == ["kd", "kd", "teacher", "teacher"]
@@ -49,11 +63,11 @@ def test_a_failed_teacher_skips_its_students_and_fails_the_grid(
 ):
     from sibeatgan.config import with_overrides
 
-    where = Where(0, "intra", tmp_path / "work", tmp_path / "runs")
+    where = Where("intra", tmp_path / "work", tmp_path / "runs")
     too_big = with_overrides(tiny_params, ["train.batch_size=100000"])
     tasks, _ = plan(too_big, ("kd",), [0], where, force=False)
     lines = []
     failed = run_tasks(too_big, tasks, where, force=False, jobs=2, echo=lines.append)
     assert failed == [Task("teacher", 0), Task("kd", 0)]
-    assert any("teacher seed 0: FAILED (ValueError: only" in line for line in lines)
-    assert "kd seed 0: skipped, its teacher failed" in lines
+    assert any("teacher fold 0 seed 0: FAILED (ValueError: only" in line for line in lines)
+    assert "kd fold 0 seed 0: skipped, its teacher failed" in lines

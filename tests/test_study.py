@@ -302,6 +302,10 @@ def test_cli_errors_name_the_problem(tmp_path):
     result = CliRunner().invoke(main, ["study", "run", "nonsense"])
     assert result.exit_code != 0 and "unknown variant(s) nonsense" in result.output
     assert "teacher" in result.output
+    for folds in ("5", "0,7", ",", "one"):
+        result = CliRunner().invoke(main, ["study", "run", "teacher", "--folds", folds])
+        assert result.exit_code == 2, folds
+        assert "folds are 0 to 4" in result.output or "list of integers" in result.output
     result = CliRunner().invoke(main, ["report", "--runs", str(tmp_path / "none")])
     assert result.exit_code == 1 and "no run summaries" in result.output
 

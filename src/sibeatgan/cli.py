@@ -296,6 +296,16 @@ def _int_list(ctx, param, value: str) -> list[int]:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
 
 
+def _fold_list(ctx, param, value: str) -> list[int]:
+    folds = _int_list(ctx, param, value)
+    bad = [f for f in folds if not 0 <= f <= 4]
+    if bad or not folds:
+        raise click.BadParameter(
+            f"{value!r}: folds are 0 to 4, e.g. 0 or 0,1,2,3,4", ctx=ctx, param=param
+        )
+    return folds
+
+
 @main.group()
 def study() -> None:
     """The distillation study: named variants (teacher, students with and without
@@ -341,7 +351,16 @@ def study_list(p: Params, runs_dir: Path, work: Path) -> None:
 @click.option(
     "--seeds", default="0,1,2", show_default=True, callback=_int_list, help="Seeds, e.g. 0,1,2."
 )
-@click.option("--fold", default=0, show_default=True, type=click.IntRange(0, 4), help="Test fold.")
+@click.option(
+    "--fold",
+    "--folds",
+    "folds",
+    default="0",
+    show_default=True,
+    callback=_fold_list,
+    help="Test fold(s), 0-4, e.g. 0 or 0,1,2,3,4: each fold's runs train against that fold's "
+    "teachers.",
+)
 @click.option(
     "--split",
     type=click.Choice(["intra", "inter"]),
@@ -373,7 +392,7 @@ def study_run(
     p: Params,
     variants: tuple[str, ...],
     seeds: list[int],
-    fold: int,
+    folds: list[int],
     split: str,
     force: bool,
     jobs: int,
@@ -399,8 +418,8 @@ def study_run(
             f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}",
             param_hint="VARIANTS",
         )
-    where = Where(fold, split, work, runs_dir)
-    tasks, notes = plan(p, variants, seeds, where, force)
+    where = Where(split, work, runs_dir)
+    tasks, notes = plan(p, variants, seeds, where, force, tuple(folds))
     for note in notes:
         click.echo(note)
     failed = run_tasks(p, tasks, where, force, jobs, click.echo)

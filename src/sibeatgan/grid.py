@@ -1,8 +1,8 @@
-"""Running a grid of study runs: which (variant, seed) runs still need training, in which order,
-and several at once when asked (`sibeatgan study run --jobs N`).
+"""Running a grid of study runs: which (variant, fold, seed) runs still need training, in which
+order, and several at once when asked (`sibeatgan study run --jobs N`).
 
-A student needs the trained teacher of its seed, so a seed whose teacher is missing (or was
-trained with another recipe) gets a teacher run first and its students wait for it; no two
+A student needs the trained teacher of its fold and seed, so a seed whose teacher is missing (or
+was trained with another recipe) gets a teacher run first and its students wait for it; no two
 jobs ever train the same teacher. Each parallel job is a separate process with its share of
 the CPU threads and its own log file; a stopped job resumes like any stopped run.
 """
@@ -39,51 +39,59 @@ Echo = Callable[[str], None]
 class Task:
     variant: str
     seed: int
+    fold: int = 0
 
     def __str__(self) -> str:
-        return f"{self.variant} seed {self.seed}"
+        return f"{self.variant} fold {self.fold} seed {self.seed}"
 
 
 @dataclass(frozen=True)
 class Where:
-    """The data and folders every task of one grid shares."""
+    """The split and folders every task of one grid shares."""
 
-    fold: int
     split: str
     work: Path
     runs_dir: Path
 
 
 def plan(
-    base: Params, variants: tuple[str, ...], seeds: list[int], where: Where, force: bool
+    base: Params,
+    variants: tuple[str, ...],
+    seeds: list[int],
+    where: Where,
+    force: bool,
+    folds: tuple[int, ...] = (0,),
 ) -> tuple[list[Task], list[str]]:
-    """The runs to train, seed by seed (a missing teacher before its seed's students), and a
-    line for each run skipped or retrained."""
+    """The runs to train, fold by fold and seed by seed (a missing teacher before its seed's
+    students), and a line for each run skipped or retrained."""
     tasks, notes = [], []
     split_seed = base.data.split_seed
-    for seed in seeds:
-        todo = []
-        for variant in variants:
-            path = summary_path(variant, where.split, where.fold, seed, where.runs_dir, split_seed)
-            if path.exists() and not force:
-                if summary_is_current(read_json(path), base):
-                    notes.append(f"{variant} seed {seed}: summary exists ({path}), skipped")
-                    continue
-                notes.append(
-                    f"{variant} seed {seed}: {path} was trained with other params; "
-                    "training again with these (it will be replaced)"
-                )
-            todo.append(Task(variant, seed))
-        needs_teacher = any(VARIANTS[t.variant].role == "student" for t in todo)
-        if (
-            needs_teacher
-            and Task("teacher", seed) not in todo
-            and not teacher_is_current(base, seed, where.fold, where.split, where.work)
-        ):
-            todo.append(Task("teacher", seed))
-            notes.append(f"teacher seed {seed}: trained first, for its students")
-        todo.sort(key=lambda t: VARIANTS[t.variant].role != "teacher")  # stable: teachers first
-        tasks += todo
+    for fold in folds:
+        for seed in seeds:
+            todo = []
+            for variant in variants:
+                task = Task(variant, seed, fold)
+                path = summary_path(variant, where.split, fold, seed, where.runs_dir, split_seed)
+                if path.exists() and not force:
+                    if summary_is_current(read_json(path), base):
+                        notes.append(f"{task}: summary exists ({path}), skipped")
+                        continue
+                    notes.append(
+                        f"{task}: {path} was trained with other params; "
+                        "training again with these (it will be replaced)"
+                    )
+                todo.append(task)
+            teacher = Task("teacher", seed, fold)
+            needs_teacher = any(VARIANTS[t.variant].role == "student" for t in todo)
+            if (
+                needs_teacher
+                and teacher not in todo
+                and not teacher_is_current(base, seed, fold, where.split, where.work)
+            ):
+                todo.append(teacher)
+                notes.append(f"{teacher}: trained first, for its students")
+            todo.sort(key=lambda t: VARIANTS[t.variant].role != "teacher")  # teachers first
+            tasks += todo
     return tasks, notes
 
 
@@ -117,7 +125,7 @@ def run_tasks(
             while waiting or running:
                 for task in _ready(waiting, running.values(), failed):
                     waiting.remove(task)
-                    name = run_name(where.split, where.fold, task.seed, base.data.split_seed)
+                    name = run_name(where.split, task.fold, task.seed, base.data.split_seed)
                     log = logs / f"{name}-{task.variant}.log"
                     running[pool.submit(_train_logged, base, task, where, force, log)] = task
                     say(f"{task}: started (log: {log})")
@@ -144,10 +152,12 @@ def run_tasks(
 
 
 def _ready(waiting: list[Task], running, failed: list[Task]) -> list[Task]:
-    """The waiting tasks that may start now: teachers, and students whose seed has no teacher
-    waiting, running or failed."""
-    busy = {t.seed for t in [*waiting, *running, *failed] if t.variant == "teacher"}
-    return [t for t in waiting if VARIANTS[t.variant].role == "teacher" or t.seed not in busy]
+    """The waiting tasks that may start now: teachers, and students whose fold and seed have no
+    teacher waiting, running or failed."""
+    busy = {(t.fold, t.seed) for t in [*waiting, *running, *failed] if t.variant == "teacher"}
+    return [
+        t for t in waiting if VARIANTS[t.variant].role == "teacher" or (t.fold, t.seed) not in busy
+    ]
 
 
 def _train(base: Params, task: Task, where: Where, force: bool) -> dict:
@@ -155,7 +165,7 @@ def _train(base: Params, task: Task, where: Where, force: bool) -> dict:
         base,
         task.variant,
         task.seed,
-        where.fold,
+        task.fold,
         where.split,
         where.work,
         where.runs_dir,
@@ -174,7 +184,7 @@ def _train_logged(base: Params, task: Task, where: Where, force: bool, log: Path
 def _report(echo: Echo, task: Task, where: Where, summary: dict) -> None:
     sel = summary["selection"]
     path = summary_path(
-        task.variant, where.split, where.fold, task.seed, where.runs_dir, summary["split_seed"]
+        task.variant, where.split, task.fold, task.seed, where.runs_dir, summary["split_seed"]
     )
     echo(
         f"{task}: test AUC {sel['val_auc']['test_auc']:.4f} (val-AUC selection, epoch "
