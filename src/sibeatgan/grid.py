@@ -19,14 +19,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from sibeatgan import tracking
 from sibeatgan.config import Params, with_overrides
 from sibeatgan.io import read_json
 from sibeatgan.study import (
     VARIANTS,
     run_name,
     run_variant,
-    study_experiment,
     summary_is_current,
     summary_path,
     teacher_is_current,
@@ -107,8 +105,6 @@ def run_tasks(
     if base.train.threads == 0:  # share the cores instead of each job taking all of them
         threads = max(1, (os.cpu_count() or 1) // jobs)
         base = with_overrides(base, [f"train.threads={threads}"])
-    with study_experiment():
-        tracking.setup()  # create the store and experiment once: jobs creating them race
     logs = where.work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     waiting, failed = list(tasks), []
