@@ -72,7 +72,8 @@ def test_student_run_trains_its_teacher_first_then_reuses_it(tiny_params, mlflow
     assert "test_auc" in kd_run.data.metrics, "per-epoch test figures are tracked"
 
     out = tmp_path / "reports"
-    results = write_report(runs, out)
+    results, written = write_report(runs, out)
+    assert [w.name for w in written] == ["results.json", "results.png", "curves.png", "results.md"]
     assert set(results["variants"]) == {"teacher", "kd", "student_plain", "compact_kd"}
     assert results["variants"]["student_plain"]["paired_vs_teacher"]["diff_auc_mean"] == 0
     pv = results["variants"]["kd"]["paired_vs_teacher"]
@@ -539,6 +540,7 @@ def test_the_committed_report_is_what_the_generator_writes_from_the_committed_su
         ],
     )
     assert result.exit_code == 0, result.output
+    assert str(out / "folds.png") in result.output, "it lists the files it wrote"
     for name in ("results.md", "results.json"):
         fresh = (out / name).read_text().replace(str(root / "reports/runs"), "reports/runs")
         assert fresh == (root / "reports" / name).read_text(), f"rerun `sibeatgan report`: {name}"

@@ -452,7 +452,7 @@ def report(p: Params, runs_dir: Path, out_dir: Path) -> None:
     from sibeatgan.report import write_report
 
     try:
-        results = write_report(runs_dir, out_dir, p)
+        results, written = write_report(runs_dir, out_dir, p)
     except FileNotFoundError as err:
         raise click.ClickException(str(err)) from err
     for name, v in results["variants"].items():
@@ -460,6 +460,4 @@ def report(p: Params, runs_dir: Path, out_dir: Path) -> None:
             f"{name:16s} seeds {v['n_seeds']}  test AUC {v['test_auc_mean']:.4f}"
             + (f" ± {v['test_auc_std']:.4f}" if v["test_auc_std"] is not None else "")
         )
-    written = ["results.json", "results.png", "curves.png"]
-    written += ["folds.png"] if results["across_folds"] else []
-    click.echo(f"written: {out_dir / 'results.md'}, {', '.join(written)}")
+    click.echo("written: " + ", ".join(str(path) for path in written))

@@ -698,9 +698,11 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(runs_dir: Path, out_dir: Path, base: Params | None = None) -> dict:
+def write_report(
+    runs_dir: Path, out_dir: Path, base: Params | None = None
+) -> tuple[dict, list[Path]]:
     """The report from the summaries in `runs_dir` that are current with `base` (all when
-    None)."""
+    None): the results and the files written, results.md last."""
     summaries, stale = current_and_stale(load_summaries(runs_dir), base)
     if not summaries:
         raise FileNotFoundError(
@@ -712,16 +714,19 @@ def write_report(runs_dir: Path, out_dir: Path, base: Params | None = None) -> d
     results = build_results(summaries, stale, runs_dir)
     if base is not None:
         results["train"] = base.to_dict()["train"]
-    write_json(out_dir / "results.json", results)
-    results_figure(results["variants"], PUBLISHED, out_dir / "results.png")
+    written = [out_dir / name for name in ("results.json", "results.png", "curves.png")]
+    write_json(written[0], results)
+    results_figure(results["variants"], PUBLISHED, written[1])
     headline = [
         s
         for s in summaries
         if group_name(s["split"], s["fold"], s["split_seed"]) == group_name(*HEADLINE)
     ]
     headline.sort(key=lambda s: list(VARIANTS).index(s["variant"]))
-    learning_curves(headline, out_dir / "curves.png")
+    learning_curves(headline, written[2])
     if results["across_folds"]:
-        folds_figure(results["across_folds"], FIVE_FOLD[:3], out_dir / "folds.png")
-    write_text(out_dir / "results.md", markdown(results))
-    return results
+        written.append(out_dir / "folds.png")
+        folds_figure(results["across_folds"], FIVE_FOLD[:3], written[-1])
+    written.append(out_dir / "results.md")
+    write_text(written[-1], markdown(results))
+    return results, written
