@@ -514,8 +514,12 @@ def test_variants_on_several_folds_are_summarised_across_folds(tmp_path):
     assert "compact_kd vs compact_plain +0.0110 (3 folds, p 0." in answer
     assert "beyond fold-to-fold noise" in answer
     assert "Published, 5 folds: BeatGAN 0.9447 ± 0.0053" in text
+    compact = next(line for line in text.splitlines() if line.startswith("- intra, compact"))
+    assert "across 3 folds (seeds 0): Δ AUC vs teacher -0.0090 ± 0.0010" in compact
+    assert "(per fold 0: -0.0100, 1: -0.0080, 2: -0.0090)" in compact
+    assert "the mean is not within 0.005 of the teacher, the worst fold (-0.0100) is not" in compact
     assert "![across folds](folds.png)" in text
-    figure = folds_figure(across, ("BeatGAN", 0.9447, 0.0053), tmp_path / "folds.png")
+    figure = folds_figure(across, ("BeatGAN", 0.9447, 0.0053), tmp_path / "folds.png", 0.005)
     assert figure.stat().st_size > 10_000
     assert build_results(runs[:6])["across_folds"] == {}, "fold 0 alone"
 

@@ -76,10 +76,13 @@ def score_histogram(
     return _save(fig, path)
 
 
-def results_figure(variants: dict[str, dict], published: list[tuple], path: Path) -> Path:
+def results_figure(
+    variants: dict[str, dict], published: list[tuple], path: Path, margin: float
+) -> Path:
     """The study at a glance: mean +- std over seeds per variant (test AUC, AP, F1 at the val
     threshold, per-class recall), the paired AUC difference to the teacher under both
-    selection rules, and scoring cost. Published AUCs are drawn as reference lines."""
+    selection rules (shaded: ± `margin`), and scoring cost. Published AUCs are drawn as
+    reference lines."""
     names = list(variants)
     x = np.arange(len(names))
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
@@ -135,7 +138,7 @@ def results_figure(variants: dict[str, dict], published: list[tuple], path: Path
             ax.plot([i + offset] * len(dots), dots, ".", color="gray", ms=5)
         ax.errorbar(where, mean, yerr=std, fmt="o", capsize=4, label=label)
     ax.axhline(0, color="k", lw=1)
-    ax.axhspan(-0.005, 0.005, color="gray", alpha=0.15, label="±0.005")
+    ax.axhspan(-margin, margin, color="gray", alpha=0.15, label=f"±{margin}")
     ax.set(
         title="paired Δ test AUC vs teacher (mean ± std; dots: seeds)",
         xticks=np.arange(len(students)),
@@ -211,10 +214,12 @@ def learning_curves(summaries: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def folds_figure(across: dict[str, dict], published: tuple[str, float, float], path: Path) -> Path:
+def folds_figure(
+    across: dict[str, dict], published: tuple[str, float, float], path: Path, margin: float
+) -> Path:
     """Per split, left: each variant's test AUC fold by fold (the mean over its seeds) beside
     the published 5-fold mean +- std; right: the paired differences fold by fold (dots, labelled
-    with the fold), their mean +- std over folds and the t-test's p."""
+    with the fold), their mean +- std over folds and the t-test's p (shaded: ± `margin`)."""
     method, auc, std = published
     fig, axes = plt.subplots(len(across), 2, figsize=(14, 4.5 * len(across)), squeeze=False)
     for (split, entry), (left, right) in zip(across.items(), axes, strict=True):
@@ -261,10 +266,10 @@ def folds_figure(across: dict[str, dict], published: tuple[str, float, float], p
                 ha="right",
             )
         right.axhline(0, color="k", lw=1)
-        right.axhspan(-0.005, 0.005, color="gray", alpha=0.15)
+        right.axhspan(-margin, margin, color="gray", alpha=0.15)
         right.set(
             title=f"{split}: paired Δ test AUC per fold\n"
-            "(dots: folds; red: beyond fold-to-fold noise; shaded: ±0.005)",
+            f"(dots: folds; red: beyond fold-to-fold noise; shaded: ±{margin})",
             xticks=range(len(pairs)),
             xlim=(-0.7, max(len(pairs), 1) - 0.3),
         )
