@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from sibeatgan.beats import CLASSES  # noqa: E402
 from sibeatgan.io import atomic_path  # noqa: E402
@@ -225,7 +225,9 @@ def folds_figure(
     for (split, entry), (left, right) in zip(across.items(), axes, strict=True):
         every_fold = sorted({f for row in entry.values() for f in row["folds"]})
         for name, row in entry.items():
-            left.plot(row["folds"], row["test_auc_values"], "o-", label=name)
+            by_fold = dict(zip(row["folds"], row["test_auc_values"], strict=True))
+            # NaN where a variant has not run, so no line bridges the folds it skipped
+            left.plot(every_fold, [by_fold.get(f, np.nan) for f in every_fold], "o-", label=name)
         left.axhspan(auc - std, auc + std, color="gray", alpha=0.2)
         left.axhline(auc, color="gray", ls="--", lw=1, label=f"{method}, published {auc} ± {std}")
         left.set(
@@ -243,11 +245,11 @@ def folds_figure(
             control = row.get("vs_control")
             if control and control["folds"]:
                 pairs.append((f"{name}\n− {control['control']}", control))
-        for i, (_, vs) in enumerate(pairs):
+        labels = []
+        for i, (label, vs) in enumerate(pairs):
             right.plot([i] * len(vs["folds"]), vs["diff_auc_values"], ".", color="gray", ms=7)
             for fold, d in zip(vs["folds"], vs["diff_auc_values"], strict=True):
                 right.annotate(str(fold), (i, d), xytext=(5, -3), textcoords="offset points")
-            p = vs["diff_auc_p"]
             right.errorbar(
                 i,
                 vs["diff_auc_mean"],
@@ -256,24 +258,24 @@ def folds_figure(
                 capsize=5,
                 color="tab:red" if vs["diff_auc_beyond_noise"] else "tab:blue",
             )
-            note = f"p {p:.3f}" if p is not None else "p -"
-            right.annotate(
-                note,
-                (i, vs["diff_auc_mean"]),
-                xytext=(-40, 0),
-                textcoords="offset points",
-                fontsize=8,
-                ha="right",
-            )
+            p = vs["diff_auc_p"]
+            labels.append(f"{label}\n{f'p {p:.3f}' if p is not None else 'p -'}")
         right.axhline(0, color="k", lw=1)
         right.axhspan(-margin, margin, color="gray", alpha=0.15)
+        # linear within ±2 margins, logarithmic beyond: a collapsed control's -0.05 does not
+        # flatten the differences of a few thousandths that the study is about
+        right.set_yscale("symlog", linthresh=2 * margin, linscale=2)
+        low, high = right.get_ylim()
+        steps = [margin * k for k in (1, 2, 10, 20)]
+        right.set_yticks([t for t in [0, *steps, *(-t for t in steps)] if low <= t <= high])
+        right.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:+.3f}" if v else "0"))
         right.set(
-            title=f"{split}: paired Δ test AUC per fold\n"
+            title=f"{split}: paired Δ test AUC per fold (symlog beyond ±{2 * margin:g})\n"
             f"(dots: folds; red: beyond fold-to-fold noise; shaded: ±{margin})",
             xticks=range(len(pairs)),
             xlim=(-0.7, max(len(pairs), 1) - 0.3),
         )
-        right.set_xticklabels([label for label, _ in pairs], fontsize=8)
+        right.set_xticklabels(labels, fontsize=8)
         right.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
