@@ -736,19 +736,19 @@ def write_report(
     results = build_results(summaries, stale, runs_dir)
     if base is not None:
         results["train"] = base.to_dict()["train"]
-    written = [out_dir / name for name in ("results.json", "results.png", "curves.png")]
-    write_json(written[0], results)
-    results_figure(results["variants"], PUBLISHED, written[1], COMPACT_MARGIN)
+    table, figure, curves = (out_dir / n for n in ("results.json", "results.png", "curves.png"))
+    write_json(table, results)
+    results_figure(results["variants"], PUBLISHED, figure, COMPACT_MARGIN)
     headline = [
         s
         for s in summaries
         if group_name(s["split"], s["fold"], s["split_seed"]) == group_name(*HEADLINE)
     ]
     headline.sort(key=lambda s: list(VARIANTS).index(s["variant"]))
-    learning_curves(headline, written[2])
+    learning_curves(headline, curves)
+    written = [table, figure, curves]
     if results["across_folds"]:
-        written.append(out_dir / "folds.png")
-        folds_figure(results["across_folds"], FIVE_FOLD[:3], written[-1], COMPACT_MARGIN)
-    written.append(out_dir / "results.md")
-    write_text(written[-1], markdown(results))
-    return results, written
+        folds = out_dir / "folds.png"
+        written.append(folds_figure(results["across_folds"], FIVE_FOLD[:3], folds, COMPACT_MARGIN))
+    write_text(out_dir / "results.md", markdown(results))
+    return results, [*written, out_dir / "results.md"]
