@@ -41,6 +41,8 @@ MIN_PAIRS = 3
 FIVE_FOLD = next(row for row in PUBLISHED if row[0] == "BeatGAN")
 TEACHER_TARGET = 0.93  # the issue's fold-0 mean test AUC for the teacher at the budget used
 COMPACT_MARGIN = 0.005  # how far below the teacher the compact student may score and still keep up
+# the half-width students with distillation, each asked whether it keeps within COMPACT_MARGIN
+COMPACT_STUDENTS = {"compact_kd": "width 0.5, KD", "compact_kd_hint": "width 0.5, KD + hints"}
 
 
 def load_summaries(runs_dir: Path) -> list[dict]:
@@ -316,10 +318,10 @@ def _signed(value: float | None) -> str:
     return _pm(value, None, signed=True)
 
 
-def _per_seed(paired: dict) -> str:
+def _per_pair(diff: dict, key: str = "seeds") -> str:
+    """`0: +0.0052, 1: -0.0010`: a paired difference per seed (or per fold, key "folds")."""
     return ", ".join(
-        f"{seed}: {_signed(d)}"
-        for seed, d in zip(paired["seeds"], paired["diff_auc_values"], strict=True)
+        f"{pair}: {_signed(d)}" for pair, d in zip(diff[key], diff["diff_auc_values"], strict=True)
     )
 
 
@@ -374,11 +376,13 @@ def answers(entry: dict) -> list[str]:
         lines.append("- No student runs yet.")
     for rule in ("val_auc", UNSUPERVISED):
         lines += _beats_teacher(students, rule)
-    if "compact_kd" in paired:
+    for name, about in COMPACT_STUDENTS.items():
+        if name not in paired:
+            continue
         for rule in ("val_auc", UNSUPERVISED):
-            pv = students["compact_kd"][rule]["paired_vs_teacher"]
+            pv = students[name][rule]["paired_vs_teacher"]
             lines.append(
-                f"- Compact student (width 0.5, KD), selected by {RULE_NAMES[rule]}: Δ AUC "
+                f"- Compact student {name} ({about}), selected by {RULE_NAMES[rule]}: Δ AUC "
                 f"{_diff(pv)}: {_keeps_up(pv, 'seed')}."
             )
     for name, v in students.items():
@@ -437,7 +441,7 @@ def _diff(pv: dict) -> str:
     """A paired difference in words: mean ± std, seeds and per seed."""
     return (
         f"{_pm(pv['diff_auc_mean'], pv['diff_auc_std'], signed=True)} over "
-        f"{_count(pv['n_pairs'], 'seed')} (per seed {_per_seed(pv)})"
+        f"{_count(pv['n_pairs'], 'seed')} (per seed {_per_pair(pv)})"
     )
 
 
@@ -583,18 +587,16 @@ def across_folds_answer(across: dict[str, dict]) -> list[str]:
                         f"({_fold_verdict(vs)})"
                     )
         lines.append(line + ".")
-        compact = entry.get("compact_kd", {}).get("vs_teacher")
-        if compact and len(compact["folds"]) >= 2:
-            per_fold = ", ".join(
-                f"{f}: {_signed(d)}"
-                for f, d in zip(compact["folds"], compact["diff_auc_values"], strict=True)
-            )
-            seeds = ", ".join(map(str, entry["compact_kd"]["seeds"]))
+        for name, about in COMPACT_STUDENTS.items():
+            vs = entry.get(name, {}).get("vs_teacher")
+            if not vs or len(vs["folds"]) < 2:
+                continue
+            seeds = ", ".join(map(str, entry[name]["seeds"]))
             lines.append(
-                f"- {split}, compact student (width 0.5, KD) across "
-                f"{_count(len(compact['folds']), 'fold')} (seeds {seeds}): Δ AUC vs teacher "
-                f"{_pm(compact['diff_auc_mean'], compact['diff_auc_std'], signed=True)} "
-                f"(per fold {per_fold}): {_keeps_up(compact, 'fold')}."
+                f"- {split}, compact student {name} ({about}) across "
+                f"{_count(len(vs['folds']), 'fold')} (seeds {seeds}): Δ AUC vs teacher "
+                f"{_pm(vs['diff_auc_mean'], vs['diff_auc_std'], signed=True)} "
+                f"(per fold {_per_pair(vs, 'folds')}): {_keeps_up(vs, 'fold')}."
             )
     return lines
 
