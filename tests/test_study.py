@@ -19,12 +19,14 @@ from sibeatgan.report import (
     current_and_stale,
     markdown,
     paired_difference,
+    same_teacher,
     write_report,
 )
 from sibeatgan.study import (
     STUDY_EXPERIMENT,
     device_name,
     git_commit,
+    reproduced_runs,
     run_variant,
     summary_is_current,
     summary_path,
@@ -548,3 +550,40 @@ def test_the_committed_report_is_what_the_generator_writes_from_the_committed_su
     for name in ("results.md", "results.json"):
         fresh = (out / name).read_text().replace(str(root / "reports/runs"), "reports/runs")
         assert fresh == (root / "reports" / name).read_text(), f"rerun `sibeatgan report`: {name}"
+
+
+def test_a_teacher_trained_again_to_the_same_weights_keeps_its_students(
+    tiny_params, mlflow_store, tmp_path
+):
+    work, runs = tmp_path / "work", tmp_path / "runs"
+    kd = run_variant(tiny_params, "kd", seed=0, work=work, runs_dir=runs)
+    first = json.loads((runs / "teacher" / "intra-fold0-seed0.json").read_text())
+    assert kd["teacher_g_sha256"] == first["g_sha256"] != kd["g_sha256"]
+    again = run_variant(tiny_params, "teacher", 0, work=work, runs_dir=runs, resume=False)
+    assert again["mlflow_run_id"] != first["mlflow_run_id"], "a new MLflow run"
+    assert again["g_sha256"] == first["g_sha256"], "CPU training repeats bit for bit"
+    assert again["reproduces"] == [first["mlflow_run_id"]]
+    del kd["teacher_g_sha256"]  # as in summaries written before digests: paired by run id
+    assert current_and_stale([again, kd])[1] == []
+
+
+def test_only_the_same_figures_and_weights_count_as_a_reproduction(tiny_params):
+    def teacher(run: str, auc: float, digest: str) -> dict:
+        s = _summary("teacher", 0, auc, "teacher") | {"mlflow_run_id": run, "g_sha256": digest}
+        s["params"] = variant_params(tiny_params, "teacher", 0, 0, "intra").to_dict()
+        return s
+
+    old = teacher("old", 0.93, "aa") | {"reproduces": ["older"]}
+    assert reproduced_runs(old, teacher("new", 0.93, "aa"), tiny_params) == ["old", "older"]
+    assert reproduced_runs(old, teacher("new", 0.92, "aa"), tiny_params) == []
+    assert reproduced_runs(old, teacher("new", 0.93, "bb"), tiny_params) == []
+    assert reproduced_runs(None, teacher("new", 0.93, "aa"), tiny_params) == []
+    other_recipe = teacher("new", 0.93, "aa")
+    other_recipe["params"]["train"]["lr"] = 0.5
+    assert reproduced_runs(old, other_recipe, tiny_params) == []
+
+    new = teacher("new", 0.93, "aa") | {"reproduces": ["old", "older"]}
+    student = _summary("kd", 0, 0.92) | {"teacher_run_id": "older"}
+    assert same_teacher(student, new), "paired through the runs it reproduced"
+    assert same_teacher(student | {"teacher_run_id": "x", "teacher_g_sha256": "aa"}, new)
+    assert not same_teacher(student | {"teacher_run_id": "x", "teacher_g_sha256": "bb"}, new)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -60,6 +61,17 @@ def save_state_dict(path: str | Path, state: dict[str, torch.Tensor]) -> None:
     """Save tensors only, so `torch.load(path, weights_only=True)` reads it back."""
     with atomic_path(path) as tmp:
         torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's names, dtypes, shapes and values: the same weights give the same
+    digest wherever they were saved (a checkpoint file's bytes carry a per-save random id)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

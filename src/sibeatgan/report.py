@@ -64,18 +64,30 @@ def current_and_stale(
         else:
             current.append(s)
     teachers = {
-        (group_name(s["split"], s["fold"], s["split_seed"]), s["seed"]): s["mlflow_run_id"]
+        (group_name(s["split"], s["fold"], s["split_seed"]), s["seed"]): s
         for s in current
         if s["variant"] == "teacher"
     }
     kept = []
     for s in current:
         teacher = teachers.get((group_name(s["split"], s["fold"], s["split_seed"]), s["seed"]))
-        if s["role"] == "student" and teacher and s.get("teacher_run_id") not in (None, teacher):
+        if s["role"] == "student" and teacher and not same_teacher(s, teacher):
             stale.append({**s, "stale_because": "its teacher was trained again since"})
         else:
             kept.append(s)
     return kept, stale
+
+
+def same_teacher(student: dict, teacher: dict) -> bool:
+    """Whether `student` was trained against the teacher of this `teacher` summary: its MLflow
+    run, a run that summary reproduced (trained again to the same figures), or the same weights
+    digest. A student that names no teacher run (older summaries) counts as paired."""
+    if student.get("teacher_run_id") is None:
+        return True
+    digest = student.get("teacher_g_sha256")
+    if digest is not None and digest == teacher.get("g_sha256"):
+        return True
+    return student["teacher_run_id"] in {teacher["mlflow_run_id"], *teacher.get("reproduces", [])}
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -148,8 +160,16 @@ def run_rows(summaries: list[dict]) -> list[dict]:
             row[f"{rule}_test_auc"] = picked["test_auc"]
         row["train_time_s"] = s["train_time_s"]
         row["device"] = trained_on(s)
+        row["reproduces"] = s.get("reproduces", [])
         rows.append(row)
     return rows
+
+
+def run_cell(row: dict) -> str:
+    """The MLflow run, and the earlier runs it trained again to the same figures and weights
+    (students trained against those are paired with this one)."""
+    again = ", ".join(f"`{r[:8]}`" for r in row.get("reproduces", []))
+    return f"`{row['mlflow_run_id'][:8]}`" + (f" (same as {again})" if again else "")
 
 
 def prefix_equals_shorter_run(params: dict) -> bool:
@@ -686,6 +706,11 @@ def markdown(results: dict) -> str:
     lines += [
         "## Every run",
         "",
+        "A run marked *same as* was trained again (a fresh work folder) and repeated the runs "
+        "named: the same val and test figures at every epoch, to the last digit (and the same "
+        "weights digest where both runs record one); students trained against those runs are "
+        "paired with it.",
+        "",
         "| variant | split, fold | seed | val-AUC pick: epoch, test AUC | unsupervised pick "
         "| last epoch | train s | trained on | MLflow run |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -696,7 +721,7 @@ def markdown(results: dict) -> str:
             f"| {r['val_auc_epoch']}: {r['val_auc_test_auc']:.4f} "
             f"| {r['val_recon_epoch']}: {r['val_recon_test_auc']:.4f} "
             f"| {r['last_epoch']}: {r['last_test_auc']:.4f} | {r['train_time_s']:,.0f} "
-            f"| {r['device']} | `{r['mlflow_run_id'][:8]}` |"
+            f"| {r['device']} | {run_cell(r)} |"
         )
     lines += [
         "",

@@ -33,7 +33,7 @@ from sibeatgan import tracking, train_state
 from sibeatgan.bench import conv_macs
 from sibeatgan.config import ConfigError, Params, apply_overrides, with_overrides
 from sibeatgan.experiment import ensure_prepared, ensure_records
-from sibeatgan.io import read_json, write_json
+from sibeatgan.io import load_state_dict, read_json, state_digest, write_json
 from sibeatgan.layout import Layout
 from sibeatgan.metrics import detection_report
 from sibeatgan.models import Generator
@@ -316,6 +316,22 @@ def summary_is_current(summary: dict, base: Params, extra: tuple[str, ...] = ())
     return tracking.same_recipe(summary["params"], p, VARIANTS[variant].role)
 
 
+def reproduced_runs(
+    previous: dict | None, summary: dict, base: Params, extra: tuple[str, ...] = ()
+) -> list[str]:
+    """The MLflow runs that `summary` trained again to the same result: `previous` (the summary
+    it replaces) and those `previous` itself reproduced, when both have the recipe of `base`,
+    the same per-epoch val and test figures and (where both record one) the same weights digest.
+    Students paired with any of those runs stay paired with the new one (same teacher)."""
+    if previous is None or previous["history"] != summary["history"]:
+        return []
+    if not all(summary_is_current(s, base, extra) for s in (previous, summary)):
+        return []
+    if previous.get("g_sha256", summary["g_sha256"]) != summary["g_sha256"]:
+        return []
+    return sorted({*previous.get("reproduces", []), previous["mlflow_run_id"]})
+
+
 def run_variant(
     base: Params,
     variant: str,
@@ -358,6 +374,10 @@ def run_variant(
         "overrides": [*VARIANTS[variant].overrides, *extra],
         "mlflow_run_id": info["run_id"],
         "teacher_run_id": read_json(teacher_dir / "fit.json")["run_id"] if teacher_dir else None,
+        "g_sha256": state_digest(g.state_dict()),
+        "teacher_g_sha256": (
+            state_digest(load_state_dict(teacher_dir / "G.pt")) if teacher_dir else None
+        ),
         "commit": commit,
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "epochs": p.train.epochs,
@@ -375,5 +395,9 @@ def run_variant(
         ],
         "params": p.to_dict(),
     }
-    write_json(summary_path(variant, split, fold, seed, runs_dir, split_seed), summary)
+    path = summary_path(variant, split, fold, seed, runs_dir, split_seed)
+    previous = read_json(path) if path.exists() else None
+    if reproduces := reproduced_runs(previous, summary, base, extra):
+        summary["reproduces"] = reproduces
+    write_json(path, summary)
     return summary
