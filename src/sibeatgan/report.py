@@ -166,9 +166,8 @@ def run_rows(summaries: list[dict]) -> list[dict]:
 
 
 def run_cell(row: dict) -> str:
-    """The MLflow run, and the earlier runs it trained again to the same figures and weights
-    (students trained against those are paired with this one)."""
-    again = ", ".join(f"`{r[:8]}`" for r in row.get("reproduces", []))
+    """The MLflow run, and the earlier runs it repeated (see `study.reproduced_runs`)."""
+    again = ", ".join(f"`{r[:8]}`" for r in row["reproduces"])
     return f"`{row['mlflow_run_id'][:8]}`" + (f" (same as {again})" if again else "")
 
 
