@@ -705,11 +705,16 @@ def markdown(results: dict) -> str:
     lines += [
         "## Every run",
         "",
-        "A run marked *same as* was trained again (a fresh work folder) and repeated the runs "
-        "named: the same val and test figures at every epoch, to the last digit (and the same "
-        "weights digest where both runs record one); students trained against those runs are "
-        "paired with it.",
-        "",
+    ]
+    if any(r["reproduces"] for r in results["runs"]):
+        lines += [
+            "A run marked *same as* was trained again (a fresh work folder) and repeated the runs "
+            "named: the same val and test figures at every epoch, to the last digit (and the same "
+            "weights digest where both runs record one); students trained against those runs are "
+            "paired with it.",
+            "",
+        ]
+    lines += [
         "| variant | split, fold | seed | val-AUC pick: epoch, test AUC | unsupervised pick "
         "| last epoch | train s | trained on | MLflow run |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -776,5 +781,6 @@ def write_report(
     if results["across_folds"]:
         folds = out_dir / "folds.png"
         written.append(folds_figure(results["across_folds"], FIVE_FOLD[:3], folds, COMPACT_MARGIN))
-    write_text(out_dir / "results.md", markdown(results))
-    return results, [*written, out_dir / "results.md"]
+    text = out_dir / "results.md"
+    write_text(text, markdown(results))
+    return results, [*written, text]
