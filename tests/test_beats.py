@@ -44,7 +44,8 @@ def test_window_leaving_the_record_is_skipped(tmp_path):
     assert list(beats.sample) == [180, 540, 900, 1260]
 
 
-def test_n_beat_without_detected_peak_is_dropped(tmp_path):
+@pytest.mark.parametrize("detector", ["xqrs", "hamilton"])
+def test_n_beat_without_detected_peak_is_dropped(tmp_path, detector):
     import wfdb
 
     samples = write_record(tmp_path, "103", ["N"] * 12, seconds=12.2)
@@ -52,7 +53,7 @@ def test_n_beat_without_detected_peak_is_dropped(tmp_path):
     fake = int((samples[5] + samples[6]) // 2)
     all_samples = np.sort(np.append(samples, fake))
     wfdb.wrann("103", "atr", sample=all_samples, symbol=["N"] * 13, write_dir=str(tmp_path))
-    beats = extract_beats(tmp_path, 103, **ARGS)
+    beats = extract_beats(tmp_path, 103, **ARGS, qrs_detector=detector)
     assert fake not in beats.sample
     assert beats.dropped_n == 1
     assert len(beats.sample) == 12

@@ -34,6 +34,7 @@ def test_boolean_strings_parse(text):
         ("student.kd=maybe", "student.kd must be true or false"),
         ("train.selection=best", "train.selection must be"),
         ("train.w_rec=-0.5", "train.w_rec and train.w_adv must be >= 0"),
+        ("preprocess.qrs_detector=pan", "preprocess.qrs_detector must be xqrs or hamilton"),
         ("epochs", "must look like section.key=value"),
     ],
 )

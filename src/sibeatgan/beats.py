@@ -10,6 +10,8 @@ import wfdb
 import wfdb.processing
 from scipy import signal as sps
 
+from sibeatgan.config import QRS_DETECTORS
+
 CLASSES = ("N", "S", "V", "F", "Q")
 CLASS_OF_SYMBOL = {
     **dict.fromkeys("NLR", 0),
@@ -53,13 +55,23 @@ def bandpass(sig: np.ndarray, fs: float, band_hz: list[float], taps: int) -> np.
     return sps.filtfilt(b, [1.0], sig, axis=0)
 
 
-def detect_r_peaks(lead: np.ndarray, fs: float) -> np.ndarray:
-    """R peaks of a band-passed lead: wfdb's XQRS detections moved to the nearest maximum
-    (within 50 ms). On the 44 records this keeps 87,303 N beats (published set: 86,717)."""
+def detect_r_peaks(lead: np.ndarray, fs: float, detector: str = "xqrs") -> np.ndarray:
+    """R peaks of a band-passed lead, each moved to the local maximum within 50 ms.
+    `xqrs`: wfdb's XQRS (87,303 N beats confirmed on the 44 records). `hamilton`: biosppy's
+    Hamilton segmenter and R-peak correction, the detector of the published preprocessing
+    (`benchmarks/qrs_detectors.py` compares the two record by record)."""
+    radius = int(0.05 * fs)
+    if detector == "hamilton":
+        from biosppy.signals import ecg  # only this detector needs it
+
+        (onsets,) = ecg.hamilton_segmenter(signal=lead, sampling_rate=fs)
+        (peaks,) = ecg.correct_rpeaks(signal=lead, rpeaks=onsets, sampling_rate=fs, tol=0.05)
+        return np.sort(np.asarray(peaks, dtype=np.int64))
+    if detector != "xqrs":
+        raise ValueError(f"unknown QRS detector {detector!r}; known: {', '.join(QRS_DETECTORS)}")
     qrs = wfdb.processing.xqrs_detect(sig=lead, fs=fs, verbose=False)
     if len(qrs) == 0:
         return np.asarray(qrs, dtype=np.int64)
-    radius = int(0.05 * fs)
     peaks = wfdb.processing.correct_peaks(
         lead, qrs, search_radius=radius, smooth_window_size=radius * 2, peak_dir="up"
     )
@@ -85,6 +97,7 @@ def extract_beats(
     before: int,
     after: int,
     qrs_tolerance: int,
+    qrs_detector: str = "xqrs",
 ) -> RecordBeats:
     sig, fs, samples, symbols = read_record(mitdb_dir, record)
     filtered = bandpass(sig, fs, band_hz, taps)
@@ -92,7 +105,7 @@ def extract_beats(
     inside = (samples - before >= 0) & (samples + after <= len(sig))
     keep = (cls >= 0) & inside
     is_n = keep & (cls == 0)
-    peaks = detect_r_peaks(filtered[:, 0], fs)
+    peaks = detect_r_peaks(filtered[:, 0], fs, qrs_detector)
     confirmed = near_detection(samples, peaks, qrs_tolerance)
     dropped = int(np.sum(is_n & ~confirmed))
     keep &= (cls != 0) | confirmed

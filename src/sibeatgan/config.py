@@ -16,6 +16,7 @@ NON_PACED_RECORDS = [
     123, 124, 200, 201, 202, 203, 205, 207, 208, 209, 210, 212, 213, 214, 215, 219, 220, 221,
     222, 223, 228, 230, 231, 232, 233, 234,
 ]  # fmt: skip
+QRS_DETECTORS = ("xqrs", "hamilton")  # confirm N beats (beats.detect_r_peaks)
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,7 @@ class PreprocessCfg:
     before: int = 140
     after: int = 180
     qrs_tolerance: int = 10
+    qrs_detector: str = "xqrs"
     workers: int = 2
 
 
@@ -221,6 +223,10 @@ def validate(p: Params) -> Params:
         (p.data.channels in {1, 2}, "data.channels must be 1 (MLII) or 2 (both leads)"),
         (len(p.preprocess.records) > 0, "preprocess.records must name at least one record"),
         (len(p.preprocess.band_hz) == 2, "preprocess.band_hz must be [low, high]"),
+        (
+            p.preprocess.qrs_detector in QRS_DETECTORS,
+            f"preprocess.qrs_detector must be {' or '.join(QRS_DETECTORS)}",
+        ),
         (p.train.epochs >= 1, "train.epochs must be at least 1"),
         (p.train.batch_size >= 2, "train.batch_size must be at least 2 (BatchNorm)"),
         (p.train.lr > 0, "train.lr must be positive"),

@@ -64,6 +64,7 @@ def run_preprocess(p: Params, metrics_path: str | Path | None = None) -> dict:
         before=pp.before,
         after=pp.after,
         qrs_tolerance=pp.qrs_tolerance,
+        qrs_detector=pp.qrs_detector,
     )
     workers = max(1, min(pp.workers, len(pp.records)))
     bar = dict(total=len(pp.records), desc="preprocess records", unit="rec")
