@@ -60,7 +60,6 @@ def detect_r_peaks(lead: np.ndarray, fs: float, detector: str = "xqrs") -> np.nd
     `xqrs`: wfdb's XQRS (87,303 N beats confirmed on the 44 records). `hamilton`: biosppy's
     Hamilton segmenter and R-peak correction, the detector of the published preprocessing
     (`benchmarks/qrs_detectors.py` compares the two record by record)."""
-    radius = int(0.05 * fs)
     if detector == "hamilton":
         from biosppy.signals import ecg  # only this detector needs it
 
@@ -72,6 +71,7 @@ def detect_r_peaks(lead: np.ndarray, fs: float, detector: str = "xqrs") -> np.nd
     qrs = wfdb.processing.xqrs_detect(sig=lead, fs=fs, verbose=False)
     if len(qrs) == 0:
         return np.asarray(qrs, dtype=np.int64)
+    radius = int(0.05 * fs)
     peaks = wfdb.processing.correct_peaks(
         lead, qrs, search_radius=radius, smooth_window_size=radius * 2, peak_dir="up"
     )
