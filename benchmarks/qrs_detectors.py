@@ -21,10 +21,11 @@ from pathlib import Path
 
 import click
 import numpy as np
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from sibeatgan import train_state
-from sibeatgan.beats import CLASS_OF_SYMBOL, bandpass, detect_r_peaks, near_detection, read_record
+from sibeatgan.beats import bandpass, beat_classes, detect_r_peaks, near_detection, read_record
 from sibeatgan.config import load_params
 from sibeatgan.io import read_json, write_json
 from sibeatgan.metrics import auc_ap
@@ -41,9 +42,7 @@ def confirmed_n(mitdb: Path, record: int, p, tolerances: dict[str, int]) -> dict
     """Annotation samples of the N beats (whose window fits) and, per detector, which it keeps."""
     sig, fs, samples, symbols = read_record(mitdb, record)
     pp = p.preprocess
-    cls = np.array([CLASS_OF_SYMBOL.get(s, -1) for s in symbols])
-    fits = (samples - pp.before >= 0) & (samples + pp.after <= len(sig))
-    n_samples = samples[(cls == 0) & fits]
+    n_samples = samples[beat_classes(symbols, samples, len(sig), pp.before, pp.after) == 0]
     lead = bandpass(sig, fs, pp.band_hz, pp.taps)[:, 0]
     kept = {
         det: near_detection(n_samples, detect_r_peaks(lead, fs, det), tol)
@@ -105,9 +104,7 @@ def main(
             "hamilton_only": int((h & ~x).sum()),
         }
         only_xqrs |= {(record, int(s)) for s in r["samples"][x & ~h]}
-    totals = {
-        k: sum(row[k] for row in per_record.values()) for k in next(iter(per_record.values()))
-    }
+    totals = {k: sum(row[k] for row in per_record.values()) for k in per_record[record]}
     result = {
         "tolerances": tolerances,
         "published_n": PUBLISHED_N,
@@ -136,10 +133,9 @@ def scored_generator(model: Path) -> tuple[Generator, int]:
     nc = p["data"]["channels"]
     g = Generator(nc, p["model"]["nz"], p["model"]["width"])
     if "ema" in state["parts"]:
-        ema = state["parts"]["ema"]
-        g.load_state_dict(
-            {k.removeprefix("module."): v for k, v in ema.items() if k != "n_averaged"}
-        )
+        ema = AveragedModel(g, use_buffers=True)
+        ema.load_state_dict(state["parts"]["ema"])
+        g = ema.module
     else:
         g.load_state_dict(state["parts"]["g"])
     return g.eval(), nc

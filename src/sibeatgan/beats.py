@@ -89,6 +89,16 @@ def near_detection(samples: np.ndarray, peaks: np.ndarray, tolerance: int) -> np
     return nearest <= tolerance
 
 
+def beat_classes(
+    symbols: list[str], samples: np.ndarray, length: int, before: int, after: int
+) -> np.ndarray:
+    """Class of each annotation (CLASSES index); -1 for symbols outside the class map and for
+    beats whose window [R - before, R + after) leaves the record."""
+    cls = np.array([CLASS_OF_SYMBOL.get(s, -1) for s in symbols], dtype=np.int8)
+    inside = (samples - before >= 0) & (samples + after <= length)
+    return np.where(inside, cls, -1).astype(np.int8)
+
+
 def extract_beats(
     mitdb_dir: str | Path,
     record: int,
@@ -101,9 +111,8 @@ def extract_beats(
 ) -> RecordBeats:
     sig, fs, samples, symbols = read_record(mitdb_dir, record)
     filtered = bandpass(sig, fs, band_hz, taps)
-    cls = np.array([CLASS_OF_SYMBOL.get(s, -1) for s in symbols], dtype=np.int8)
-    inside = (samples - before >= 0) & (samples + after <= len(sig))
-    keep = (cls >= 0) & inside
+    cls = beat_classes(symbols, samples, len(sig), before, after)
+    keep = cls >= 0
     is_n = keep & (cls == 0)
     peaks = detect_r_peaks(filtered[:, 0], fs, qrs_detector)
     confirmed = near_detection(samples, peaks, qrs_tolerance)
