@@ -11,8 +11,17 @@ import click
 
 from sibeatgan.config import ConfigError, Params, load_params, read_overrides
 from sibeatgan.fetch import DataError
+from sibeatgan.io import FolderBusyError
 
-USER_ERRORS = (ConfigError, DataError, FileNotFoundError, ValueError)
+# errors whose message is the whole story: one line, exit 1, no traceback
+USER_ERRORS = (
+    ConfigError,
+    DataError,
+    FileNotFoundError,
+    PermissionError,
+    FolderBusyError,
+    ValueError,
+)
 
 
 STUDY_RECIPE = "recipe.yaml"
@@ -133,13 +142,23 @@ def preprocess(p: Params, metrics: str) -> None:
     click.echo(f"beats per class: {summary['class_counts']}  -> {p.data.prepared_dir}")
 
 
+FRESH = click.option(
+    "--fresh",
+    is_flag=True,
+    help="Discard a stopped training in the output folder instead of resuming it (needed when "
+    "it was trained with other params).",
+)
+
+
 @main.command("train-teacher")
+@FRESH
 @with_params
-def train_teacher(p: Params) -> None:
-    """Train the BeatGAN teacher; keep G and D of the epoch chosen by train.selection."""
+def train_teacher(p: Params, fresh: bool) -> None:
+    """Train the BeatGAN teacher; keep G and D of the epoch chosen by train.selection. A
+    stopped training of the same params resumes after its last finished epoch."""
     from sibeatgan.stages import train_model
 
-    info = train_model(p, "teacher")
+    info = train_model(p, "teacher", resume=not fresh)
     click.echo(f"teacher: best val AUC {info['best_val_auc']:.4f} (MLflow run {info['run_id']})")
 
 
@@ -150,12 +169,14 @@ def train_teacher(p: Params) -> None:
     default=None,
     help="Folder of the teacher's G.pt, D.pt and fit.json. Default: models/teacher.",
 )
+@FRESH
 @with_params
-def train_student(p: Params, teacher_dir: Path | None) -> None:
-    """Train the student with the frozen teacher's guidance (student.kd, student.fd)."""
+def train_student(p: Params, teacher_dir: Path | None, fresh: bool) -> None:
+    """Train the student with the frozen teacher's guidance (student.kd, student.fd). A
+    stopped training of the same params resumes after its last finished epoch."""
     from sibeatgan.stages import train_model
 
-    info = train_model(p, "student", teacher_dir=teacher_dir)
+    info = train_model(p, "student", teacher_dir=teacher_dir, resume=not fresh)
     click.echo(f"student: best val AUC {info['best_val_auc']:.4f} (MLflow run {info['run_id']})")
 
 
@@ -410,6 +431,7 @@ def study_run(
     -S overrides apply to every run (and change its budget: keep them the same across
     variants, or better, put them in recipe.yaml)."""
     from sibeatgan.grid import Where, plan, run_tasks
+    from sibeatgan.io import ensure_writable
     from sibeatgan.study import VARIANTS
 
     unknown = [v for v in variants if v not in VARIANTS]
@@ -418,6 +440,7 @@ def study_run(
             f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}",
             param_hint="VARIANTS",
         )
+    ensure_writable(runs_dir, work)
     where = Where(split, work, runs_dir)
     tasks, notes = plan(p, variants, seeds, where, force, tuple(folds))
     for note in notes:
@@ -449,9 +472,11 @@ def report(p: Params, runs_dir: Path, out_dir: Path) -> None:
     and fold-by-fold differences (folds.png). Only summaries trained with the params
     `sibeatgan study run` would use now (params.yaml, then --runs/recipe.yaml, then -S) count;
     stale ones are listed, not averaged."""
+    from sibeatgan.io import ensure_writable
     from sibeatgan.report import write_report
 
     try:
+        ensure_writable(out_dir)
         results, written = write_report(runs_dir, out_dir, p)
     except FileNotFoundError as err:
         raise click.ClickException(str(err)) from err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,10 @@ NON_PACED_RECORDS = [
     123, 124, 200, 201, 202, 203, 205, 207, 208, 209, 210, 212, 213, 214, 215, 219, 220, 221,
     222, 223, 228, 230, 231, 232, 233, 234,
 ]  # fmt: skip
+FS = 360  # MIT-BIH's sampling rate (Hz)
+BEAT_LENGTH = 320  # samples per beat window: what the networks take
 QRS_DETECTORS = ("xqrs", "hamilton")  # confirm N beats (beats.detect_r_peaks)
+D_NORMS = ("batch", "spectral", "batch_spectral")  # D's normalisation (models.build_models)
 
 
 class ConfigError(ValueError):
@@ -49,6 +53,7 @@ class PreprocessCfg:
 class ModelCfg:
     nz: int = 50
     width: int = 32
+    d_norm: str = "batch"
 
 
 @dataclass
@@ -196,12 +201,28 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """`line L, column C: problem` from a YAML error (one line)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`train.epochs=3` -> (['train', 'epochs'], 3); the value is read as YAML."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value)
+    if not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        return key.strip().split("."), yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise ConfigError(
+            f"override {text!r}: the value is not valid YAML ({_yaml_problem(err)}); quote it "
+            "or fix it, e.g. -S preprocess.records=[100,101]"
+        ) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -216,20 +237,79 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def _duplicates(items: list[Any]) -> list[Any]:
+    """Items listed more than once, each named once, in order."""
+    seen: list[Any] = []
+    for i, x in enumerate(items):
+        if x in items[:i] and x not in seen:
+            seen.append(x)
+    return seen
+
+
+def _finite(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
 def validate(p: Params) -> Params:
+    """Every parameter checked up front, so a bad value stops the command before any work,
+    with one line naming it and the accepted range."""
+    pp, t = p.preprocess, p.train
+    nyquist = FS / 2
     checks = [
+        (p.seed >= 0, "seed must be >= 0"),
+        (p.data.split_seed >= 0, "data.split_seed must be >= 0"),
         (p.data.fold in range(5), "data.fold must be 0-4"),
         (p.data.split in {"intra", "inter"}, "data.split must be intra or inter"),
         (p.data.channels in {1, 2}, "data.channels must be 1 (MLII) or 2 (both leads)"),
-        (len(p.preprocess.records) > 0, "preprocess.records must name at least one record"),
-        (len(p.preprocess.band_hz) == 2, "preprocess.band_hz must be [low, high]"),
+        (len(pp.records) > 0, "preprocess.records must name at least one record"),
+        (
+            all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in pp.records),
+            "preprocess.records must be record numbers, e.g. [100, 101]",
+        ),
+        (
+            not _duplicates(pp.records),
+            f"preprocess.records lists {_duplicates(pp.records)} more than once; list each "
+            "record once (a record twice would put the same beats in train and test)",
+        ),
+        (
+            len(pp.band_hz) == 2
+            and all(isinstance(f, int | float) and not isinstance(f, bool) for f in pp.band_hz)
+            and 0 < pp.band_hz[0] < pp.band_hz[1] < nyquist,
+            f"preprocess.band_hz must be [low, high] with 0 < low < high < {nyquist:g} Hz "
+            "(half the 360 Hz sampling rate), e.g. [3.0, 45.0]",
+        ),
+        (3 <= pp.taps <= 1001, "preprocess.taps must be 3-1001 (e.g. 109)"),
+        (
+            pp.before >= 0 and pp.after >= 1 and pp.before + pp.after == BEAT_LENGTH,
+            f"preprocess.before and preprocess.after must be >= 0 and add up to {BEAT_LENGTH}, "
+            "the networks' beat length (e.g. 140 and 180)",
+        ),
+        (0 <= pp.qrs_tolerance <= 100, "preprocess.qrs_tolerance must be 0-100 samples (e.g. 10)"),
+        (pp.workers >= 1, "preprocess.workers must be >= 1"),
+        (p.model.nz >= 1, "model.nz must be >= 1 (e.g. 50)"),
+        (p.model.width >= 1, "model.width must be >= 1 (e.g. 32)"),
+        (
+            p.model.d_norm in D_NORMS,
+            f"model.d_norm must be {', '.join(D_NORMS)} (batch = published)",
+        ),
         (
             p.preprocess.qrs_detector in QRS_DETECTORS,
             f"preprocess.qrs_detector must be {' or '.join(QRS_DETECTORS)}",
         ),
         (p.train.epochs >= 1, "train.epochs must be at least 1"),
         (p.train.batch_size >= 2, "train.batch_size must be at least 2 (BatchNorm)"),
-        (p.train.lr > 0, "train.lr must be positive"),
+        (_finite(t.lr) and t.lr > 0, "train.lr must be a positive finite number (e.g. 1e-4)"),
+        (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)"),
+        (
+            _finite(t.w_adv, t.w_rec, t.d_reset_below, t.d_noise, t.lr_min_ratio),
+            "train.w_adv, w_rec, d_reset_below, d_noise and lr_min_ratio must be finite",
+        ),
+        (t.d_reset_below >= 0, "train.d_reset_below must be >= 0 (0 = never reset D)"),
+        (0 <= t.lr_min_ratio <= 1, "train.lr_min_ratio must be in [0, 1]"),
+        (t.augment_copies >= 0, "train.augment_copies must be >= 0 (0 = off; BeatGAN_aug: 2)"),
+        (t.log_every >= 1, "train.log_every must be >= 1 (steps between logged losses)"),
+        (t.score_batch_size >= 1, "train.score_batch_size must be >= 1 (e.g. 1024)"),
+        (t.threads >= 0, "train.threads must be >= 0 (0 = all cores)"),
         (
             p.train.selection in {"val_auc", "last", "val_recon"},
             "train.selection must be val_auc, last or val_recon",
@@ -259,7 +339,20 @@ def validate(p: Params) -> Params:
             0 <= p.train.d_skip_below < 2,
             "train.d_skip_below must be in [0, 2) (0 = D always updates; e.g. 0.3)",
         ),
-        (p.student.temperature > 0, "student.temperature must be positive"),
+        (
+            _finite(p.student.temperature) and p.student.temperature > 0,
+            "student.temperature must be a positive finite number (e.g. 4)",
+        ),
+        (
+            _finite(
+                p.student.kd_weight,
+                p.student.fd_weight,
+                p.student.rank_weight,
+                p.student.mimic_weight,
+                p.student.width_mult,
+            ),
+            "student weights and width_mult must be finite numbers",
+        ),
         (
             min(
                 p.student.kd_weight,
@@ -284,6 +377,8 @@ def validate(p: Params) -> Params:
             p.registry.metric in {"val_auc", "val_ap", "test_auc", "test_ap"},
             "registry.metric must be val_auc, val_ap, test_auc or test_ap",
         ),
+        (p.evaluate.curve_points >= 2, "evaluate.curve_points must be >= 2"),
+        (bool(p.registry.model_name.strip()), "registry.model_name must not be empty"),
     ]
     for ok, message in checks:
         if not ok:
@@ -291,12 +386,22 @@ def validate(p: Params) -> Params:
     return p
 
 
+def read_yaml(path: Path) -> Any:
+    """A YAML file; a syntax error is one line naming the file, line and problem."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: {_yaml_problem(err)}; fix the YAML there") from None
+    except OSError as err:
+        raise ConfigError(f"{path} cannot be read ({err.strerror or err})") from None
+
+
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
     """Read params.yaml (missing keys take the defaults above), apply overrides, validate."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path} not found; run from the repository root or pass --params")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections")
     raw = apply_overrides(raw, overrides or [])
@@ -307,7 +412,7 @@ def read_overrides(path: Path) -> list[str]:
     """The `overrides:` list of `key=value` entries in a YAML file; none when it is missing."""
     if not path.exists():
         return []
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}
     entries = raw.get("overrides") if isinstance(raw, dict) else None
     if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
         raise ConfigError(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
 import tempfile
 from importlib import resources
 from pathlib import Path
 
 from tqdm import tqdm
+
+from sibeatgan.io import ensure_writable
 
 PHYSIONET_DB = "mitdb"
 
@@ -60,6 +63,7 @@ def fetch(dest: Path, source: Path | None = None) -> dict[str, int]:
     needed = sorted(missing + corrupt)
     if not needed:
         return {"verified": len(expected_digests()), "copied": 0}
+    ensure_writable(dest)
     if source is not None:
         if not source.is_dir():
             raise DataError(f"--from / MITDB_DIR folder {source} does not exist")
@@ -93,6 +97,18 @@ def fetch(dest: Path, source: Path | None = None) -> dict[str, int]:
     return {"verified": len(expected_digests()), "copied": len(needed)}
 
 
+def in_git_work_tree(root: Path) -> bool:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"],
+            capture_output=True,
+            text=True,
+        )
+    except OSError:  # no git on this machine
+        return False
+    return done.returncode == 0 and done.stdout.strip() == "true"
+
+
 def commit_to_dvc(dest: Path, root: Path = Path(".")) -> str | None:
     """If a .dvc file at `root` tracks `dest`, put the verified files into DVC's cache (what
     `dvc pull` would have done), so `dvc status` reports nothing changed. Returns that file."""
@@ -103,7 +119,10 @@ def commit_to_dvc(dest: Path, root: Path = Path(".")) -> str | None:
         if any((root / o.get("path", "")).resolve() == dest.resolve() for o in outs):
             from dvc.repo import Repo
 
-            with Repo(str(root)) as repo:
+            # a copy of the tree without .git (an archive, a copied folder) is still a DVC
+            # project: DVC then works without git (no_scm), as `make repro` sets up there
+            config = None if in_git_work_tree(root) else {"core": {"no_scm": True}}
+            with Repo(str(root), config=config) as repo:
                 repo.commit(dvcfile.name, force=False)  # refuses if the data differ from it
             return dvcfile.name
     return None

@@ -5,29 +5,101 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+from filelock import FileLock, Timeout
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI starts without it
+    import torch
+
+TMP_SUFFIX = ".tmp"
+
+
+class UnsafeFileError(ValueError):
+    """A file that cannot be loaded as plain data (loading it could run code), or is damaged."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; move it into place only if the block succeeds."""
+    """Yield a temporary path beside `path`; move it into place only if the block succeeds.
+    The file gets the mode a plain `open` would give it (0666 less the umask), not mkstemp's
+    0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+class FolderBusyError(RuntimeError):
+    """Another process holds the lock of an output folder."""
+
+
+@contextmanager
+def exclusive_folder(folder: Path, what: str) -> Iterator[None]:
+    """Hold the lock of `folder` (a file beside it, so the folder's own content, e.g. a DVC
+    output, stays as it is) for the block; if another process holds it, stop at once with its
+    pid. The lock is the operating system's (flock): it goes with its process, even on kill -9."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder.parent / f".{folder.name}.lock")
+    owner = folder.parent / f".{folder.name}.lock.pid"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        pid = owner.read_text().strip() if owner.exists() else "unknown"
+        raise FolderBusyError(
+            f"{folder} is in use by another {what} (pid {pid}); wait for it to finish or stop "
+            "it, or write to another folder"
+        ) from None
+    try:
+        write_text(owner, f"{os.getpid()}\n")
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporaries `atomic_path` left in `folder` when its process was killed
+    mid-write. Call it only while holding the folder's lock (no writer can be active)."""
+    stale = [f for f in folder.glob(f".*{TMP_SUFFIX}") if f.is_file()] if folder.is_dir() else []
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return stale
+
+
+def ensure_writable(*folders: str | Path) -> None:
+    """Create each folder and write a probe file in it, so a read-only location stops a
+    command before it does any work."""
+    for folder in map(Path, folders):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise PermissionError(
+                f"cannot write to {folder} ({err.strerror or err}); run from a writable copy of "
+                "the repository, or point the outputs elsewhere (data.prepared_dir, --work)"
+            ) from None
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -59,6 +131,8 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
 
 def save_state_dict(path: str | Path, state: dict[str, torch.Tensor]) -> None:
     """Save tensors only, so `torch.load(path, weights_only=True)` reads it back."""
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
 
@@ -66,6 +140,8 @@ def save_state_dict(path: str | Path, state: dict[str, torch.Tensor]) -> None:
 def state_digest(state: dict[str, torch.Tensor]) -> str:
     """sha256 of a state dict's names, dtypes, shapes and values: the same weights give the same
     digest wherever they were saved (a checkpoint file's bytes carry a per-save random id)."""
+    import torch
+
     h = hashlib.sha256()
     for name in sorted(state):
         t = state[name].detach().cpu()
@@ -74,11 +150,54 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+# numpy scalars (a float64 learning rate in a schedule's state) are plain values too: they are
+# rebuilt from a dtype and raw bytes, which runs no code
+_NUMPY_SCALARS = [
+    np._core.multiarray.scalar,
+    np.dtype,
+    *(type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")),
+]
+
+
+def load_tensors(path: str | Path) -> Any:
+    """`torch.load` restricted to tensors and plain containers (`weights_only`): a file that
+    needs any other object to load is refused, never run. Names the file when it fails."""
+    import torch
+
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_NUMPY_SCALARS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UnsafeFileError(
+            f"{path} holds objects other than tensors (loading it could run code), so it was "
+            "not loaded; delete it and train again"
+        ) from None
+    except (EOFError, RuntimeError, OSError) as err:
+        why = str(err).strip().splitlines()[0][:100] if str(err).strip() else type(err).__name__
+        raise UnsafeFileError(f"{path} cannot be read ({why}); delete it and train again") from None
+
+
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} not found; train that model first")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    import torch
+
+    state = load_tensors(path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UnsafeFileError(f"{path} is not a state dict of tensors; delete it and train again")
+    return state
+
+
+def load_npy(path: str | Path) -> np.ndarray:
+    """An array saved by `save_npy`; object arrays (pickles) are refused, naming the file."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as err:
+        raise UnsafeFileError(
+            f"{path} is not a plain numeric array ({err}); run `sibeatgan preprocess` again"
+        ) from None
 
 
 def _jsonable(value: Any) -> Any:

@@ -15,11 +15,19 @@ class Layout:
     def model_dir(self, role: str) -> Path:
         return self.root / "models" / role
 
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.root / "plots"
+
     def metrics(self, name: str) -> Path:
-        return self.root / "metrics" / f"{name}.json"
+        return self.metrics_dir / f"{name}.json"
 
     def plot(self, name: str) -> Path:
-        return self.root / "plots" / name
+        return self.plots_dir / name
 
 
 DEFAULT_LAYOUT = Layout()

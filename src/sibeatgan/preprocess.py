@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from sibeatgan.beats import CLASSES, RecordBeats, extract_beats, normalise
 from sibeatgan.config import Params, short_hash
-from sibeatgan.io import read_json, save_npy, write_json
+from sibeatgan.io import ensure_writable, load_npy, read_json, save_npy, write_json
 from sibeatgan.split import SPLIT_NAMES, make_split
 
 ARRAYS = ("beats", "classes", "records", "samples", "split")
@@ -52,9 +52,22 @@ def check_records(mitdb_dir: Path, records: list[int]) -> None:
         )
 
 
+def check_parts_disjoint(records: np.ndarray, samples: np.ndarray, split: np.ndarray) -> None:
+    """Refuse a split in which one beat, a (record, sample) pair, lands in two parts."""
+    beats = np.stack([records.astype(np.int64), samples.astype(np.int64)], axis=1)
+    with_part = np.concatenate([beats, split.astype(np.int64)[:, None]], axis=1)
+    n_beats, n_placed = len(np.unique(beats, axis=0)), len(np.unique(with_part, axis=0))
+    if n_placed != n_beats:
+        raise ValueError(
+            f"{n_placed - n_beats} beats (record, sample) fall in two split parts; each record "
+            "must be listed once in preprocess.records"
+        )
+
+
 def run_preprocess(p: Params, metrics_path: str | Path | None = None) -> dict:
     mitdb_dir = Path(p.data.mitdb_dir)
     check_records(mitdb_dir, p.preprocess.records)
+    ensure_writable(p.data.prepared_dir, *([Path(metrics_path).parent] if metrics_path else []))
     pp = p.preprocess
     job = partial(
         extract_beats,
@@ -79,6 +92,7 @@ def run_preprocess(p: Params, metrics_path: str | Path | None = None) -> dict:
     records = np.concatenate([np.full(len(r.cls), r.record, np.int16) for r in per_record])
     samples = np.concatenate([r.sample for r in per_record]).astype(np.int32)
     split = make_split(classes, records, p.data.split, p.data.fold, p.data.split_seed)
+    check_parts_disjoint(records, samples, split)
 
     out = Path(p.data.prepared_dir)
     for name, arr in zip(ARRAYS, (beats, classes, records, samples, split), strict=True):
@@ -111,5 +125,5 @@ def load_prepared(prepared_dir: str | Path) -> Prepared:
             f"{d} holds no preprocessed data (missing {missing or ['meta.json']}); "
             "run `sibeatgan preprocess` (or `dvc repro preprocess`) first"
         )
-    arrays = {n: np.load(d / f"{n}.npy", allow_pickle=False) for n in ARRAYS}
+    arrays = {n: load_npy(d / f"{n}.npy") for n in ARRAYS}
     return Prepared(**arrays, meta=read_json(d / "meta.json"))

@@ -9,7 +9,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from sibeatgan import tracking
-from sibeatgan.config import Params
+from sibeatgan.config import Params, params_from_dict
 from sibeatgan.io import read_json, write_json
 from sibeatgan.layout import Layout
 
@@ -39,12 +39,13 @@ def register(client: MlflowClient, name: str, info: dict, report: dict, p: Param
         "role": info["role"],
         "run_id": info["run_id"],
         "teacher_config": info["teacher_config"],
-        "fold": str(p.data.fold),
-        "seed": str(p.seed),
+        # what the model was trained with, not what the evaluating params say
+        "fold": str(info["recipe"]["data"]["fold"]),
+        "seed": str(info["recipe"]["seed"]),
         "width": str(info["width"]),
     }
     if info["role"] == "student":
-        tags.update(tracking.term_tags(p))
+        tags.update(tracking.term_tags(params_from_dict(info["recipe"])))
     tags.update({k: f"{report[k]:.6f}" for k in FIGURES if report.get(k) is not None})
     for key, value in tags.items():
         client.set_model_version_tag(name, version.version, key, value)
@@ -63,8 +64,10 @@ def promote(client: MlflowClient, name: str, metric: str, teacher_config: str) -
     students = [v for v in versions if v.tags.get("role") == "student"]
     if not teachers:
         raise ValueError(
-            f"no registered teacher of model {name!r} for this config ({teacher_config}); "
-            "run `sibeatgan evaluate` after training first"
+            f"no registered teacher of model {name!r} for these params (config "
+            f"{teacher_config}; registered: {_registered_configs(client, name)}); run "
+            "`sibeatgan evaluate` after training with these params, or promote with the params "
+            "the models were trained with"
         )
     teacher = max(teachers, key=lambda v: int(v.version))  # the newest teacher
     best_student = max(students, key=lambda v: float(v.tags[metric]), default=None)
@@ -97,6 +100,16 @@ def promote(client: MlflowClient, name: str, metric: str, teacher_config: str) -
     client.set_model_version_tag(name, champion.version, "champion_reason", reason)
     print(f"champion -> v{champion.version} ({champion.tags.get('role')}): {reason}")
     return decision
+
+
+def _registered_configs(client: MlflowClient, name: str) -> str:
+    """The teacher configs the registry holds, e.g. `3f2a... (fold 0, seed 0)`."""
+    seen = {
+        v.tags.get("teacher_config"): f"fold {v.tags.get('fold')}, seed {v.tags.get('seed')}"
+        for v in client.search_model_versions(f"name='{name}'")
+        if v.tags.get("role") == "teacher"
+    }
+    return "; ".join(f"{k} ({v})" for k, v in seen.items()) or "none"
 
 
 def register_and_promote(p: Params, layout: Layout, reports: dict[str, dict]) -> dict:

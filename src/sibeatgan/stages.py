@@ -10,9 +10,19 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from sibeatgan import plots, registry, tracking, train_state
-from sibeatgan.config import Params
+from sibeatgan.config import ConfigError, Params, params_from_dict
 from sibeatgan.distill import Distiller
-from sibeatgan.io import load_state_dict, read_json, save_state_dict, write_csv, write_json
+from sibeatgan.io import (
+    UnsafeFileError,
+    ensure_writable,
+    exclusive_folder,
+    load_state_dict,
+    read_json,
+    remove_stale_temporaries,
+    save_state_dict,
+    write_csv,
+    write_json,
+)
 from sibeatgan.layout import DEFAULT_LAYOUT, ROLES, Layout
 from sibeatgan.metrics import detection_report, pr_points, roc_points
 from sibeatgan.models import Generator, build_models, count_params
@@ -44,8 +54,56 @@ def student_width(p: Params) -> int:
     return max(1, round(p.model.width * p.student.width_mult))
 
 
+TRAIN_COMMAND = {"teacher": "sibeatgan train-teacher", "student": "sibeatgan train-student"}
+
+
+def trained_model_info(model_dir: Path, role: str = "teacher") -> dict:
+    """The model's fit.json, after checking that its checkpoint is there too."""
+    missing = [n for n in ("fit.json", "G.pt") if not (model_dir / n).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"no trained {role} in {model_dir} (missing {', '.join(missing)}); "
+            f"run `{TRAIN_COMMAND[role]}` (or `dvc repro`) first"
+        )
+    return read_json(model_dir / "fit.json")
+
+
+def model_data_key(info: dict) -> tuple[str, int]:
+    """The prepared-data key and channel count a model was trained on (from its fit.json;
+    models written before `data_key` was recorded give it through their recipe)."""
+    key = info.get("data_key") or prepared_key(params_from_dict(info["recipe"]))
+    return key, int(info["nc"])
+
+
+def data_differences(info: dict, p: Params) -> str:
+    """What differs between the data a model was trained on and the data of `p`, e.g.
+    `data.fold 0 -> 1`; empty when they are the same."""
+    if "recipe" not in info:
+        return "data not recorded by the version that trained it"
+    if model_data_key(info) == (prepared_key(p), p.data.channels):
+        return ""
+    trained = params_from_dict(info["recipe"])
+    before, after = trained.flat(), p.flat()
+    keys = [k for k in after if k.split(".")[0] in ("data", "preprocess")]
+    skip = {"data.mitdb_dir", "data.prepared_dir", "preprocess.workers"}
+    changed = [
+        f"{k} {before[k]} -> {after[k]}" for k in keys if k not in skip and before[k] != after[k]
+    ]
+    return ", ".join(changed) or "the prepared data"
+
+
+def check_model_data(model_dir: Path, info: dict, p: Params, role: str) -> None:
+    """Refuse a model trained on other data than `p` names (another fold, split or leads)."""
+    changed = data_differences(info, p)
+    if changed:
+        raise ValueError(
+            f"{model_dir} was trained on other data ({changed}); train it with these params "
+            f"(`{TRAIN_COMMAND[role]}`), or run this command with the params it was trained with"
+        )
+
+
 def load_generator(model_dir: Path, device: torch.device | str = "cpu") -> Generator:
-    info = read_json(model_dir / "fit.json")
+    info = trained_model_info(model_dir)
     g = Generator(info["nc"], info["nz"], info["width"])
     g.load_state_dict(load_state_dict(model_dir / "G.pt"))
     return g.to(device).eval()
@@ -59,12 +117,39 @@ def train_model(
     use_active_run: bool = False,
     monitor: Callable[[Generator], dict[str, float]] | None = None,
     resume: bool = True,
+    replace_other: bool = False,
 ) -> dict:
     """Train the teacher, or a student guided by the teacher in `teacher_dir`; save G and D of
     the selected epoch as state dicts, and track the run in MLflow. `monitor` adds figures to
     each epoch's row (see train.fit); the returned dict holds the rows under `history`.
     A training stopped before its last epoch left its state beside the checkpoints; with
-    `resume` and the same params it continues from there, in the same MLflow run."""
+    `resume` and the same params it continues from there, in the same MLflow run; without
+    `resume` it is discarded. A stopped training of other params is refused (naming what
+    differs) unless `replace_other`. One process at a time trains into a folder: a second one
+    stops at once."""
+    out = layout.model_dir(role)
+    ensure_writable(out, layout.metrics_dir, layout.plots_dir)
+    with exclusive_folder(out, f"{role} training"):
+        resume = resume and not use_active_run
+        return _train_locked(
+            p, role, layout, teacher_dir, use_active_run, monitor, resume, replace_other
+        )
+
+
+def _train_locked(
+    p: Params,
+    role: str,
+    layout: Layout,
+    teacher_dir: Path | None,
+    use_active_run: bool,
+    monitor: Callable[[Generator], dict[str, float]] | None,
+    resume: bool,
+    replace_other: bool,
+) -> dict:
+    """`train_model` while it holds the output folder's lock."""
+    out = layout.model_dir(role)
+    for stale in remove_stale_temporaries(out):
+        print(f"{role}: removed {stale}, left by a process killed while writing it")
     set_threads(p)
     data = load_checked(p)
     nc = p.data.channels
@@ -77,12 +162,13 @@ def train_model(
         )
     device = pick_device()
     width = p.model.width if role == "teacher" else student_width(p)
-    g, d = build_models(nc, p.model.nz, width, p.seed)
-    distiller, extra_tags = None, {}
+    g, d = build_models(nc, p.model.nz, width, p.seed, d_norm=p.model.d_norm)
+    distiller, extra_tags, teacher_info = None, {}, {}
     if role == "student":
         teacher_dir = teacher_dir or layout.model_dir("teacher")
+        teacher_info = trained_model_info(teacher_dir, "teacher")
+        check_model_data(teacher_dir, teacher_info, p, "teacher")
         teacher = load_generator(teacher_dir, device)
-        teacher_info = read_json(teacher_dir / "fit.json")
         extra_tags["teacher_run_id"] = teacher_info.get("run_id") or ""
         if p.student.init_from_teacher:
             g.load_state_dict(teacher.state_dict())
@@ -90,9 +176,8 @@ def train_model(
         if any(p.student.terms.values()):
             distiller = Distiller(teacher, p.student, width).to(device)
     g, d = g.to(device), d.to(device)
-    out = layout.model_dir(role)
     state_path = out / train_state.FILENAME
-    state = _resumable_state(state_path, p, role, resume and not use_active_run, extra_tags)
+    state = _resumable_state(state_path, p, role, resume, replace_other, extra_tags)
     run_id = state["meta"]["run_id"] if state else None
 
     with tracking.training_run(p, role, use_active_run, run_id, **extra_tags) as run:
@@ -157,8 +242,14 @@ def train_model(
             "width": width,
             "run_id": run.info.run_id,
             "model_uri": model_uri,
-            "teacher_config": tracking.teacher_config_key(p),
+            # a student belongs to the teacher it learnt from, whatever its own train.* values
+            "teacher_config": (
+                teacher_info["teacher_config"]
+                if role == "student"
+                else tracking.teacher_config_key(p)
+            ),
             "recipe": tracking.recipe(p, role),
+            "data_key": prepared_key(p),
         }
         write_json(out / "fit.json", info)
         mlflow.log_artifact(str(out / "fit.json"), artifact_path="checkpoints")
@@ -168,28 +259,66 @@ def train_model(
 
 
 def _resumable_state(
-    state_path: Path, p: Params, role: str, resume: bool, tags: dict[str, str]
+    state_path: Path, p: Params, role: str, resume: bool, replace_other: bool, tags: dict[str, str]
 ) -> dict | None:
     """The state of a stopped training in `state_path` that these params continue (read once:
-    it is tens of MB); None (and the state removed) when there is none, resuming is off, or
-    the state is from another recipe or teacher: that training is then started afresh."""
+    it is tens of MB). None (the state removed) when there is none or resuming is off; a state
+    of other params or teacher is removed with `replace_other`, else refused. A state that
+    cannot be read (truncated, or holding more than tensors) is set aside, never used."""
     if not state_path.exists():
         return None
-    state = train_state.read(state_path)
+    try:
+        state = train_state.read(state_path)
+    except UnsafeFileError as err:
+        train_state.set_aside(state_path, str(err).split(";")[0])
+        return None
     meta = state["meta"]
-    same = tracking.same_recipe(meta.get("params", {}), p, role) and all(
-        meta.get(k) == v for k, v in tags.items()
-    )
-    if resume and same:
+    changed = _state_differences(meta, p, role, tags)
+    if resume and not changed:
         return state
-    why = "resuming is off" if not resume else "it was trained with other params or teacher"
-    print(f"{role}: not resuming the stopped training in {state_path} ({why}); starting afresh")
-    state_path.unlink()
-    return None
+    if not resume or replace_other:
+        why = "resuming is off" if not resume else f"it was trained with {changed}"
+        print(f"{role}: not resuming the stopped training in {state_path} ({why}); starting afresh")
+        state_path.unlink()
+        return None
+    raise ValueError(
+        f"{state_path} is a stopped training with other params ({changed}); rerun with those "
+        f"params to resume it, or add --fresh to `{TRAIN_COMMAND[role]}` to discard it"
+    )
+
+
+def _state_differences(meta: dict, p: Params, role: str, tags: dict[str, str]) -> str:
+    """What differs between a stopped training and a training of `p` (empty: it resumes),
+    e.g. `seed 0 -> 1`. Knobs added since the state was written take their defaults."""
+    try:
+        before = _flatten(tracking.recipe(params_from_dict(meta.get("params", {})), role))
+    except ConfigError:
+        return "a parameter that no longer exists"
+    after = _flatten(tracking.recipe(p, role))
+    changed = [f"{k} {before.get(k)} -> {v}" for k, v in after.items() if before.get(k) != v]
+    changed += [f"{k} {meta.get(k)} -> {v}" for k, v in tags.items() if meta.get(k) != v]
+    return ", ".join(changed)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dicts as `a.b -> value`."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def evaluate(p: Params, layout: Layout = DEFAULT_LAYOUT, roles: tuple[str, ...] = ROLES) -> dict:
     """Test metrics of each model, curves for `dvc plots`, figures, and the registry update."""
+    infos = {}
+    for role in roles:  # everything is checked before anything is written
+        model_dir = layout.model_dir(role)
+        infos[role] = trained_model_info(model_dir, role)
+        check_model_data(model_dir, infos[role], p, role)
+    ensure_writable(layout.metrics_dir, layout.plots_dir)
     set_threads(p)
     data = load_checked(p)
     nc = p.data.channels

@@ -33,7 +33,7 @@ from sibeatgan import tracking, train_state
 from sibeatgan.bench import conv_macs
 from sibeatgan.config import ConfigError, Params, apply_overrides, with_overrides
 from sibeatgan.experiment import ensure_prepared, ensure_records
-from sibeatgan.io import load_state_dict, read_json, state_digest, write_json
+from sibeatgan.io import UnsafeFileError, load_state_dict, read_json, state_digest, write_json
 from sibeatgan.layout import Layout
 from sibeatgan.metrics import detection_report
 from sibeatgan.models import Generator
@@ -297,7 +297,11 @@ def unfinished_runs(work: Path, base: Params) -> dict[str, list[str]]:
         variant, run = path.parents[2].name, path.parents[3].name
         if variant not in VARIANTS:
             continue
-        state = train_state.read(path)
+        try:
+            state = train_state.read(path)
+        except UnsafeFileError as err:
+            found.setdefault(variant, []).append(f"{run} (unreadable state: {err})")
+            continue
         written = state["meta"]["params"]
         p = variant_params(
             base, variant, written["seed"], written["data"]["fold"], written["data"]["split"]
@@ -358,7 +362,10 @@ def run_variant(
     with study_experiment():
         data = load_checked(p)
         monitor = epoch_monitor(p, data)
-        info = train_model(p, role, layout, teacher_dir, monitor=monitor, resume=resume)
+        # a stopped run of an older recipe is replaced: its summary would be stale anyway
+        info = train_model(
+            p, role, layout, teacher_dir, monitor=monitor, resume=resume, replace_other=True
+        )
         mlflow.MlflowClient(tracking.setup()).set_tag(info["run_id"], "variant", variant)
     history = info.pop("history")
     g = load_generator(layout.model_dir(role))

@@ -21,10 +21,12 @@ from mlflow.models import infer_signature
 
 import sibeatgan
 from sibeatgan.config import ConfigError, Params, params_from_dict, short_hash
+from sibeatgan.io import ensure_writable
 from sibeatgan.models import Generator
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "sibeatgan"
+STOPPED_TAG = "stopped_because"  # on a run whose process died; removed when it resumes
 
 
 def store_lock_path(uri: str) -> Path | None:
@@ -36,6 +38,8 @@ def store_lock_path(uri: str) -> Path | None:
 def setup() -> str:
     """Point MLflow at the project's store; inside `mlflow run` keep its experiment."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    if uri.startswith("sqlite:///"):  # a local store: stop now if its folder is read-only
+        ensure_writable(Path(uri.removeprefix("sqlite:///")).parent)
     mlflow.set_tracking_uri(uri)
     if not os.environ.get("MLFLOW_EXPERIMENT_ID") and mlflow.active_run() is None:
         # the first call creates a SQLite store by running its schema migrations, which collide
@@ -170,7 +174,7 @@ def close_orphaned_runs() -> list[str]:
     for run in runs:
         pid = run.data.tags.get("pid", "")
         if pid.isdigit() and not _process_alive(int(pid)):
-            client.set_tag(run.info.run_id, "stopped_because", f"process {pid} ended mid-run")
+            client.set_tag(run.info.run_id, STOPPED_TAG, f"process {pid} ended mid-run")
             client.set_terminated(run.info.run_id, "KILLED")
             ended.append(run.info.run_id)
     return ended
@@ -179,6 +183,8 @@ def close_orphaned_runs() -> list[str]:
 def _start(run, p: Params, role: str, tags: dict[str, str]):
     # host and pid: how a later run tells a run whose process died from one still training
     mlflow.set_tags({"host": socket.gethostname(), "pid": str(os.getpid())})
+    if STOPPED_TAG in mlflow.get_run(run.info.run_id).data.tags:  # a stopped run, resumed
+        mlflow.delete_tag(STOPPED_TAG)
     mlflow.set_tags(run_tags(p, role, **tags))
     # `mlflow run` has already logged its own -P values (e.g. seed='' for "params.yaml");
     # params cannot change, so those keep their value and the resolved one is in the tags.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -76,7 +77,8 @@ def make_schedule(opt: torch.optim.Optimizer, cfg: TrainCfg, total_steps: int):
         if cfg.lr_schedule == "cosine":
             span = max(total_steps - cfg.warmup_steps, 1)
             progress = min((step - cfg.warmup_steps) / span, 1.0)
-            return cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + np.cos(np.pi * progress))
+            cosine = 0.5 * (1 + math.cos(math.pi * progress))
+            return cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * cosine
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)

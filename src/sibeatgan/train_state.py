@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from sibeatgan.io import atomic_path
+from sibeatgan.io import UnsafeFileError, atomic_path, load_tensors
 
 FILENAME = "train_state.pt"
 
@@ -60,8 +60,20 @@ def save(
 
 
 def read(path: Path) -> dict[str, Any]:
-    """The whole state (our own file: it holds numpy's generator state, so not weights_only)."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """The whole state, loaded as tensors and plain containers only (numpy's generator state
+    is a dict of ints), so a planted file cannot run code."""
+    state = load_tensors(path)
+    if not isinstance(state, dict) or not {"parts", "progress", "meta"} <= set(state):
+        raise UnsafeFileError(f"{path} is not a training state")
+    return state
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Move an unusable state out of the way (kept for inspection, never resumed)."""
+    kept = path.with_name(f"{path.name}.unreadable")
+    path.replace(kept)
+    print(f"warning: {why}; moved it to {kept} and starting afresh")
+    return kept
 
 
 def restore(

@@ -1,0 +1,442 @@
+"""Fault injection: planted files, concurrent runs, mismatched models, bad input, interrupted
+writes. Each test feeds the project one fault a user met and checks that it stops with one
+clear line (naming the problem and the fix), runs no code from a file, and loses nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from sibeatgan import io, tracking, train_state
+from sibeatgan.cli import main
+from sibeatgan.config import ConfigError, load_params, with_overrides
+from sibeatgan.io import FolderBusyError, UnsafeFileError, exclusive_folder, read_json
+from sibeatgan.layout import Layout
+from sibeatgan.preprocess import check_parts_disjoint, load_prepared, run_preprocess
+from sibeatgan.registry import promote
+from sibeatgan.stages import evaluate, load_generator, train_model
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = REPO / "params.yaml"
+
+
+class Planted:
+    """Unpickling this runs code: it creates `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+def plant(path: Path, marker: Path) -> None:
+    """A torch file whose loading (without weights_only) would run code."""
+    torch.save({"weight": Planted(marker)}, path)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, synthetic_mitdb):
+    """Teacher and KD student trained once on the synthetic records (fold 0), with their
+    MLflow store; tests copy it so each starts from the same trained state."""
+    root = tmp_path_factory.mktemp("trained")
+    p = with_overrides(
+        load_params(PARAMS),
+        [
+            f"data.mitdb_dir={synthetic_mitdb}",
+            "data.prepared_dir=prepared",
+            "preprocess.records=[100, 101, 103]",
+            "preprocess.workers=1",
+            "model.width=4",
+            "model.nz=8",
+            "train.epochs=2",
+            "train.batch_size=16",
+            "train.log_every=2",
+            "train.threads=1",
+        ],
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+        run_preprocess(p)
+        train_model(p, "teacher")
+        train_model(p, "student")
+    return root, p
+
+
+@pytest.fixture
+def trained(pipeline, tmp_path, monkeypatch):
+    """A copy of the trained pipeline as the working directory."""
+    root, p = pipeline
+    work = tmp_path / "work"
+    shutil.copytree(root, work)
+    monkeypatch.chdir(work)
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    # the copied store's artifact paths point at the original folder: fine for reading
+    return p
+
+
+# --- 1. No code from a file -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["G.pt", "D.pt"])
+def test_planted_checkpoint_runs_nothing_and_is_named(trained, tmp_path, name):
+    marker = tmp_path / "ran"
+    target = Path("models/teacher") / name
+    plant(target, marker)
+    with pytest.raises(UnsafeFileError, match=str(target)):
+        if name == "G.pt":
+            load_generator(Path("models/teacher"))
+        else:  # D is loaded when a student starts from its teacher
+            train_model(with_overrides(trained, ["student.init_from_teacher=true"]), "student")
+    assert not marker.exists()
+
+
+def test_planted_training_state_runs_nothing_and_is_set_aside(trained, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    state = Path("models/teacher") / train_state.FILENAME
+    plant(state, marker)
+    train_model(with_overrides(trained, ["train.epochs=1"]), "teacher")
+    assert not marker.exists()
+    assert str(state) in capsys.readouterr().out, "the warning names the file"
+    assert (state.parent / f"{state.name}.unreadable").exists(), "set aside, not deleted"
+
+
+def test_planted_prepared_array_runs_nothing_and_is_named(trained, tmp_path):
+    path = Path("prepared/classes.npy")
+    np.save(path, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(UnsafeFileError, match=str(path)):
+        load_prepared("prepared")
+
+
+def test_a_training_state_loads_as_plain_tensors(trained):
+    """The real state file needs nothing but tensors and containers (weights_only)."""
+    p = with_overrides(trained, ["train.epochs=1", "train.ema=0.999"])
+    layout = Layout(Path("other"))
+    kept = {}
+    original = train_state.save
+
+    def keep(path, *args):
+        original(path, *args)
+        kept["state"] = train_state.read(path)  # weights_only: raises on anything else
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_state, "save", keep)
+        train_model(p, "teacher", layout)
+    assert kept["state"]["progress"]["epoch"] == 1
+
+
+# --- 2. No two runs in one --------------------------------------------------------------
+
+
+def hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process holding `folder`'s training lock, as a second shell would."""
+    code = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        from sibeatgan.io import exclusive_folder
+        with exclusive_folder(Path({str(folder)!r}), "teacher training"):
+            print("locked", flush=True)
+            time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_second_training_into_the_same_folder_stops_naming_the_holder(trained):
+    holder = hold_lock(Path("models/teacher").resolve())
+    try:
+        with pytest.raises(FolderBusyError, match=f"pid {holder.pid}"):
+            train_model(trained, "teacher")
+        # another output folder still trains while the first is held
+        info = train_model(
+            with_overrides(trained, ["train.epochs=1"]), "teacher", Layout(Path("b"))
+        )
+        assert Path("b/models/teacher/G.pt").exists() and info["best_epoch"] == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    with exclusive_folder(Path("models/teacher"), "check"):
+        pass  # the lock went with its process
+
+
+def test_cli_second_training_is_one_line(trained):
+    holder = hold_lock(Path("models/teacher").resolve())
+    try:
+        result = CliRunner().invoke(main, ["train-teacher", *cli_overrides(trained)])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.exit_code == 1
+    assert f"in use by another teacher training (pid {holder.pid})" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def cli_overrides(p) -> list[str]:
+    """-S arguments that reproduce the fixture's params from params.yaml on the command line."""
+    keys = ["data.mitdb_dir", "data.prepared_dir", "preprocess.workers", "model.width"]
+    keys += ["model.nz", "train.epochs", "train.batch_size", "train.threads"]
+    flat = p.flat()
+    out = [f"-S preprocess.records=[{','.join(map(str, p.preprocess.records))}]"]
+    return [*" ".join(out).split(), *[a for k in keys for a in ("-S", f"{k}={flat[k]}")]] + [
+        "--params",
+        str(PARAMS),
+    ]
+
+
+# --- 3. Models know the data they were trained on --------------------------------------
+
+
+def other_fold(p):
+    q = with_overrides(p, ["data.fold=1", "data.prepared_dir=prepared1"])
+    run_preprocess(q)
+    return q
+
+
+def test_evaluate_refuses_models_of_another_fold_and_writes_nothing(trained):
+    q = other_fold(trained)
+    with pytest.raises(ValueError, match=r"data.fold 0 -> 1.*train-teacher"):
+        evaluate(q)
+    assert not Path("metrics/evaluate.json").exists()
+    assert not Path("plots/teacher_scores.png").exists()
+
+
+def test_student_and_resume_refuse_other_data_or_params(trained):
+    q = other_fold(trained)
+    with pytest.raises(ValueError, match="models/teacher was trained on other data"):
+        train_model(q, "student")
+    # a stopped training of seed 0, then seed 1 into the same folder
+    state = Path("models/teacher") / train_state.FILENAME
+    p = with_overrides(trained, ["train.epochs=3"])
+    with pytest.MonkeyPatch.context() as mp:
+
+        def stop_after_first(row):
+            raise KeyboardInterrupt
+
+        mp.setattr(tracking, "log_epoch", stop_after_first)
+        with pytest.raises(KeyboardInterrupt):
+            train_model(p, "teacher")
+    assert state.exists()
+    with pytest.raises(ValueError, match=r"seed 0 -> 1.*--fresh"):
+        train_model(with_overrides(p, ["seed=1"]), "teacher")
+    assert state.exists(), "the refused state is kept"
+    info = train_model(with_overrides(p, ["seed=1", "train.epochs=1"]), "teacher", resume=False)
+    assert info["best_epoch"] == 1 and not state.exists()
+
+
+def test_promote_with_other_params_names_what_is_registered(trained):
+    evaluate(trained)
+    q = with_overrides(trained, ["data.fold=1"])
+    with pytest.raises(ValueError, match=r"registered: .*\(fold 0, seed 0\)"):
+        promote(
+            mlflow.MlflowClient(),
+            q.registry.model_name,
+            q.registry.metric,
+            tracking.teacher_config_key(q),
+        )
+
+
+def test_student_of_other_train_values_is_compared_with_its_teacher(trained):
+    """The student's registry key is its teacher's, not one made from its own train.*."""
+    train_model(with_overrides(trained, ["train.epochs=1"]), "student")
+    evaluate(trained)
+    decision = read_json("metrics/promotion.json")
+    assert decision["student_version"] is not None, decision["reason"]
+
+
+# --- 4. No leak between splits ----------------------------------------------------------
+
+
+def test_duplicate_records_are_refused():
+    with pytest.raises(ConfigError, match=r"lists \[100\] more than once"):
+        with_overrides(load_params(PARAMS), ["preprocess.records=[100, 101, 100]"])
+
+
+def test_a_beat_in_two_parts_is_refused():
+    records = np.array([100, 100, 101], np.int16)
+    samples = np.array([5, 5, 5], np.int32)
+    check_parts_disjoint(records, samples, np.array([0, 0, 2]))  # same part: no leak
+    with pytest.raises(ValueError, match="1 beats .* fall in two split parts"):
+        check_parts_disjoint(records, samples, np.array([0, 2, 2]))
+
+
+# --- Bad input: one line ----------------------------------------------------------------
+
+
+def test_malformed_params_file_is_one_line_with_file_and_line(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("seed: 0\ntrain:\n  epochs: [1\n  lr: 2\n")
+    result = CliRunner().invoke(main, ["train-teacher", "--params", str(bad)])
+    assert result.exit_code == 1
+    assert f"{bad}: line 4" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_malformed_override_is_one_line():
+    result = CliRunner().invoke(main, ["preprocess", "-S", "train.lr=[1,"])
+    assert result.exit_code == 1
+    assert "train.lr=[1," in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("train.log_every=0", "train.log_every"),
+        ("model.width=0", "model.width"),
+        ("model.nz=0", "model.nz"),
+        ("train.score_batch_size=0", "train.score_batch_size"),
+        ("train.lr=inf", "train.lr"),
+        ("train.lr=nan", "train.lr"),
+        ("train.augment_copies=-1", "train.augment_copies"),
+        ("preprocess.before=-5", "preprocess.before"),
+        ("preprocess.qrs_tolerance=-1", "preprocess.qrs_tolerance"),
+        ("preprocess.band_hz=[45, 3]", "preprocess.band_hz"),
+        ("preprocess.band_hz=[3, 200]", "preprocess.band_hz"),
+        ("preprocess.taps=0", "preprocess.taps"),
+        ("train.threads=-1", "train.threads"),
+        ("preprocess.workers=0", "preprocess.workers"),
+        ("train.beta2=1", "train.beta1 and train.beta2"),
+        ("seed=-1", "seed"),
+        ("evaluate.curve_points=1", "evaluate.curve_points"),
+    ],
+)
+def test_every_param_is_checked_up_front(override, named):
+    result = CliRunner().invoke(main, ["preprocess", "-S", override])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: {named}")
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "missing, command", [("student", "train-student"), ("teacher", "train-teacher")]
+)
+def test_evaluate_checks_every_model_before_writing(trained, missing, command):
+    shutil.rmtree(Path("models") / missing)
+    with pytest.raises(FileNotFoundError, match=f"sibeatgan {command}"):
+        evaluate(trained)
+    assert not Path("metrics/evaluate.json").exists()
+    assert not list(Path("plots").glob("*_scores.png")), "no plot of the other model either"
+
+
+# --- Interrupted writes -----------------------------------------------------------------
+
+
+def test_stale_temporaries_are_removed_and_a_truncated_state_set_aside(trained, capsys):
+    folder = Path("models/teacher")
+    stale = folder / ".train_state.pt.k1ll3d.tmp"
+    stale.write_bytes(b"half a state")
+    state = folder / train_state.FILENAME
+    state.write_bytes(b"PK\x03\x04 truncated")
+    info = train_model(with_overrides(trained, ["train.epochs=1"]), "teacher")
+    out = capsys.readouterr().out
+    assert not stale.exists() and str(stale) in out
+    assert (folder / f"{state.name}.unreadable").exists() and "warning" in out
+    assert info["best_epoch"] == 1
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_outputs_respect_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        io.write_json(tmp_path / "a.json", {"a": 1})
+        io.save_state_dict(tmp_path / "G.pt", {"w": torch.zeros(2)})
+    finally:
+        os.umask(old)
+    assert {(tmp_path / n).stat().st_mode & 0o777 for n in ("a.json", "G.pt")} == {mode}
+
+
+def test_a_resumed_run_loses_its_stopped_tag(mlflow_store, tiny_params):
+    import multiprocessing as mp
+    import socket
+
+    dead = mp.get_context("spawn").Process(target=int)
+    dead.start()
+    dead.join()
+    tracking.setup()
+    client = mlflow.MlflowClient()
+    exp = mlflow.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT).experiment_id
+    tags = {"host": socket.gethostname(), "pid": str(dead.pid)}
+    run_id = client.create_run(exp, tags=tags).info.run_id
+    assert tracking.close_orphaned_runs() == [run_id]
+    with tracking.training_run(tiny_params, "teacher", run_id=run_id):
+        pass
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and tracking.STOPPED_TAG not in run.data.tags
+
+
+# --- Where the tree or its folders are unusual -----------------------------------------
+
+
+def test_unwritable_output_folder_is_one_line_before_any_work(trained):
+    shutil.rmtree("models")
+    Path("models").write_text("not a folder")  # root may write anywhere; a file may not
+    runs = len(mlflow.search_runs(search_all_experiments=True))
+    result = CliRunner().invoke(main, ["train-teacher", *cli_overrides(trained)])
+    assert result.exit_code == 1
+    assert "cannot write to models/teacher" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert len(mlflow.search_runs(search_all_experiments=True)) == runs, "no run was started"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_folder_is_one_line(trained):
+    Path("models/teacher").chmod(0o555)
+    try:
+        result = CliRunner().invoke(main, ["train-teacher", *cli_overrides(trained)])
+    finally:
+        Path("models/teacher").chmod(0o755)
+    assert result.exit_code == 1 and "cannot write to models/teacher" in result.output
+
+
+def test_fetch_data_in_a_copy_without_git(tmp_path, monkeypatch):
+    """A tree copied without .git: fetch-data verifies and puts the data in DVC's cache."""
+    import hashlib
+
+    from dvc.repo import Repo
+
+    from sibeatgan import fetch as fetch_mod
+
+    files = {"100.hea": b"header\r\n", "100.dat": b"\x00\x01" * 50, "RECORDS": b"100\n"}
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    digests = {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}
+    monkeypatch.setattr(fetch_mod, "expected_digests", lambda: digests)
+    project = tmp_path / "project"
+    shutil.copytree(src, project / "data" / "mitdb")
+    monkeypatch.chdir(project)
+    with Repo.init(".", no_scm=True) as repo:
+        repo.add("data/mitdb")
+    shutil.copy(REPO / ".dvc" / "config", ".dvc/config")  # the project's: no no_scm in it
+    dvcfile = yaml.safe_load(Path("data/mitdb.dvc").read_text())
+    dvcfile["outs"][0]["path"] = "data/mitdb"
+    Path("data.dvc").write_text(yaml.safe_dump(dvcfile))
+    Path("data/mitdb.dvc").unlink()
+    shutil.rmtree(".dvc/cache")
+    shutil.rmtree("data/mitdb")
+    assert not fetch_mod.in_git_work_tree(Path("."))
+    result = CliRunner().invoke(
+        main,
+        ["fetch-data", "--from", str(src), "--dest", "data/mitdb", "--params", str(PARAMS)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "in DVC's cache, matching data.dvc" in result.output
+    assert list(Path(".dvc/cache").rglob("*")), "the data went into DVC's cache"
