@@ -19,8 +19,8 @@ $(VENV)/.installed: pyproject.toml
 ## Fetch MIT-BIH (from $$MITDB_DIR, else PhysioNet), verify it, and run the DVC pipeline.
 repro: setup
 	sibeatgan fetch-data
-	# a copy of the tree without .git: DVC works without git there
-	git rev-parse --is-inside-work-tree >/dev/null 2>&1 || dvc config --local core.no_scm true
+	# a copy of the tree without its own .git: DVC works without git there
+	[ "$$(git rev-parse --show-toplevel 2>/dev/null)" = "$$(pwd -P)" ] || dvc config --local core.no_scm true
 	dvc repro
 
 ## Unit tests; the integration tests also run when MITDB_DIR points at the records.

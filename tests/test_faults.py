@@ -4,6 +4,7 @@ clear line (naming the problem and the fix), runs no code from a file, and loses
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -122,6 +123,14 @@ def test_planted_prepared_array_runs_nothing_and_is_named(trained, tmp_path):
     np.save(path, np.array([{"x": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(UnsafeFileError, match=str(path)):
         load_prepared("prepared")
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a checkpoint\n", b"PK\x03\x04 cut"])
+def test_damaged_files_are_one_named_error(tmp_path, content):
+    for name, load in (("G.pt", io.load_state_dict), ("beats.npy", io.load_npy)):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(UnsafeFileError, match=str(tmp_path / name)):
+            load(tmp_path / name)
 
 
 def test_a_training_state_loads_as_plain_tensors(trained):
@@ -270,12 +279,19 @@ def test_duplicate_records_are_refused():
         with_overrides(load_params(PARAMS), ["preprocess.records=[100, 101, 100]"])
 
 
-def test_a_beat_in_two_parts_is_refused():
+def test_a_beat_in_two_parts_is_refused(tiny_params):
     records = np.array([100, 100, 101], np.int16)
     samples = np.array([5, 5, 5], np.int32)
     check_parts_disjoint(records, samples, np.array([0, 0, 2]))  # same part: no leak
     with pytest.raises(ValueError, match="1 beats .* fall in two split parts"):
         check_parts_disjoint(records, samples, np.array([0, 2, 2]))
+    # preprocessing itself checks, even if params slipped past validation
+    twice = dataclasses.replace(
+        tiny_params, preprocess=dataclasses.replace(tiny_params.preprocess, records=[100, 100])
+    )
+    with pytest.raises(ValueError, match="fall in two split parts"):
+        run_preprocess(twice)
+    assert not Path(twice.data.prepared_dir, "split.npy").exists(), "nothing written"
 
 
 # --- Bad input: one line ----------------------------------------------------------------
@@ -289,8 +305,9 @@ def test_malformed_params_file_is_one_line_with_file_and_line(tmp_path):
     assert f"{bad}: line 4" in result.output and len(result.output.strip().splitlines()) == 1
 
 
-def test_malformed_override_is_one_line():
-    result = CliRunner().invoke(main, ["preprocess", "-S", "train.lr=[1,"])
+def test_malformed_override_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["preprocess", "--params", str(PARAMS), "-S", "train.lr=[1,"])
     assert result.exit_code == 1
     assert "train.lr=[1," in result.output and len(result.output.strip().splitlines()) == 1
 
@@ -317,8 +334,9 @@ def test_malformed_override_is_one_line():
         ("evaluate.curve_points=1", "evaluate.curve_points"),
     ],
 )
-def test_every_param_is_checked_up_front(override, named):
-    result = CliRunner().invoke(main, ["preprocess", "-S", override])
+def test_every_param_is_checked_up_front(override, named, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # were a check to slip, nothing of the repository is touched
+    result = CliRunner().invoke(main, ["preprocess", "--params", str(PARAMS), "-S", override])
     assert result.exit_code == 1, result.output
     assert result.output.startswith(f"Error: {named}")
     assert len(result.output.strip().splitlines()) == 1
@@ -328,11 +346,28 @@ def test_every_param_is_checked_up_front(override, named):
     "missing, command", [("student", "train-student"), ("teacher", "train-teacher")]
 )
 def test_evaluate_checks_every_model_before_writing(trained, missing, command):
+    """The teacher is evaluated first: a missing or damaged student must stop it too."""
     shutil.rmtree(Path("models") / missing)
     with pytest.raises(FileNotFoundError, match=f"sibeatgan {command}"):
         evaluate(trained)
     assert not Path("metrics/evaluate.json").exists()
     assert not list(Path("plots").glob("*_scores.png")), "no plot of the other model either"
+
+
+def test_evaluate_refuses_a_damaged_student_before_writing(trained, tmp_path):
+    plant(Path("models/student/G.pt"), tmp_path / "ran")
+    with pytest.raises(UnsafeFileError, match="models/student/G.pt"):
+        evaluate(trained)
+    assert not (tmp_path / "ran").exists()
+    assert not Path("metrics/evaluate.json").exists()
+    assert not list(Path("plots").glob("*_scores.png")) and not list(
+        Path("plots").glob("*_roc.csv")
+    )
+
+
+def test_a_teacher_of_another_network_is_one_line(trained):
+    with pytest.raises(ValueError, match=r"models/teacher holds another network \(model.width"):
+        train_model(with_overrides(trained, ["model.width=8"]), "student")
 
 
 # --- Interrupted writes -----------------------------------------------------------------
@@ -403,6 +438,7 @@ def test_read_only_folder_is_one_line(trained):
     finally:
         Path("models/teacher").chmod(0o755)
     assert result.exit_code == 1 and "cannot write to models/teacher" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_fetch_data_in_a_copy_without_git(tmp_path, monkeypatch):
@@ -440,3 +476,12 @@ def test_fetch_data_in_a_copy_without_git(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "in DVC's cache, matching data.dvc" in result.output
     assert list(Path(".dvc/cache").rglob("*")), "the data went into DVC's cache"
+
+
+def test_a_copy_inside_another_checkout_is_not_a_git_tree(tmp_path):
+    from sibeatgan.fetch import in_git_work_tree
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "copy").mkdir()
+    assert in_git_work_tree(tmp_path)
+    assert not in_git_work_tree(tmp_path / "copy"), "DVC would look for its files elsewhere"

@@ -101,7 +101,7 @@ def test_a_teacher_trained_with_other_params_is_not_reused(tiny_params, mlflow_s
 
     fit = next(work.glob("*/teacher/**/fit.json"))
     written = json.loads(fit.read_text())
-    del written["recipe"]["train"]["d_noise"]  # as if the knob came after the teacher
+    del written["recipe"]["train"]["augment_copies"]  # as if the knob came after the teacher
     fit.write_text(json.dumps(written))
     later = run_variant(tiny_params, "kd", 0, 0, "intra", work, runs, ("train.lr=0.001",))
     assert later["teacher_run_id"] == other["teacher_run_id"], "a new knob at its default"
@@ -120,12 +120,17 @@ def test_a_summary_counts_as_done_only_for_the_same_recipe(tiny_params):
     assert not summary_is_current(kd, lr) and not summary_is_current(teacher, lr)
     weight = with_overrides(tiny_params, ["student.kd_weight=2"])
     assert not summary_is_current(kd, weight) and summary_is_current(teacher, weight)
-    del kd["params"]["train"]["d_noise"]  # a knob added after the run, at its default
+    del kd["params"]["train"]["augment_copies"]  # a knob added after the run, at its default
     assert summary_is_current(kd, tiny_params)
-    kd["params"]["train"]["d_noise"] = 0.1
+    kd["params"]["train"]["augment_copies"] = 1
+    assert not summary_is_current(kd, tiny_params)
+    kd["params"]["train"]["augment_copies"] = 0
+    kd["params"]["train"]["d_noise"] = 0.0  # a knob removed since, left off by the run
+    assert summary_is_current(kd, tiny_params)
+    kd["params"]["train"]["d_noise"] = 0.1  # ... or on: that run trained another way
     assert not summary_is_current(kd, tiny_params)
     kd["params"]["train"]["d_noise"] = 0.0
-    kd["params"]["train"]["removed_knob"] = 1
+    kd["params"]["train"]["unknown_knob"] = 1
     assert not summary_is_current(kd, tiny_params)
 
 

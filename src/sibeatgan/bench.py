@@ -118,11 +118,12 @@ def our_steps(x: np.ndarray, batch_size: int, precision: str, seed: int = 0):
     data = torch.from_numpy(x)
     device = torch.device("cpu")
 
+    amp = autocast(device, precision)
+
     def run(n_steps: int) -> None:
         for i in range(n_steps):
             start = (i * batch_size) % (len(data) - batch_size)
-            with autocast(device, precision):
-                train_step(g, d, opt_g, opt_d, data[start : start + batch_size], 1.0)
+            train_step(g, d, opt_g, opt_d, data[start : start + batch_size], 1.0, amp=amp)
 
     return run
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from sibeatgan.config import read_yaml
 from sibeatgan.io import ensure_writable
 
 PHYSIONET_DB = "mitdb"
@@ -98,24 +99,25 @@ def fetch(dest: Path, source: Path | None = None) -> dict[str, int]:
 
 
 def in_git_work_tree(root: Path) -> bool:
+    """Whether `root` is the top of a git checkout (a copy of the tree inside some other
+    repository is not: DVC would look for its files there)."""
     try:
         done = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"],
+            ["git", "-C", str(root), "rev-parse", "--show-toplevel"],
             capture_output=True,
             text=True,
         )
     except OSError:  # no git on this machine
         return False
-    return done.returncode == 0 and done.stdout.strip() == "true"
+    top = done.stdout.strip()
+    return done.returncode == 0 and bool(top) and Path(top).resolve() == root.resolve()
 
 
 def commit_to_dvc(dest: Path, root: Path = Path(".")) -> str | None:
     """If a .dvc file at `root` tracks `dest`, put the verified files into DVC's cache (what
     `dvc pull` would have done), so `dvc status` reports nothing changed. Returns that file."""
-    import yaml
-
     for dvcfile in sorted(f for f in root.glob("*.dvc") if f.is_file()):
-        outs = (yaml.safe_load(dvcfile.read_text()) or {}).get("outs", [])
+        outs = (read_yaml(dvcfile) or {}).get("outs", [])
         if any((root / o.get("path", "")).resolve() == dest.resolve() for o in outs):
             from dvc.repo import Repo
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from filelock import FileLock, Timeout
+from numpy._core.multiarray import scalar
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI starts without it
     import torch
@@ -26,7 +27,15 @@ class UnsafeFileError(ValueError):
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process's umask, read without changing it (os.umask would set it for a moment,
+    and another thread creating a file then would get mode 0666)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc: the portable way
     os.umask(mask)
     return mask
 
@@ -59,15 +68,15 @@ def exclusive_folder(folder: Path, what: str) -> Iterator[None]:
     output, stays as it is) for the block; if another process holds it, stop at once with its
     pid. The lock is the operating system's (flock): it goes with its process, even on kill -9."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(folder.parent / f".{folder.name}.lock")
-    owner = folder.parent / f".{folder.name}.lock.pid"
+    real = folder.resolve()  # one lock whatever path (a symlink, a relative one) names it
+    lock = FileLock(real.parent / f".{real.name}.lock")
+    owner = real.parent / f".{real.name}.lock.pid"
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        pid = owner.read_text().strip() if owner.exists() else "unknown"
         raise FolderBusyError(
-            f"{folder} is in use by another {what} (pid {pid}); wait for it to finish or stop "
-            "it, or write to another folder"
+            f"{folder} is in use by another {what} ({_holder(owner)}); wait for it to finish "
+            "or stop it, or write to another folder"
         ) from None
     try:
         write_text(owner, f"{os.getpid()}\n")
@@ -75,6 +84,17 @@ def exclusive_folder(folder: Path, what: str) -> Iterator[None]:
     finally:
         owner.unlink(missing_ok=True)
         lock.release()
+
+
+def _holder(owner: Path) -> str:
+    """`pid N` of the lock's holder, as far as its pid file tells (it is written just after
+    the lock is taken, so for a moment it may be missing or name an earlier holder)."""
+    try:
+        pid = int(owner.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return "pid not known yet"
+    return f"pid {pid}"
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
@@ -108,7 +128,13 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err.msg} at line {err.lineno}); it was damaged: "
+            "delete it and run the step that writes it again"
+        ) from None
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -153,7 +179,7 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
 # numpy scalars (a float64 learning rate in a schedule's state) are plain values too: they are
 # rebuilt from a dtype and raw bytes, which runs no code
 _NUMPY_SCALARS = [
-    np._core.multiarray.scalar,
+    scalar,
     np.dtype,
     *(type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")),
 ]
@@ -173,7 +199,7 @@ def load_tensors(path: str | Path) -> Any:
             f"{path} holds objects other than tensors (loading it could run code), so it was "
             "not loaded; delete it and train again"
         ) from None
-    except (EOFError, RuntimeError, OSError) as err:
+    except Exception as err:  # truncated, not a torch file, unreadable: torch fails many ways
         why = str(err).strip().splitlines()[0][:100] if str(err).strip() else type(err).__name__
         raise UnsafeFileError(f"{path} cannot be read ({why}); delete it and train again") from None
 
@@ -197,6 +223,10 @@ def load_npy(path: str | Path) -> np.ndarray:
     except ValueError as err:
         raise UnsafeFileError(
             f"{path} is not a plain numeric array ({err}); run `sibeatgan preprocess` again"
+        ) from None
+    except Exception as err:  # empty, truncated, a zip where an array should be, unreadable
+        raise UnsafeFileError(
+            f"{path} cannot be read ({err or 'empty'}); run `sibeatgan preprocess` again"
         ) from None
 
 

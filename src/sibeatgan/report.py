@@ -173,13 +173,9 @@ def run_cell(row: dict) -> str:
 
 def prefix_equals_shorter_run(params: dict) -> bool:
     """Whether the first k epochs of a run are what a k-epoch run of its recipe trains: true
-    for a constant learning rate with no knob annealed over the whole run."""
+    for a constant learning rate with no warm-up."""
     train = params["train"]
-    return (
-        train["lr_schedule"] == "constant"
-        and not train.get("warmup_steps")
-        and not train.get("d_noise")
-    )
+    return train["lr_schedule"] == "constant" and not train.get("warmup_steps")
 
 
 def budget_curve(runs: dict[int, dict]) -> list[dict] | None:

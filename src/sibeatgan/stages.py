@@ -10,7 +10,7 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from sibeatgan import plots, registry, tracking, train_state
-from sibeatgan.config import ConfigError, Params, params_from_dict
+from sibeatgan.config import ConfigError, Params, describe_changes, params_from_dict
 from sibeatgan.distill import Distiller
 from sibeatgan.io import (
     UnsafeFileError,
@@ -82,14 +82,12 @@ def data_differences(info: dict, p: Params) -> str:
         return "data not recorded by the version that trained it"
     if model_data_key(info) == (prepared_key(p), p.data.channels):
         return ""
-    trained = params_from_dict(info["recipe"])
-    before, after = trained.flat(), p.flat()
-    keys = [k for k in after if k.split(".")[0] in ("data", "preprocess")]
-    skip = {"data.mitdb_dir", "data.prepared_dir", "preprocess.workers"}
-    changed = [
-        f"{k} {before[k]} -> {after[k]}" for k in keys if k not in skip and before[k] != after[k]
-    ]
-    return ", ".join(changed) or "the prepared data"
+    trained, now = tracking.recipe(params_from_dict(info["recipe"])), tracking.recipe(p)
+    sections = ("data", "preprocess")
+    return (
+        describe_changes({k: trained[k] for k in sections}, {k: now[k] for k in sections})
+        or "the prepared data"
+    )
 
 
 def check_model_data(model_dir: Path, info: dict, p: Params, role: str) -> None:
@@ -102,8 +100,22 @@ def check_model_data(model_dir: Path, info: dict, p: Params, role: str) -> None:
         )
 
 
-def load_generator(model_dir: Path, device: torch.device | str = "cpu") -> Generator:
-    info = trained_model_info(model_dir)
+def check_teacher_shape(teacher_dir: Path, info: dict, p: Params) -> None:
+    """Refuse a teacher whose network is not the one `p` describes (a student's width and
+    feature projections are derived from model.width and model.nz)."""
+    shape = {"model": {"width": info["width"], "nz": info["nz"]}}
+    changed = describe_changes(shape, {"model": {"width": p.model.width, "nz": p.model.nz}})
+    if changed:
+        raise ValueError(
+            f"{teacher_dir} holds another network ({changed}); train the teacher with these "
+            "params (`sibeatgan train-teacher`), or train the student with the teacher's"
+        )
+
+
+def load_generator(
+    model_dir: Path, device: torch.device | str = "cpu", role: str = "teacher"
+) -> Generator:
+    info = trained_model_info(model_dir, role)
     g = Generator(info["nc"], info["nz"], info["width"])
     g.load_state_dict(load_state_dict(model_dir / "G.pt"))
     return g.to(device).eval()
@@ -163,13 +175,16 @@ def _train_locked(
     device = pick_device()
     width = p.model.width if role == "teacher" else student_width(p)
     g, d = build_models(nc, p.model.nz, width, p.seed, d_norm=p.model.d_norm)
-    distiller, extra_tags, teacher_info = None, {}, {}
+    distiller, extra_tags = None, {}
     if role == "student":
         teacher_dir = teacher_dir or layout.model_dir("teacher")
         teacher_info = trained_model_info(teacher_dir, "teacher")
         check_model_data(teacher_dir, teacher_info, p, "teacher")
+        check_teacher_shape(teacher_dir, teacher_info, p)
         teacher = load_generator(teacher_dir, device)
         extra_tags["teacher_run_id"] = teacher_info.get("run_id") or ""
+        # a student belongs to the teacher it learnt from, whatever its own train.* values
+        extra_tags["teacher_config"] = teacher_info["teacher_config"]
         if p.student.init_from_teacher:
             g.load_state_dict(teacher.state_dict())
             d.load_state_dict(load_state_dict(teacher_dir / "D.pt"))
@@ -242,12 +257,7 @@ def _train_locked(
             "width": width,
             "run_id": run.info.run_id,
             "model_uri": model_uri,
-            # a student belongs to the teacher it learnt from, whatever its own train.* values
-            "teacher_config": (
-                teacher_info["teacher_config"]
-                if role == "student"
-                else tracking.teacher_config_key(p)
-            ),
+            "teacher_config": extra_tags.get("teacher_config", tracking.teacher_config_key(p)),
             "recipe": tracking.recipe(p, role),
             "data_key": prepared_key(p),
         }
@@ -291,43 +301,30 @@ def _state_differences(meta: dict, p: Params, role: str, tags: dict[str, str]) -
     """What differs between a stopped training and a training of `p` (empty: it resumes),
     e.g. `seed 0 -> 1`. Knobs added since the state was written take their defaults."""
     try:
-        before = _flatten(tracking.recipe(params_from_dict(meta.get("params", {})), role))
+        before = tracking.recipe(params_from_dict(meta.get("params", {})), role)
     except ConfigError:
         return "a parameter that no longer exists"
-    after = _flatten(tracking.recipe(p, role))
-    changed = [f"{k} {before.get(k)} -> {v}" for k, v in after.items() if before.get(k) != v]
-    changed += [f"{k} {meta.get(k)} -> {v}" for k, v in tags.items() if meta.get(k) != v]
-    return ", ".join(changed)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    """Nested dicts as `a.b -> value`."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+    changed = describe_changes(before, tracking.recipe(p, role))
+    tagged = describe_changes({k: meta.get(k) for k in tags}, tags)
+    return ", ".join(c for c in (changed, tagged) if c)
 
 
 def evaluate(p: Params, layout: Layout = DEFAULT_LAYOUT, roles: tuple[str, ...] = ROLES) -> dict:
     """Test metrics of each model, curves for `dvc plots`, figures, and the registry update."""
-    infos = {}
-    for role in roles:  # everything is checked before anything is written
+    device = pick_device()
+    generators = {}
+    for role in roles:  # every model is checked and loaded before anything is written
         model_dir = layout.model_dir(role)
-        infos[role] = trained_model_info(model_dir, role)
-        check_model_data(model_dir, infos[role], p, role)
+        check_model_data(model_dir, trained_model_info(model_dir, role), p, role)
+        generators[role] = load_generator(model_dir, device, role)
     ensure_writable(layout.metrics_dir, layout.plots_dir)
     set_threads(p)
     data = load_checked(p)
     nc = p.data.channels
     val_x, val_cls = data.part(VAL, nc)
     test_x, test_cls = data.part(TEST, nc)
-    device = pick_device()
     reports, curves = {}, {}
-    for role in roles:
-        g = load_generator(layout.model_dir(role), device)
+    for role, g in generators.items():
         val_s = score(g, val_x, p.train.score_batch_size)
         test_s = score(g, test_x, p.train.score_batch_size)
         report = detection_report(val_cls, val_s, test_cls, test_s)

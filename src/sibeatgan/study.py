@@ -97,14 +97,6 @@ VARIANTS: dict[str, Variant] = {
     "mimic": Variant(
         "student", (*_STUDENT, "student.mimic=true"), "also learns the teacher's reconstructions"
     ),
-    # the mimic term adds a second reconstruction target and so halves the adversarial term's
-    # relative weight; here the two targets share the reconstruction weight of 1 instead
-    "mimic_blend": Variant(
-        "student",
-        (*_STUDENT, "student.mimic=true", "student.mimic_weight=0.5", "train.w_rec=0.5"),
-        "learns the midpoint of the beat and the teacher's reconstruction (reconstruction weight "
-        "kept at 1)",
-    ),
     "compact_kd": Variant(
         "student",
         (*_STUDENT, "student.kd=true", "student.width_mult=0.5"),
@@ -368,7 +360,7 @@ def run_variant(
         )
         mlflow.MlflowClient(tracking.setup()).set_tag(info["run_id"], "variant", variant)
     history = info.pop("history")
-    g = load_generator(layout.model_dir(role))
+    g = load_generator(layout.model_dir(role), role=role)
     test_x, _ = data.part(TEST, p.data.channels)
     summary = {
         "variant": variant,

@@ -63,8 +63,8 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     return nullcontext()
 
 
-def make_optimizer(params, cfg: TrainCfg, lr_ratio: float = 1.0) -> torch.optim.Adam:
-    return torch.optim.Adam(params, lr=cfg.lr * lr_ratio, betas=(cfg.beta1, cfg.beta2))
+def make_optimizer(params, cfg: TrainCfg) -> torch.optim.Adam:
+    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
 def make_schedule(opt: torch.optim.Optimizer, cfg: TrainCfg, total_steps: int):
@@ -112,11 +112,6 @@ def _epoch_data(base: torch.Tensor, train_x: np.ndarray, cfg: TrainCfg, rng) -> 
     return torch.cat([base] + [w.to(base.device) for w in warped])
 
 
-def _anneal(step: int, steps: int) -> float:
-    """1 at the game's first step, falling linearly to 0 at its last."""
-    return min(max(1.0 - step / steps, 0.0), 1.0)
-
-
 def fit(
     g: Generator,
     d: Discriminator,
@@ -147,13 +142,12 @@ def fit(
     val_t = torch.from_numpy(np.ascontiguousarray(val_x)).to(device)
     g_params = list(g.parameters()) + (list(distiller.parameters()) if distiller else [])
     opt_g = make_optimizer([p for p in g_params if p.requires_grad], cfg)
-    opt_d = make_optimizer(d.parameters(), cfg, cfg.d_lr_ratio)
+    opt_d = make_optimizer(d.parameters(), cfg)
     steps_per_epoch = len(train_x) * (1 + cfg.augment_copies) // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
-    # D's schedule (warm-up included) starts with the game, after G's pre-training
     sched_g = make_schedule(opt_g, cfg, total_steps)
-    game_steps = max(total_steps - cfg.pretrain_g_steps, 1)
-    sched_d = make_schedule(opt_d, cfg, game_steps)
+    sched_d = make_schedule(opt_d, cfg, total_steps)
+    amp = autocast(device, precision)
     ema = AveragedModel(g, avg_fn=ema_avg(cfg.ema), use_buffers=True) if cfg.ema > 0 else None
     parts = {"g": g, "d": d, "opt_g": opt_g, "opt_d": opt_d, "sched_g": sched_g, "sched_d": sched_d}
     parts |= {"ema": ema} if ema is not None else {}
@@ -177,27 +171,12 @@ def fit(
         bar = tqdm(range(n_batches), desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="batch")
         for b in bar:
             x = data[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
-            with autocast(device, precision):
-                gan = progress.step >= cfg.pretrain_g_steps
-                losses = train_step(
-                    g,
-                    d if gan else None,
-                    opt_g,
-                    opt_d,
-                    x,
-                    cfg.w_adv,
-                    distiller,
-                    cfg.d_real_label,
-                    w_rec=cfg.w_rec,
-                    d_noise=cfg.d_noise * _anneal(progress.step - cfg.pretrain_g_steps, game_steps),
-                    d_skip_below=cfg.d_skip_below,
-                )
+            losses = train_step(g, d, opt_g, opt_d, x, cfg.w_adv, distiller, amp)
             sched_g.step()
-            if gan:
-                sched_d.step()
+            sched_d.step()
             if ema is not None:
                 ema.update_parameters(g)
-            if losses.get("d", float("inf")) < cfg.d_reset_below:
+            if losses["d"] < cfg.d_reset_below:
                 init_weights(d)
                 opt_d.state.clear()  # fresh Adam moments for the fresh D
                 progress.d_resets += 1
@@ -254,57 +233,68 @@ def fit(
     )
 
 
+def d_step(
+    d: Discriminator, opt_d: torch.optim.Optimizer, x: torch.Tensor, x_rec: torch.Tensor, amp
+) -> float:
+    """D learns real beats from reconstructions. x' is detached: D's loss never reaches G."""
+    with amp:
+        real_logits = d.classify(d.features(x))
+        fake_logits = d.classify(d.features(x_rec.detach()))
+        loss_d = F.binary_cross_entropy_with_logits(
+            real_logits, torch.ones_like(real_logits)
+        ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+    return loss_d.item()
+
+
+def g_step(
+    g: Generator,
+    d: Discriminator,
+    opt_g: torch.optim.Optimizer,
+    x: torch.Tensor,
+    x_rec: torch.Tensor,
+    maps: list[torch.Tensor],
+    rec: torch.Tensor,
+    w_adv: float,
+    distiller: Distiller | None,
+    amp,
+) -> dict[str, torch.Tensor]:
+    """G learns to reconstruct and to match D's features of real beats (and the distillation
+    terms). D's parameters are frozen meanwhile, so no gradient is computed for them."""
+    d.requires_grad_(False)
+    with amp:
+        with torch.no_grad():
+            feat_real = d.features(x)
+        terms = {"rec": rec}
+        terms["adv"] = w_adv * F.mse_loss(d.features(x_rec).float(), feat_real.float())
+        if distiller is not None:
+            terms.update(distiller.losses(x, x_rec.float(), maps))
+        loss_g = sum(terms.values())
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    d.requires_grad_(True)
+    return {"g": loss_g, **terms}
+
+
 def train_step(
     g: Generator,
-    d: Discriminator | None,
+    d: Discriminator,
     opt_g: torch.optim.Optimizer,
     opt_d: torch.optim.Optimizer,
     x: torch.Tensor,
     w_adv: float,
     distiller: Distiller | None = None,
-    real_label: float = 1.0,
-    d_noise: float = 0.0,
-    d_skip_below: float = 0.0,
-    w_rec: float = 1.0,
+    amp: AbstractContextManager | None = None,
 ) -> dict[str, float]:
-    """One D step then one G step. x' is detached for D, so D's loss never reaches G; D's
-    parameters are frozen during the G step, so no gradient is computed for them there.
-    `real_label` < 1 is one-sided label smoothing: D is never asked for full confidence.
-    `d_noise` > 0 adds Gaussian instance noise of that std to D's inputs in D's step, so D cannot
-    win on details finer than the noise; D skips its update while its loss is below
-    `d_skip_below`, so a D that already wins does not run further ahead of G. `w_rec` weighs
-    the reconstruction term (with the mimic term, a target between the beat and the teacher's
-    reconstruction: w_rec 0.5 and mimic weight 0.5 regress onto their midpoint).
-    Without D (G's pre-training), only G's reconstruction (and distillation) terms."""
-    x_rec, maps = g.forward_with_features(x)
-    out: dict[str, float] = {}
-    terms = {"rec": w_rec * F.mse_loss(x_rec.float(), x)}
-    if d is not None:
-        real_in, fake_in = x, x_rec.detach()
-        if d_noise > 0:
-            real_in = real_in + d_noise * torch.randn_like(real_in)
-            fake_in = fake_in + d_noise * torch.randn_like(fake_in)
-        real_logits = d.classify(d.features(real_in))
-        fake_logits = d.classify(d.features(fake_in))
-        loss_d = F.binary_cross_entropy_with_logits(
-            real_logits, torch.full_like(real_logits, real_label)
-        ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-        out["d"] = loss_d.item()
-        if out["d"] >= d_skip_below:
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-
-        d.requires_grad_(False)
-        with torch.no_grad():
-            feat_real = d.features(x)
-        terms["adv"] = w_adv * F.mse_loss(d.features(x_rec).float(), feat_real.float())
-    if distiller is not None:
-        terms.update(distiller.losses(x, x_rec.float(), maps))
-    loss_g = sum(terms.values())
-    opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    opt_g.step()
-    if d is not None:
-        d.requires_grad_(True)
-    return {**out, "g": loss_g.item(), **{k: v.item() for k, v in terms.items()}}
+    """One D step then one G step on the batch `x`. `amp` (autocast) wraps the forward passes
+    and losses only; backward passes and optimiser steps run outside it."""
+    amp = amp or nullcontext()
+    with amp:
+        x_rec, maps = g.forward_with_features(x)
+        rec = F.mse_loss(x_rec.float(), x)
+    loss_d = d_step(d, opt_d, x, x_rec, amp)
+    terms = g_step(g, d, opt_g, x, x_rec, maps, rec, w_adv, distiller, amp)
+    return {"d": loss_d, **{k: v.item() for k, v in terms.items()}}
