@@ -25,9 +25,9 @@ repro: setup
 
 ## Unit tests; the integration tests also run when MITDB_DIR points at the records.
 test: setup
-	ruff check src tests
-	ruff format --check src tests
+	ruff check src tests research
+	ruff format --check src tests research
 	pytest -q -ra
 
 lint: setup
-	ruff check src tests && ruff format --check src tests
+	ruff check src tests research && ruff format --check src tests research

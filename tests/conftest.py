@@ -88,6 +88,10 @@ def tiny_params(synthetic_mitdb: Path, tmp_path: Path) -> Params:
             "train.batch_size=16",
             "train.log_every=2",
             "train.threads=1",
+            "train.lr=1e-4",  # the paper's optimiser: tiny runs learn something in 2 epochs
+            "train.ema=0",
+            "train.lr_schedule=constant",
+            "train.warmup_steps=0",
         ],
     )
 

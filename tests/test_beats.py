@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 from conftest import write_record
 
-from sibeatgan.beats import CLASS_OF_SYMBOL, extract_beats, near_detection, normalise, read_record
+from sibeatgan.data.beats import (
+    CLASS_OF_SYMBOL,
+    extract_beats,
+    near_detection,
+    normalise,
+    read_record,
+)
 
 ARGS = dict(band_hz=[3.0, 45.0], taps=109, before=140, after=180, qrs_tolerance=10)
 

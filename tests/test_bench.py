@@ -2,9 +2,9 @@ import json
 
 from click.testing import CliRunner
 
-from sibeatgan.bench import conv_macs, step_flops
+from sibeatgan.bench import step_flops
 from sibeatgan.cli import main
-from sibeatgan.models import build_models
+from sibeatgan.models import build_models, conv_macs
 
 KEYS = {
     "reference_samples_per_s",

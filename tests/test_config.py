@@ -52,3 +52,10 @@ def test_init_from_teacher_needs_same_width():
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_params_yaml_is_the_one_source_of_defaults():
+    """The code's defaults are params.yaml's values: no second set of defaults to drift."""
+    from pathlib import Path
+
+    assert Params() == load_params(Path(__file__).resolve().parents[1] / "params.yaml")

@@ -6,9 +6,10 @@ import torch
 from test_train import cfg, toy_data
 
 from sibeatgan.config import StudentCfg
-from sibeatgan.distill import Distiller, beat_scores, kd_loss, rank_loss, scale_scores
+from sibeatgan.evaluation.scoring import beat_scores
 from sibeatgan.models import build_models
-from sibeatgan.train import fit
+from sibeatgan.training.distill import Distiller, kd_loss, rank_loss, scale_scores
+from sibeatgan.training.loop import fit
 
 
 def teacher_and_student(width_mult=1.0, **student):

@@ -3,7 +3,7 @@
 import mlflow
 from mlflow import MlflowClient
 
-from sibeatgan.experiment import run_experiment
+from sibeatgan.pipeline.experiment import run_experiment
 
 
 def teacher_runs(client):

@@ -19,14 +19,15 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from sibeatgan import io, tracking, train_state
+from sibeatgan import io, tracking
 from sibeatgan.cli import main
 from sibeatgan.config import ConfigError, load_params, with_overrides
+from sibeatgan.data.preprocess import check_parts_disjoint, load_prepared, run_preprocess
 from sibeatgan.io import FolderBusyError, UnsafeFileError, exclusive_folder, read_json
-from sibeatgan.layout import Layout
-from sibeatgan.preprocess import check_parts_disjoint, load_prepared, run_preprocess
-from sibeatgan.registry import promote
-from sibeatgan.stages import evaluate, load_generator, train_model
+from sibeatgan.pipeline.layout import Layout
+from sibeatgan.pipeline.stages import evaluate, load_generator, train_model
+from sibeatgan.tracking.registry import promote
+from sibeatgan.training import state as train_state
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
@@ -447,7 +448,7 @@ def test_fetch_data_in_a_copy_without_git(tmp_path, monkeypatch):
 
     from dvc.repo import Repo
 
-    from sibeatgan import fetch as fetch_mod
+    from sibeatgan.data import fetch as fetch_mod
 
     files = {"100.hea": b"header\r\n", "100.dat": b"\x00\x01" * 50, "RECORDS": b"100\n"}
     src = tmp_path / "src"
@@ -479,7 +480,7 @@ def test_fetch_data_in_a_copy_without_git(tmp_path, monkeypatch):
 
 
 def test_a_copy_inside_another_checkout_is_not_a_git_tree(tmp_path):
-    from sibeatgan.fetch import in_git_work_tree
+    from sibeatgan.data.fetch import in_git_work_tree
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     (tmp_path / "copy").mkdir()

@@ -4,8 +4,8 @@ import os
 import pytest
 from conftest import mitdb_dir
 
-from sibeatgan import fetch as fetch_mod
-from sibeatgan.fetch import DataError, expected_digests, fetch
+from sibeatgan.data import fetch as fetch_mod
+from sibeatgan.data.fetch import DataError, expected_digests, fetch
 
 
 def test_digest_list_is_physionets():

@@ -4,8 +4,8 @@ import json
 
 from mlflow import MlflowClient
 
-from sibeatgan.grid import Task, Where, _ready, plan, run_tasks
-from sibeatgan.study import STUDY_EXPERIMENT
+from sibeatgan.study.grid import Task, Where, _ready, plan, run_tasks
+from sibeatgan.study.runs import STUDY_EXPERIMENT
 
 
 def test_a_seed_without_its_teacher_trains_it_before_its_students(tiny_params, tmp_path):

@@ -20,7 +20,7 @@ import wfdb
 import yaml
 from conftest import REPO, mitdb_dir
 
-from sibeatgan.beats import CLASS_OF_SYMBOL, CLASSES
+from sibeatgan.data.beats import CLASS_OF_SYMBOL, CLASSES
 
 pytestmark = [
     pytest.mark.integration,

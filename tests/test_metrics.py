@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
 
-from sibeatgan.metrics import best_f1_threshold, detection_report, roc_points, thinned_curve
+from sibeatgan.evaluation.metrics import (
+    best_f1_threshold,
+    detection_report,
+    roc_points,
+    thinned_curve,
+)
 
 
 def test_threshold_is_chosen_on_val_not_test():

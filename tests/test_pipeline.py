@@ -6,11 +6,11 @@ import torch
 from mlflow import MlflowClient
 
 from sibeatgan.config import with_overrides
+from sibeatgan.data.preprocess import run_preprocess
 from sibeatgan.io import read_json
-from sibeatgan.layout import Layout
-from sibeatgan.preprocess import run_preprocess
-from sibeatgan.registry import promote
-from sibeatgan.stages import evaluate, train_model
+from sibeatgan.pipeline.layout import Layout
+from sibeatgan.pipeline.stages import evaluate, train_model
+from sibeatgan.tracking.registry import promote
 
 
 @pytest.fixture

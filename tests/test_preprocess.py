@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from sibeatgan.config import with_overrides
+from sibeatgan.data.preprocess import ARRAYS, load_prepared, prepared_key, run_preprocess
 from sibeatgan.io import read_json
-from sibeatgan.preprocess import ARRAYS, load_prepared, prepared_key, run_preprocess
 
 
 def digests(folder):

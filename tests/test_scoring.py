@@ -1,8 +1,8 @@
 import numpy as np
 import torch
 
+from sibeatgan.evaluation.scoring import score
 from sibeatgan.models import build_models
-from sibeatgan.scoring import score
 
 
 def test_compiled_scoring_gives_the_same_scores_and_leaves_g_alone():

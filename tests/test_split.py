@@ -1,6 +1,6 @@
 import numpy as np
 
-from sibeatgan.split import DS1, DS2, TEST, TRAIN, VAL, inter_patient, intra_patient
+from sibeatgan.data.split import DS1, DS2, TEST, TRAIN, VAL, inter_patient, intra_patient
 
 
 def labels(n_normal=1003, abnormal=(37, 71, 9, 3)):

@@ -13,8 +13,8 @@ from scipy import stats
 
 from sibeatgan.cli import main
 from sibeatgan.config import with_overrides
-from sibeatgan.plots import folds_figure
-from sibeatgan.report import (
+from sibeatgan.study.figures import folds_figure
+from sibeatgan.study.report import (
     build_results,
     current_and_stale,
     markdown,
@@ -22,7 +22,7 @@ from sibeatgan.report import (
     same_teacher,
     write_report,
 )
-from sibeatgan.study import (
+from sibeatgan.study.runs import (
     STUDY_EXPERIMENT,
     device_name,
     git_commit,
@@ -345,7 +345,7 @@ def test_the_summary_commit_says_when_the_code_was_not_committed(tmp_path, monke
 
 def _stopping_monitor(monkeypatch, at_epoch: int) -> None:
     """Make the next study run stop (as Ctrl-C would) while scoring epoch `at_epoch`."""
-    import sibeatgan.study as study
+    import sibeatgan.study.runs as study
 
     real = study.epoch_monitor
 
@@ -440,7 +440,7 @@ def _run_with(history_aucs, schedule="constant"):
 
 
 def test_budget_curve_scores_the_val_pick_among_the_first_k_epochs():
-    from sibeatgan.report import budget_curve
+    from sibeatgan.study.report import budget_curve
 
     # seed 0 peaks on val at epoch 2 of the first 4, and at epoch 6 overall
     s0 = _run_with([(0.1, 0.5), (0.9, 0.7), (0.2, 0.9), (0.3, 0.9), (0.4, 0.1), (0.95, 0.8)])
@@ -475,7 +475,7 @@ def test_the_augmented_teacher_gets_the_same_number_of_steps(tiny_params, epochs
     ],
 )
 def test_the_answers_say_whether_the_teacher_reaches_its_target(auc, expected):
-    from sibeatgan.report import answers
+    from sibeatgan.study.report import answers
 
     runs = [_summary("teacher", s, auc, "teacher") for s in range(3)]
     assert expected in answers(build_results(runs)["variants"])[0]

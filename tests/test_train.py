@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from sibeatgan import train_state
 from sibeatgan.config import TrainCfg
 from sibeatgan.models import build_models
-from sibeatgan.train import d_step, fit, g_step, train_step
+from sibeatgan.training import state as train_state
+from sibeatgan.training.loop import d_step, fit, g_step, train_step
 
 
 def toy_data(n=96, seed=0):
@@ -21,7 +21,8 @@ def toy_data(n=96, seed=0):
 
 
 def cfg(**kw):
-    base = dict(epochs=2, batch_size=16, log_every=1, threads=1)
+    base = dict(epochs=2, batch_size=16, log_every=1, threads=1, lr=1e-4)
+    base |= dict(ema=0.0, lr_schedule="constant", warmup_steps=0)  # the paper's optimiser
     return TrainCfg(**{**base, **kw})
 
 
@@ -125,7 +126,7 @@ def test_same_seed_same_result():
 
 
 def test_augmentation_runs_and_keeps_length():
-    from sibeatgan.augment import time_warp
+    from sibeatgan.data.augment import time_warp
 
     x = np.random.default_rng(0).random((5, 2, 320)).astype(np.float32)
     y = time_warp(x, np.random.default_rng(1))
@@ -145,7 +146,7 @@ def test_bf16_autocast_trains():
 
 
 def test_warmup_then_cosine_schedule():
-    from sibeatgan.train import make_schedule
+    from sibeatgan.training.loop import make_schedule
 
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.Adam([p], lr=1.0)

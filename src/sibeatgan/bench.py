@@ -14,41 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from sibeatgan.config import TrainCfg
-from sibeatgan.distill import beat_scores
-from sibeatgan.models import PLAIN, build_models
-from sibeatgan.scoring import compiled_generator
-from sibeatgan.train import autocast, bf16_supported, make_optimizer, train_step
-
-LENGTH = 320
-
-
-def conv_macs(module: nn.Module, nc: int = 1) -> int:
-    """Multiply-adds of one forward pass of one beat, from the convolution shapes."""
-    total = 0
-
-    def hook(m, inputs, output):
-        nonlocal total
-        # each weight is used once per output (conv) or input (transposed conv) position
-        positions = output.shape[-1] if isinstance(m, nn.Conv1d) else inputs[0].shape[-1]
-        total += positions * m.weight.numel()
-
-    handles = [
-        m.register_forward_hook(hook)
-        for m in module.modules()
-        if isinstance(m, nn.Conv1d | nn.ConvTranspose1d)
-    ]
-    was_training = module.training
-    module.eval()
-    with torch.no_grad():
-        module(torch.zeros(1, nc, LENGTH))
-    module.train(was_training)
-    for h in handles:
-        h.remove()
-    return total
+from sibeatgan.config import BEAT_LENGTH, TrainCfg
+from sibeatgan.evaluation.scoring import beat_scores, compiled_generator
+from sibeatgan.models import PLAIN, build_models, conv_macs
+from sibeatgan.training.loop import autocast, bf16_supported, make_optimizer, train_step
 
 
 def step_flops(g_macs: int, d_macs: int) -> int:
@@ -79,8 +50,8 @@ def reference_steps(x: np.ndarray, batch_size: int, seed: int = 0) -> Callable[[
     gradients. The networks are torch's plain 1-D layers, as the original builds them."""
     g, d = build_models(1, 50, 32, seed, layers=PLAIN)
     opt_g, opt_d = (
-        make_optimizer(g.parameters(), TrainCfg()),
-        make_optimizer(d.parameters(), TrainCfg()),
+        make_optimizer(g.parameters(), TrainCfg(lr=1e-4)),  # the original's Adam
+        make_optimizer(d.parameters(), TrainCfg(lr=1e-4)),
     )
     loader = DataLoader(_Float64Beats(x), batch_size=batch_size, shuffle=True, drop_last=True)
 
@@ -170,7 +141,7 @@ def scoring_speed(precision: str, batch: int, beats: int, compile: bool = False)
     g, _ = build_models(1, 50, 32, 0)
     g.eval()
     forward = compiled_generator(g) if compile else g
-    x = torch.rand(batch, 1, LENGTH) * 2 - 1
+    x = torch.rand(batch, 1, BEAT_LENGTH) * 2 - 1
     device = torch.device("cpu")
     n_calls = max(beats // batch, 20 if batch == 1 else 3)
 
@@ -226,7 +197,7 @@ def run_bench(
         )
 
     def beats_for(batch: int) -> np.ndarray:
-        return rng.uniform(-1, 1, (batch * 8, 1, LENGTH)).astype(np.float32)
+        return rng.uniform(-1, 1, (batch * 8, 1, BEAT_LENGTH)).astype(np.float32)
 
     # the original trains at batch 64; also time it at our default batch for an equal-batch ratio
     refs = {}

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from sibeatgan.config import ConfigError, Params, load_params, read_overrides
-from sibeatgan.fetch import DataError
+from sibeatgan.data.fetch import DataError
 from sibeatgan.io import FolderBusyError
 
 # errors whose message is the whole story: one line, exit 1, no traceback
@@ -116,7 +116,7 @@ def fetch_data(p: Params, source: Path | None, dest: Path | None) -> None:
     env = os.environ.get("MITDB_DIR")
     source = source or (Path(env) if env else None)
     dest = dest or Path(p.data.mitdb_dir)
-    from sibeatgan.fetch import commit_to_dvc, fetch
+    from sibeatgan.data.fetch import commit_to_dvc, fetch
 
     result = fetch(dest, source)
     click.echo(f"{dest}: {result['verified']} files verified ({result['copied']} fetched)")
@@ -136,7 +136,7 @@ def fetch_data(p: Params, source: Path | None, dest: Path | None) -> None:
 def preprocess(p: Params, metrics: str) -> None:
     """Extract beats (both leads, 320 samples around each R), normalise them, and split them
     into train / val / test for data.fold. Same params, same bytes."""
-    from sibeatgan.preprocess import run_preprocess
+    from sibeatgan.data.preprocess import run_preprocess
 
     summary = run_preprocess(p, metrics)
     click.echo(f"beats per class: {summary['class_counts']}  -> {p.data.prepared_dir}")
@@ -156,7 +156,7 @@ FRESH = click.option(
 def train_teacher(p: Params, fresh: bool) -> None:
     """Train the BeatGAN teacher; keep G and D of the epoch chosen by train.selection. A
     stopped training of the same params resumes after its last finished epoch."""
-    from sibeatgan.stages import train_model
+    from sibeatgan.pipeline.stages import train_model
 
     info = train_model(p, "teacher", resume=not fresh)
     click.echo(f"teacher: best val AUC {info['best_val_auc']:.4f} (MLflow run {info['run_id']})")
@@ -174,7 +174,7 @@ def train_teacher(p: Params, fresh: bool) -> None:
 def train_student(p: Params, teacher_dir: Path | None, fresh: bool) -> None:
     """Train the student with the frozen teacher's guidance (student.kd, student.fd). A
     stopped training of the same params resumes after its last finished epoch."""
-    from sibeatgan.stages import train_model
+    from sibeatgan.pipeline.stages import train_model
 
     info = train_model(p, "student", teacher_dir=teacher_dir, resume=not fresh)
     click.echo(f"student: best val AUC {info['best_val_auc']:.4f} (MLflow run {info['run_id']})")
@@ -185,7 +185,7 @@ def train_student(p: Params, teacher_dir: Path | None, fresh: bool) -> None:
 def evaluate(p: Params) -> None:
     """Score teacher and student on the test set: AUC, AP, F1 and per-class recall at the
     val-chosen threshold, oracle F1; ROC/PR curves; register both and choose the champion."""
-    from sibeatgan.stages import evaluate as run_evaluate
+    from sibeatgan.pipeline.stages import evaluate as run_evaluate
 
     reports = run_evaluate(p)
     for role, r in reports.items():
@@ -202,7 +202,8 @@ def promote(p: Params) -> None:
     student when it beats the teacher on registry.metric, else the teacher."""
     from mlflow import MlflowClient
 
-    from sibeatgan import registry, tracking
+    from sibeatgan import tracking
+    from sibeatgan.tracking import registry
 
     tracking.setup()
     registry.promote(
@@ -234,7 +235,7 @@ def bench(p: Params, steps: int, warmup: int, json_path: str | None) -> None:
     the peak."""
     from sibeatgan.bench import run_bench
     from sibeatgan.io import write_json
-    from sibeatgan.stages import set_threads
+    from sibeatgan.pipeline.stages import set_threads
 
     set_threads(p)
     precision = p.train.precision if p.train.precision != "auto" else "fp32"
@@ -291,7 +292,7 @@ def run_experiment(
     of `mlflow run .`. The teacher is reused from the tracking store when one of the same fold
     and config exists, else trained first (as a child run)."""
     from sibeatgan.config import with_overrides
-    from sibeatgan.experiment import run_experiment as run
+    from sibeatgan.pipeline.experiment import run_experiment as run
 
     chosen = {
         "student.kd": kd,
@@ -349,7 +350,7 @@ def study_list(p: Params, runs_dir: Path, work: Path) -> None:
     of another recipe marked stale: `study run` would train them again) and the runs in --work
     that have not finished (running, or stopped: `study run` resumes them)."""
     from sibeatgan.io import read_json
-    from sibeatgan.study import VARIANTS, summary_is_current, unfinished_runs
+    from sibeatgan.study.runs import VARIANTS, summary_is_current, unfinished_runs
 
     unfinished = unfinished_runs(work, p)
 
@@ -430,9 +431,9 @@ def study_run(
     under each selection rule. The recipe is params.yaml, then --runs/recipe.yaml, then -S;
     -S overrides apply to every run (and change its budget: keep them the same across
     variants, or better, put them in recipe.yaml)."""
-    from sibeatgan.grid import Where, plan, run_tasks
     from sibeatgan.io import ensure_writable
-    from sibeatgan.study import VARIANTS
+    from sibeatgan.study.grid import Where, plan, run_tasks
+    from sibeatgan.study.runs import VARIANTS
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -473,7 +474,7 @@ def report(p: Params, runs_dir: Path, out_dir: Path) -> None:
     `sibeatgan study run` would use now (params.yaml, then --runs/recipe.yaml, then -S) count;
     stale ones are listed, not averaged."""
     from sibeatgan.io import ensure_writable
-    from sibeatgan.report import write_report
+    from sibeatgan.study.report import write_report
 
     try:
         ensure_writable(out_dir)

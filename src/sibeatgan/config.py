@@ -1,4 +1,8 @@
-"""Typed view of params.yaml, with `key.sub=value` overrides and validation."""
+"""Typed view of params.yaml, with `key.sub=value` overrides and validation.
+
+params.yaml is the one source of defaults: the dataclasses below hold the same values (a test
+checks it), so a key missing from a file, or from params written by an earlier run, means what
+params.yaml means."""
 
 from __future__ import annotations
 
@@ -58,9 +62,9 @@ class ModelCfg:
 
 @dataclass
 class TrainCfg:
-    epochs: int = 2
-    batch_size: int = 64
-    lr: float = 1e-4
+    epochs: int = 12
+    batch_size: int = 256
+    lr: float = 4e-4
     beta1: float = 0.5
     beta2: float = 0.999
     w_adv: float = 1.0
@@ -71,9 +75,9 @@ class TrainCfg:
     score_batch_size: int = 1024
     threads: int = 0
     precision: str = "fp32"
-    ema: float = 0.0
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
+    ema: float = 0.999
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 200
     lr_min_ratio: float = 0.0
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
-from sibeatgan.config import D_NORMS
+from sibeatgan.config import BEAT_LENGTH, D_NORMS
 
 # The networks are 1-D, but they run on [N, C, 1, L] tensors in channels-last layout, where
 # oneDNN's kernels are 1.1-2x faster on CPU than its Conv1d path (fp32 and bf16, forward and
@@ -242,3 +242,28 @@ def build_models(
 
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def conv_macs(module: nn.Module, nc: int = 1) -> int:
+    """Multiply-adds of one forward pass of one beat, from the convolution shapes."""
+    total = 0
+
+    def hook(m, inputs, output):
+        nonlocal total
+        # each weight is used once per output (conv) or input (transposed conv) position
+        positions = output.shape[-1] if isinstance(m, nn.Conv1d) else inputs[0].shape[-1]
+        total += positions * m.weight.numel()
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in module.modules()
+        if isinstance(m, nn.Conv1d | nn.ConvTranspose1d)
+    ]
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        module(torch.zeros(1, nc, BEAT_LENGTH))
+    module.train(was_training)
+    for h in handles:
+        h.remove()
+    return total

@@ -1,0 +1,1 @@
+"""Data: MIT-BIH fetched and verified, beats, the split, augmentation, preprocessing."""

@@ -1,0 +1,140 @@
+"""The `preprocess` stage: every record's beats, normalised, with labels and split."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import partial
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from sibeatgan.config import Params, short_hash
+from sibeatgan.data.beats import CLASSES, RecordBeats, extract_beats, normalise
+from sibeatgan.data.split import SPLIT_NAMES, make_split
+from sibeatgan.io import ensure_writable, load_npy, read_json, save_npy, write_json
+
+ARRAYS = ("beats", "classes", "records", "samples", "split")
+
+
+@dataclass
+class Prepared:
+    """The preprocessed data set: beats [n, 2, L] float32 and per-beat class, record, split."""
+
+    beats: np.ndarray
+    classes: np.ndarray
+    records: np.ndarray
+    samples: np.ndarray
+    split: np.ndarray
+    meta: dict
+
+    def part(self, which: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        """Beats of one split (first `channels` leads) and their classes."""
+        mask = self.split == which
+        return self.beats[mask, :channels], self.classes[mask]
+
+
+def prepared_key(p: Params) -> str:
+    """Hash of every parameter that changes the prepared arrays (not paths or worker count)."""
+    pp = {k: v for k, v in p.to_dict()["preprocess"].items() if k != "workers"}
+    d = p.data
+    fields = {"split_seed": d.split_seed, "fold": d.fold, "split": d.split, "preprocess": pp}
+    return short_hash(fields)
+
+
+def check_records(mitdb_dir: Path, records: list[int]) -> None:
+    missing = [r for r in records if not (mitdb_dir / f"{r}.hea").exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"records {missing} are not in {mitdb_dir}; run `sibeatgan fetch-data` first "
+            "(or fix preprocess.records / data.mitdb_dir in params.yaml)"
+        )
+
+
+def check_parts_disjoint(records: np.ndarray, samples: np.ndarray, split: np.ndarray) -> None:
+    """Refuse a split in which one beat, a (record, sample) pair, lands in two parts."""
+    beats = np.stack([records.astype(np.int64), samples.astype(np.int64)], axis=1)
+    with_part = np.concatenate([beats, split.astype(np.int64)[:, None]], axis=1)
+    n_beats, n_placed = len(np.unique(beats, axis=0)), len(np.unique(with_part, axis=0))
+    if n_placed != n_beats:
+        raise ValueError(
+            f"{n_placed - n_beats} beats (record, sample) fall in two split parts; each record "
+            "must be listed once in preprocess.records"
+        )
+
+
+def run_preprocess(p: Params, metrics_path: str | Path | None = None) -> dict:
+    mitdb_dir = Path(p.data.mitdb_dir)
+    check_records(mitdb_dir, p.preprocess.records)
+    ensure_writable(p.data.prepared_dir, *([Path(metrics_path).parent] if metrics_path else []))
+    pp = p.preprocess
+    job = partial(
+        extract_beats,
+        mitdb_dir,
+        band_hz=pp.band_hz,
+        taps=pp.taps,
+        before=pp.before,
+        after=pp.after,
+        qrs_tolerance=pp.qrs_tolerance,
+        qrs_detector=pp.qrs_detector,
+    )
+    workers = max(1, min(pp.workers, len(pp.records)))
+    bar = dict(total=len(pp.records), desc="preprocess records", unit="rec")
+    if workers == 1:
+        per_record: list[RecordBeats] = [job(r) for r in tqdm(pp.records, **bar)]
+    else:
+        with get_context("spawn").Pool(workers) as pool:
+            per_record = list(tqdm(pool.imap(job, pp.records), **bar))
+
+    beats = normalise(np.concatenate([r.x for r in per_record]))
+    classes = np.concatenate([r.cls for r in per_record]).astype(np.int8)
+    records = np.concatenate([np.full(len(r.cls), r.record, np.int16) for r in per_record])
+    samples = np.concatenate([r.sample for r in per_record]).astype(np.int32)
+    split = make_split(classes, records, p.data.split, p.data.fold, p.data.split_seed)
+    check_parts_disjoint(records, samples, split)
+
+    out = Path(p.data.prepared_dir)
+    for name, arr in zip(ARRAYS, (beats, classes, records, samples, split), strict=True):
+        save_npy(out / f"{name}.npy", arr)
+    counts = {c: int(np.sum(classes == i)) for i, c in enumerate(CLASSES)}
+    sizes = {
+        name: {c: int(np.sum((split == s) & (classes == i))) for i, c in enumerate(CLASSES)}
+        for s, name in enumerate(SPLIT_NAMES)
+    }
+    summary = {
+        "n_beats": int(len(classes)),
+        "class_counts": counts,
+        "split_counts": sizes,
+        "n_dropped_unconfirmed": int(sum(r.dropped_n for r in per_record)),
+        "n_records": len(pp.records),
+    }
+    meta = {"classes": list(CLASSES), "split": p.data.split, "fold": p.data.fold}
+    meta["split_seed"] = p.data.split_seed
+    write_json(out / "meta.json", {**summary, **meta, "key": prepared_key(p)})
+    if metrics_path:
+        write_json(metrics_path, summary)
+    return summary
+
+
+def load_prepared(prepared_dir: str | Path) -> Prepared:
+    d = Path(prepared_dir)
+    missing = [n for n in ARRAYS if not (d / f"{n}.npy").exists()]
+    if missing or not (d / "meta.json").exists():
+        raise FileNotFoundError(
+            f"{d} holds no preprocessed data (missing {missing or ['meta.json']}); "
+            "run `sibeatgan preprocess` (or `dvc repro preprocess`) first"
+        )
+    arrays = {n: load_npy(d / f"{n}.npy") for n in ARRAYS}
+    return Prepared(**arrays, meta=read_json(d / "meta.json"))
+
+
+def ensure_prepared(p: Params, root: Path) -> Params:
+    """Prepared data for these params, made once per distinct preprocess/split config."""
+    prepared = root / "prepared" / prepared_key(p)
+    p = dataclasses.replace(p, data=dataclasses.replace(p.data, prepared_dir=str(prepared)))
+    meta = prepared / "meta.json"
+    if not meta.exists() or read_json(meta).get("key") != prepared_key(p):
+        run_preprocess(p)
+    return p

@@ -1,0 +1,1 @@
+"""Evaluation: the anomaly score, detection metrics, the pipeline's figures."""

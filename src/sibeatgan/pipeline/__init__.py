@@ -1,0 +1,1 @@
+"""The pipeline: the stages `dvc repro` runs, where outputs go, `mlflow run`."""

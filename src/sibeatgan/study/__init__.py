@@ -1,0 +1,1 @@
+"""The study: variants trained per seed and fold, the grid that runs them, the report."""

@@ -1,0 +1,1 @@
+"""Training: the BeatGAN loop, its resumable state, distillation."""
