@@ -86,3 +86,10 @@ def test_a_training_run_records_its_host_and_pid(mlflow_store, tiny_params):
     with tracking.training_run(tiny_params, "teacher") as run:
         tags = mlflow.get_run(run.info.run_id).data.tags
     assert (tags["host"], tags["pid"]) == (socket.gethostname(), str(os.getpid()))
+
+
+def test_the_experiment_opens_as_model_training(mlflow_store):
+    """MLflow's UI shows an experiment without a kind as a GenAI one (an empty traces page)."""
+    tracking.setup()
+    experiment = mlflow.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT)
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"

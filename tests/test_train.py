@@ -7,7 +7,7 @@ import torch
 from sibeatgan.config import TrainCfg
 from sibeatgan.models import build_models
 from sibeatgan.training import state as train_state
-from sibeatgan.training.loop import d_step, fit, g_step, train_step
+from sibeatgan.training.loop import Checkpoint, FitData, Hooks, d_step, fit, g_step, train_step
 
 
 def toy_data(n=96, seed=0):
@@ -76,17 +76,8 @@ def test_fit_logs_each_epoch_and_keeps_the_best():
     g, d = build_models(1, 8, 4, 0)
     train_x, val_x, val_y = toy_data()
     epochs, steps = [], []
-    result = fit(
-        g,
-        d,
-        train_x,
-        val_x,
-        val_y,
-        cfg(epochs=3),
-        seed=0,
-        on_step=lambda s, v: steps.append((s, v)),
-        on_epoch=epochs.append,
-    )
+    hooks = Hooks(on_step=lambda s, v: steps.append((s, v)), on_epoch=epochs.append)
+    result = fit(g, d, FitData(train_x, val_x, val_y), cfg(epochs=3), seed=0, hooks=hooks)
     assert [r["epoch"] for r in epochs] == [1, 2, 3]
     assert len(steps) == 3 * (len(train_x) // 16)
     assert {"loss_d", "loss_g", "loss_rec", "loss_adv"} <= set(steps[0][1])
@@ -100,7 +91,7 @@ def test_fit_logs_each_epoch_and_keeps_the_best():
 def test_unsupervised_selection(selection):
     g, d = build_models(1, 8, 4, 0)
     train_x, val_x, val_y = toy_data()
-    result = fit(g, d, train_x, val_x, val_y, cfg(epochs=3, selection=selection), seed=0)
+    result = fit(g, d, FitData(train_x, val_x, val_y), cfg(epochs=3, selection=selection), seed=0)
     if selection == "last":
         assert result.best_epoch == 3
     else:
@@ -111,7 +102,7 @@ def test_unsupervised_selection(selection):
 def test_d_reset_resets_d_and_counts():
     g, d = build_models(1, 8, 4, 0)
     train_x, val_x, val_y = toy_data()
-    result = fit(g, d, train_x, val_x, val_y, cfg(epochs=1, d_reset_below=1e9), seed=0)
+    result = fit(g, d, FitData(train_x, val_x, val_y), cfg(epochs=1, d_reset_below=1e9), seed=0)
     assert result.d_resets == len(train_x) // 16
 
 
@@ -120,7 +111,7 @@ def test_same_seed_same_result():
     runs = []
     for _ in range(2):
         g, d = build_models(1, 8, 4, 0)
-        runs.append(fit(g, d, train_x, val_x, val_y, cfg(epochs=1), seed=3))
+        runs.append(fit(g, d, FitData(train_x, val_x, val_y), cfg(epochs=1), seed=3))
     for k, v in runs[0].g_state.items():
         assert torch.equal(v, runs[1].g_state[k]), k
 
@@ -133,14 +124,14 @@ def test_augmentation_runs_and_keeps_length():
     assert y.shape == x.shape and not np.allclose(x, y)
     g, d = build_models(1, 8, 4, 0)
     train_x, val_x, val_y = toy_data()
-    result = fit(g, d, train_x, val_x, val_y, cfg(epochs=1, augment_copies=1), seed=0)
+    result = fit(g, d, FitData(train_x, val_x, val_y), cfg(epochs=1, augment_copies=1), seed=0)
     assert result.history[0]["train_samples_per_s"] > 0
 
 
 def test_bf16_autocast_trains():
     g, d = build_models(1, 8, 4, 0)
     train_x, val_x, val_y = toy_data()
-    result = fit(g, d, train_x, val_x, val_y, cfg(epochs=1, precision="bf16"), seed=0)
+    result = fit(g, d, FitData(train_x, val_x, val_y), cfg(epochs=1, precision="bf16"), seed=0)
     assert np.isfinite(result.history[0]["mean_loss_g"])
     assert all(v.dtype == torch.float32 for v in result.g_state.values() if v.is_floating_point())
 
@@ -164,7 +155,7 @@ def test_warmup_then_cosine_schedule():
 def test_ema_weights_are_what_is_scored_and_kept():
     g, d = build_models(1, 8, 4, 0)
     train_x, val_x, val_y = toy_data()
-    result = fit(g, d, train_x, val_x, val_y, cfg(epochs=1, ema=0.9), seed=0)
+    result = fit(g, d, FitData(train_x, val_x, val_y), cfg(epochs=1, ema=0.9), seed=0)
     raw = g.state_dict()
     differs = [
         k for k in raw if raw[k].is_floating_point() and not torch.equal(raw[k], result.g_state[k])
@@ -193,11 +184,12 @@ def fit_stopped_then_resumed(cfg_, state_path, build=None, distiller_of=None):
     train_x, val_x, val_y = toy_data()
     g, d = build(0)
     with pytest.raises(_Stop):
-        fit(g, d, train_x, val_x, val_y, cfg_, 0, distiller_of(),
-            on_epoch=_stop_after(1), state_path=state_path)  # fmt: skip
+        fit(g, d, FitData(train_x, val_x, val_y), cfg_, 0, distiller=distiller_of(),
+            hooks=Hooks(on_epoch=_stop_after(1)), checkpoint=Checkpoint(state_path))  # fmt: skip
     g, d = build(99)
-    result = fit(g, d, train_x, val_x, val_y, cfg_, 0, distiller_of(), state_path=state_path,
-                 resume_from=train_state.read(state_path))  # fmt: skip
+    resume = Checkpoint(state_path, resume_from=train_state.read(state_path))
+    result = fit(g, d, FitData(train_x, val_x, val_y), cfg_, 0, distiller=distiller_of(),
+                 checkpoint=resume)  # fmt: skip
     return g, result
 
 
@@ -215,7 +207,7 @@ def test_a_resumed_fit_trains_exactly_as_one_that_never_stopped(knobs, tmp_path)
     c = cfg(epochs=3, **knobs)
     train_x, val_x, val_y = toy_data()
     g, d = build_models(1, 8, 4, 0)
-    straight = fit(g, d, train_x, val_x, val_y, c, seed=0)
+    straight = fit(g, d, FitData(train_x, val_x, val_y), c, seed=0)
     state_path = tmp_path / "state.pt"
     g2, resumed = fit_stopped_then_resumed(c, state_path)
     assert resumed.resumed_from == 1 and straight.resumed_from == 0
@@ -237,11 +229,14 @@ def test_a_finished_state_resumes_to_the_same_result_without_training(tmp_path):
     train_x, val_x, val_y = toy_data()
     state_path = tmp_path / "state.pt"
     g, d = build_models(1, 8, 4, 0)
-    first = fit(g, d, train_x, val_x, val_y, cfg(epochs=2), seed=0, state_path=state_path)
+    first = fit(
+        g, d, FitData(train_x, val_x, val_y), cfg(epochs=2), 0, checkpoint=Checkpoint(state_path)
+    )
     epochs = []
     g, d = build_models(1, 8, 4, 5)
-    again = fit(g, d, train_x, val_x, val_y, cfg(epochs=2), 0, state_path=state_path,
-                on_epoch=epochs.append, resume_from=train_state.read(state_path))  # fmt: skip
+    resume = Checkpoint(state_path, resume_from=train_state.read(state_path))
+    again = fit(g, d, FitData(train_x, val_x, val_y), cfg(epochs=2), 0,
+                hooks=Hooks(on_epoch=epochs.append), checkpoint=resume)  # fmt: skip
     assert epochs == [] and again.resumed_from == 2 and again.best_epoch == first.best_epoch
     for k, v in first.g_state.items():
         assert torch.equal(v, again.g_state[k]), k

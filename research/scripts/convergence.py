@@ -30,7 +30,7 @@ from sibeatgan.io import read_json, write_csv, write_json, write_text
 from sibeatgan.models import build_models
 from sibeatgan.pipeline.stages import load_checked, set_threads
 from sibeatgan.study.runs import git_commit
-from sibeatgan.training.loop import fit
+from sibeatgan.training.loop import FitData, Hooks, fit
 
 OUT = Path("research/convergence")
 
@@ -95,7 +95,13 @@ def train_recipe(
 
     val_y = (val_cls > 0).astype(int)
     result = fit(
-        g, d, train_x, val_x, val_y, p.train, p.seed, desc=name, monitor=monitor, on_epoch=on_epoch
+        g,
+        d,
+        FitData(train_x, val_x, val_y),
+        p.train,
+        p.seed,
+        hooks=Hooks(on_epoch=on_epoch, monitor=monitor),
+        desc=name,
     )
     history = result.history
     selected = history[result.best_epoch - 1]

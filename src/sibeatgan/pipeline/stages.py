@@ -33,7 +33,7 @@ from sibeatgan.pipeline.layout import DEFAULT_LAYOUT, ROLES, Layout
 from sibeatgan.tracking import registry
 from sibeatgan.training import state as train_state
 from sibeatgan.training.distill import Distiller
-from sibeatgan.training.loop import fit
+from sibeatgan.training.loop import Checkpoint, FitData, Hooks, fit
 
 
 def load_checked(p: Params) -> Prepared:
@@ -206,19 +206,15 @@ def _train_locked(
         result = fit(
             g,
             d,
-            train_x,
-            val_x,
-            (val_cls > 0).astype(int),
+            FitData(train_x, val_x, (val_cls > 0).astype(int)),
             p.train,
             p.seed,
-            distiller,
-            on_step=tracking.log_step,
-            on_epoch=tracking.log_epoch,
+            distiller=distiller,
+            hooks=Hooks(tracking.log_step, tracking.log_epoch, monitor),
+            checkpoint=Checkpoint(
+                state_path, {"params": p.to_dict(), "run_id": run.info.run_id, **extra_tags}, state
+            ),
             desc=role,
-            monitor=monitor,
-            state_path=state_path,
-            state_meta={"params": p.to_dict(), "run_id": run.info.run_id, **extra_tags},
-            resume_from=state,
         )
         if result.resumed_from:
             mlflow.set_tag("resumed_after_epoch", str(result.resumed_from))

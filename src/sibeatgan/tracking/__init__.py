@@ -26,6 +26,7 @@ from sibeatgan.models import Generator
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "sibeatgan"
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 STOPPED_TAG = "stopped_because"  # on a run whose process died; removed when it resumes
 
 
@@ -46,7 +47,14 @@ def setup() -> str:
         # when two processes (two `study run` shells, `--jobs`) create the same store at once
         lock = store_lock_path(uri)
         with FileLock(lock) if lock else nullcontext():
-            mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
+            experiment = mlflow.set_experiment(
+                os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+            )
+            if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+                # MLflow 3's UI opens an experiment of no kind as a GenAI one (traces)
+                mlflow.MlflowClient().set_experiment_tag(
+                    experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING
+                )
         # set_experiment also exports MLFLOW_EXPERIMENT_ID, which would pin every later call
         # in this process to this experiment; only `mlflow run` should set it
         os.environ.pop("MLFLOW_EXPERIMENT_ID", None)

@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -112,125 +112,233 @@ def _epoch_data(base: torch.Tensor, train_x: np.ndarray, cfg: TrainCfg, rng) -> 
     return torch.cat([base] + [w.to(base.device) for w in warped])
 
 
+@dataclass(frozen=True)
+class FitData:
+    """What a fit trains on (N beats) and validates on (beats and labels, 1 = abnormal)."""
+
+    train_x: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+
+
+@dataclass
+class Hooks:
+    """Where a fit reports: step losses every `log_every` steps, each epoch's row, and extra
+    per-epoch figures from `monitor` (e.g. a test-AUC curve; never used for selection)."""
+
+    on_step: StepCallback | None = None
+    on_epoch: EpochCallback | None = None
+    monitor: Callable[[Generator], dict[str, float]] | None = None
+
+
+@dataclass
+class Checkpoint:
+    """The training state written to `path` (with `meta`) after every epoch, and a state read
+    back (`resume_from`) that continues a stopped run where it ended."""
+
+    path: Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    resume_from: dict[str, Any] | None = None
+
+
+@dataclass
+class _Game:
+    """G, D and everything their training carries from step to step."""
+
+    g: Generator
+    d: Discriminator
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    sched_g: torch.optim.lr_scheduler.LRScheduler
+    sched_d: torch.optim.lr_scheduler.LRScheduler
+    ema: AveragedModel | None
+    distiller: Distiller | None
+    amp: AbstractContextManager
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The generator that is validated and kept: G's average when there is one."""
+        return self.ema.module if self.ema is not None else self.g
+
+    def parts(self) -> dict[str, train_state.Stateful]:
+        parts = {"g": self.g, "d": self.d, "opt_g": self.opt_g, "opt_d": self.opt_d}
+        parts |= {"sched_g": self.sched_g, "sched_d": self.sched_d}
+        parts |= {"ema": self.ema} if self.ema is not None else {}
+        return parts | ({"projections": self.distiller.projections} if self.distiller else {})
+
+
 def fit(
     g: Generator,
     d: Discriminator,
-    train_x: np.ndarray,
-    val_x: np.ndarray,
-    val_y: np.ndarray,
+    data: FitData,
     cfg: TrainCfg,
     seed: int,
+    *,
     distiller: Distiller | None = None,
-    on_step: StepCallback | None = None,
-    on_epoch: EpochCallback | None = None,
+    hooks: Hooks | None = None,
+    checkpoint: Checkpoint | None = None,
     desc: str = "train",
-    monitor: Callable[[Generator], dict[str, float]] | None = None,
-    state_path: Path | None = None,
-    state_meta: dict[str, Any] | None = None,
-    resume_from: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train G and D; score val each epoch (with the EMA of G when `cfg.ema` > 0); return the
-    state dicts of the epoch chosen by `cfg.selection`. `monitor` adds figures to each epoch's
-    row for experiments (e.g. a test-AUC curve); it never takes part in the selection.
-    With `state_path`, the training state (with `state_meta`) is written there after every
-    epoch; `resume_from` (such a state, read back) continues a stopped run where it ended."""
-    device = next(g.parameters()).device
-    precision = resolve_precision(cfg.precision, device)
+    state dicts of the epoch chosen by `cfg.selection`."""
+    hooks, checkpoint = hooks or Hooks(), checkpoint or Checkpoint()
     rng = np.random.default_rng([seed, 7])
     torch.manual_seed(seed)
-    base = torch.from_numpy(np.ascontiguousarray(train_x)).to(device)
-    val_t = torch.from_numpy(np.ascontiguousarray(val_x)).to(device)
-    g_params = list(g.parameters()) + (list(distiller.parameters()) if distiller else [])
-    opt_g = make_optimizer([p for p in g_params if p.requires_grad], cfg)
-    opt_d = make_optimizer(d.parameters(), cfg)
-    steps_per_epoch = len(train_x) * (1 + cfg.augment_copies) // cfg.batch_size
-    total_steps = steps_per_epoch * cfg.epochs
-    sched_g = make_schedule(opt_g, cfg, total_steps)
-    sched_d = make_schedule(opt_d, cfg, total_steps)
-    amp = autocast(device, precision)
-    ema = AveragedModel(g, avg_fn=ema_avg(cfg.ema), use_buffers=True) if cfg.ema > 0 else None
-    parts = {"g": g, "d": d, "opt_g": opt_g, "opt_d": opt_d, "sched_g": sched_g, "sched_d": sched_d}
-    parts |= {"ema": ema} if ema is not None else {}
-    parts |= {"projections": distiller.projections} if distiller is not None else {}
+    game = _new_game(g, d, len(data.train_x), cfg, distiller)
     progress = Progress()
-    if resume_from is not None:
-        progress = train_state.restore(resume_from, parts, rng)
+    if checkpoint.resume_from is not None:
+        progress = train_state.restore(checkpoint.resume_from, game.parts(), rng)
         tqdm.write(f"{desc}: resuming after epoch {progress.epoch}")
     resumed_from = progress.epoch
-    history = progress.history
     for module in (g, d, distiller):
         if module is not None:
             module.train()
-
+    device = next(g.parameters()).device
+    base = torch.from_numpy(np.ascontiguousarray(data.train_x)).to(device)
+    val_t = torch.from_numpy(np.ascontiguousarray(data.val_x)).to(device)
     for epoch in range(progress.epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        data = _epoch_data(base, train_x, cfg, rng)
-        order = torch.from_numpy(rng.permutation(len(data))).to(device)
-        n_batches = len(data) // cfg.batch_size  # drop the last partial batch (BatchNorm)
-        sums: dict[str, float] = {}
-        bar = tqdm(range(n_batches), desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="batch")
-        for b in bar:
-            x = data[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
-            losses = train_step(g, d, opt_g, opt_d, x, cfg.w_adv, distiller, amp)
-            sched_g.step()
-            sched_d.step()
-            if ema is not None:
-                ema.update_parameters(g)
-            if losses["d"] < cfg.d_reset_below:
-                init_weights(d)
-                opt_d.state.clear()  # fresh Adam moments for the fresh D
-                progress.d_resets += 1
-            progress.step += 1
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if on_step and progress.step % cfg.log_every == 0:
-                on_step(progress.step, {f"loss_{k}": v for k, v in losses.items()})
-            if b % 20 == 0:
-                bar.set_postfix({k: f"{losses[k]:.4f}" for k in ("d", "g") if k in losses})
-        bar.close()
-        train_time = time.perf_counter() - t0
-        scored = ema.module if ema is not None else g
-        val_scores = score(scored, val_t, cfg.score_batch_size)
-        val_auc, val_ap = auc_ap(val_y, val_scores)
-        row = {
-            "epoch": epoch,
-            "val_auc": val_auc,
-            "val_ap": val_ap,
-            "val_recon_n": float(val_scores[val_y == 0].mean()),
-            "epoch_time_s": time.perf_counter() - t0,
-            "train_samples_per_s": n_batches * cfg.batch_size / train_time,
-            "lr": sched_g.get_last_lr()[0],
-            **{f"mean_loss_{k}": v / max(n_batches, 1) for k, v in sums.items()},
-            **(monitor(scored) if monitor else {}),
-        }
-        value = _selection_value(row, cfg.selection)
-        if value > progress.best_value:
-            progress.best_value, progress.best_epoch = value, epoch
-            progress.best_g = copy.deepcopy(scored.state_dict())
-            progress.best_d = copy.deepcopy(d.state_dict())
-        row["best_val_auc"] = max(r["val_auc"] for r in [*history, row])
-        history.append(row)
-        tqdm.write(
-            f"{desc} epoch {epoch}: val AUC {val_auc:.4f}  AP {val_ap:.4f}  "
-            f"({row['epoch_time_s']:.0f} s){'  *' if progress.best_epoch == epoch else ''}"
-        )
-        progress.epoch = epoch
-        progress.elapsed_s += time.perf_counter() - t0
-        if state_path is not None:
-            train_state.save(state_path, parts, progress, rng, state_meta or {})
-        if on_epoch:
-            on_epoch(row)
+        epoch_data = _epoch_data(base, data.train_x, cfg, rng)
+        sums = _train_epoch(game, epoch_data, cfg, rng, progress, hooks, f"{desc} epoch {epoch}")
+        row = _validate(game, val_t, data.val_y, cfg, epoch, sums, t0, hooks)
+        _keep_if_selected(row, game, progress, cfg.selection)
+        _end_epoch(row, game, progress, rng, checkpoint, hooks, desc, t0)
     return FitResult(
         g_state=progress.best_g,
         d_state=progress.best_d,
-        history=history,
+        history=progress.history,
         best_epoch=progress.best_epoch,
         selection=cfg.selection,
         d_resets=progress.d_resets,
-        precision=precision,
+        precision=resolve_precision(cfg.precision, device),
         train_time_s=progress.elapsed_s,
         resumed_from=resumed_from,
     )
+
+
+def _new_game(
+    g: Generator, d: Discriminator, n_train: int, cfg: TrainCfg, distiller: Distiller | None
+) -> _Game:
+    """Optimisers, per-step schedules over the whole run, G's average and the precision."""
+    g_params = list(g.parameters()) + (list(distiller.parameters()) if distiller else [])
+    opt_g = make_optimizer([p for p in g_params if p.requires_grad], cfg)
+    opt_d = make_optimizer(d.parameters(), cfg)
+    total_steps = n_train * (1 + cfg.augment_copies) // cfg.batch_size * cfg.epochs
+    device = next(g.parameters()).device
+    amp = autocast(device, resolve_precision(cfg.precision, device))
+    ema = AveragedModel(g, avg_fn=ema_avg(cfg.ema), use_buffers=True) if cfg.ema > 0 else None
+    sched_g, sched_d = (
+        make_schedule(opt_g, cfg, total_steps),
+        make_schedule(opt_d, cfg, total_steps),
+    )
+    return _Game(g, d, opt_g, opt_d, sched_g, sched_d, ema, distiller, amp)
+
+
+def _train_epoch(
+    game: _Game,
+    data: torch.Tensor,
+    cfg: TrainCfg,
+    rng: np.random.Generator,
+    progress: Progress,
+    hooks: Hooks,
+    desc: str,
+) -> dict[str, float]:
+    """One pass over `data` in a fresh random order (the last partial batch is dropped, for
+    BatchNorm); returns the summed losses and the number of batches under `batches`."""
+    order = torch.from_numpy(rng.permutation(len(data))).to(data.device)
+    n_batches = len(data) // cfg.batch_size
+    sums: dict[str, float] = {"batches": n_batches}
+    bar = tqdm(range(n_batches), desc=f"{desc}/{cfg.epochs}", unit="batch")
+    for b in bar:
+        x = data[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
+        losses = train_step(game.g, game.d, game.opt_g, game.opt_d, x, cfg.w_adv,
+                            game.distiller, game.amp)  # fmt: skip
+        _after_step(game, losses, cfg, progress)
+        for k, v in losses.items():
+            sums[f"mean_loss_{k}"] = sums.get(f"mean_loss_{k}", 0.0) + v
+        if hooks.on_step and progress.step % cfg.log_every == 0:
+            hooks.on_step(progress.step, {f"loss_{k}": v for k, v in losses.items()})
+        if b % 20 == 0:
+            bar.set_postfix({k: f"{losses[k]:.4f}" for k in ("d", "g")})
+    bar.close()
+    return sums
+
+
+def _after_step(game: _Game, losses: dict[str, float], cfg: TrainCfg, progress: Progress) -> None:
+    """Schedules, G's average, and a fresh D (and fresh Adam moments) if D's loss collapsed."""
+    game.sched_g.step()
+    game.sched_d.step()
+    if game.ema is not None:
+        game.ema.update_parameters(game.g)
+    if losses["d"] < cfg.d_reset_below:
+        init_weights(game.d)
+        game.opt_d.state.clear()
+        progress.d_resets += 1
+    progress.step += 1
+
+
+def _validate(
+    game: _Game,
+    val_t: torch.Tensor,
+    val_y: np.ndarray,
+    cfg: TrainCfg,
+    epoch: int,
+    sums: dict[str, float],
+    t0: float,
+    hooks: Hooks,
+) -> dict[str, float]:
+    """The epoch's row: val AUC/AP and val-N error of the scored generator, time, mean losses."""
+    n_batches = int(sums.pop("batches"))
+    train_time = time.perf_counter() - t0
+    val_scores = score(game.scored, val_t, cfg.score_batch_size)
+    val_auc, val_ap = auc_ap(val_y, val_scores)
+    return {
+        "epoch": epoch,
+        "val_auc": val_auc,
+        "val_ap": val_ap,
+        "val_recon_n": float(val_scores[val_y == 0].mean()),
+        "epoch_time_s": time.perf_counter() - t0,
+        "train_samples_per_s": n_batches * cfg.batch_size / train_time,
+        "lr": game.sched_g.get_last_lr()[0],
+        **{k: v / max(n_batches, 1) for k, v in sums.items()},
+        **(hooks.monitor(game.scored) if hooks.monitor else {}),
+    }
+
+
+def _keep_if_selected(row: dict, game: _Game, progress: Progress, selection: str) -> None:
+    """Keep this epoch's weights if the selection rule prefers them to the kept ones."""
+    value = _selection_value(row, selection)
+    if value > progress.best_value:
+        progress.best_value, progress.best_epoch = value, row["epoch"]
+        progress.best_g = copy.deepcopy(game.scored.state_dict())
+        progress.best_d = copy.deepcopy(game.d.state_dict())
+    row["best_val_auc"] = max(r["val_auc"] for r in [*progress.history, row])
+
+
+def _end_epoch(
+    row: dict,
+    game: _Game,
+    progress: Progress,
+    rng: np.random.Generator,
+    checkpoint: Checkpoint,
+    hooks: Hooks,
+    desc: str,
+    t0: float,
+) -> None:
+    """Record the row, report it, and write the training state."""
+    progress.history.append(row)
+    epoch = row["epoch"]
+    kept = "  *" if progress.best_epoch == epoch else ""
+    tqdm.write(
+        f"{desc} epoch {epoch}: val AUC {row['val_auc']:.4f}  AP {row['val_ap']:.4f}  "
+        f"({row['epoch_time_s']:.0f} s){kept}"
+    )
+    progress.epoch = epoch
+    progress.elapsed_s += time.perf_counter() - t0
+    if checkpoint.path is not None:
+        train_state.save(checkpoint.path, game.parts(), progress, rng, checkpoint.meta)
+    if hooks.on_epoch:
+        hooks.on_epoch(row)
 
 
 def d_step(
