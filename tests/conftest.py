@@ -75,25 +75,40 @@ def synthetic_mitdb(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_params(synthetic_mitdb: Path, tmp_path: Path) -> Params:
     """Params for a fast pipeline on the synthetic records, outputs under tmp_path."""
-    return with_overrides(
-        Params(),
-        [
-            f"data.mitdb_dir={synthetic_mitdb}",
-            f"data.prepared_dir={tmp_path / 'prepared'}",
-            "preprocess.records=[100, 101, 103]",
-            "preprocess.workers=1",
-            "model.width=4",
-            "model.nz=8",
-            "train.epochs=2",
-            "train.batch_size=16",
-            "train.log_every=2",
-            "train.threads=1",
-            "train.lr=1e-4",  # the paper's optimiser: tiny runs learn something in 2 epochs
-            "train.ema=0",
-            "train.lr_schedule=constant",
-            "train.warmup_steps=0",
-        ],
-    )
+    paper_optimiser = [  # tiny runs learn something in 2 epochs with it
+        "train.lr=1e-4",
+        "train.ema=0",
+        "train.lr_schedule=constant",
+        "train.warmup_steps=0",
+    ]
+    overrides = tiny_overrides(synthetic_mitdb, tmp_path / "prepared") + paper_optimiser
+    return with_overrides(Params(), overrides)
+
+
+def tiny_overrides(mitdb: Path, prepared: Path | str) -> list[str]:
+    """A fast pipeline on the synthetic records: tiny networks, 2 epochs of batch 16."""
+    return [
+        f"data.mitdb_dir={mitdb}",
+        f"data.prepared_dir={prepared}",
+        "preprocess.records=[100, 101, 103]",
+        "preprocess.workers=1",
+        "model.width=4",
+        "model.nz=8",
+        "train.epochs=2",
+        "train.batch_size=16",
+        "train.log_every=2",
+        "train.threads=1",
+    ]
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (as a killed training's would be)."""
+    import multiprocessing as mp
+
+    dead = mp.get_context("spawn").Process(target=int)
+    dead.start()
+    dead.join()
+    return dead.pid
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from conftest import dead_pid, tiny_overrides
 
 from sibeatgan import io, tracking
 from sibeatgan.cli import main
@@ -53,21 +54,7 @@ def pipeline(tmp_path_factory, synthetic_mitdb):
     """Teacher and KD student trained once on the synthetic records (fold 0), with their
     MLflow store; tests copy it so each starts from the same trained state."""
     root = tmp_path_factory.mktemp("trained")
-    p = with_overrides(
-        load_params(PARAMS),
-        [
-            f"data.mitdb_dir={synthetic_mitdb}",
-            "data.prepared_dir=prepared",
-            "preprocess.records=[100, 101, 103]",
-            "preprocess.workers=1",
-            "model.width=4",
-            "model.nz=8",
-            "train.epochs=2",
-            "train.batch_size=16",
-            "train.log_every=2",
-            "train.threads=1",
-        ],
-    )
+    p = with_overrides(load_params(PARAMS), tiny_overrides(synthetic_mitdb, "prepared"))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
@@ -399,16 +386,12 @@ def test_outputs_respect_the_umask(tmp_path, umask, mode):
 
 
 def test_a_resumed_run_loses_its_stopped_tag(mlflow_store, tiny_params):
-    import multiprocessing as mp
     import socket
 
-    dead = mp.get_context("spawn").Process(target=int)
-    dead.start()
-    dead.join()
     tracking.setup()
     client = mlflow.MlflowClient()
     exp = mlflow.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT).experiment_id
-    tags = {"host": socket.gethostname(), "pid": str(dead.pid)}
+    tags = {"host": socket.gethostname(), "pid": str(dead_pid())}
     run_id = client.create_run(exp, tags=tags).info.run_id
     assert tracking.close_orphaned_runs() == [run_id]
     with tracking.training_run(tiny_params, "teacher", run_id=run_id):

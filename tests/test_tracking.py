@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import dead_pid
 
 from sibeatgan import tracking
 
@@ -59,18 +60,16 @@ def test_runs_whose_process_died_are_closed_others_left_running(mlflow_store):
     runs as KILLED, but not a run whose process still trains, nor another machine's."""
     import socket
 
-    dead = mp.get_context("spawn").Process(target=int)
-    dead.start()
-    dead.join()
+    dead = dead_pid()
     tracking.setup()
     client = mlflow.MlflowClient()
     exp = mlflow.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT).experiment_id
     here = socket.gethostname()
     runs = {}
     for name, host, pid in (
-        ("orphan", here, dead.pid),
+        ("orphan", here, dead),
         ("alive", here, os.getpid()),
-        ("elsewhere", "another-machine", dead.pid),
+        ("elsewhere", "another-machine", dead),
     ):
         runs[name] = client.create_run(exp, tags={"host": host, "pid": str(pid)}).info.run_id
     assert tracking.close_orphaned_runs() == [runs["orphan"]]
