@@ -1,9 +1,12 @@
 """`run_experiment` (the MLproject entry) on synthetic records."""
 
 import mlflow
+import pytest
 from mlflow import MlflowClient
 
 from sibeatgan.pipeline.experiment import run_experiment
+
+pytestmark = pytest.mark.slow  # trains teachers and students end to end, twice
 
 
 def teacher_runs(client):

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import dead_pid, tiny_overrides
+from conftest import dead_pid, tiny_overrides, trained_once, use_copy_of
 
 from sibeatgan import io, tracking
 from sibeatgan.cli import main
@@ -55,11 +55,7 @@ def pipeline(tmp_path_factory, synthetic_mitdb):
     MLflow store; tests copy it so each starts from the same trained state."""
     root = tmp_path_factory.mktemp("trained")
     p = with_overrides(load_params(PARAMS), tiny_overrides(synthetic_mitdb, "prepared"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    with trained_once(root):
         run_preprocess(p)
         train_model(p, "teacher")
         train_model(p, "student")
@@ -70,13 +66,7 @@ def pipeline(tmp_path_factory, synthetic_mitdb):
 def trained(pipeline, tmp_path, monkeypatch):
     """A copy of the trained pipeline as the working directory."""
     root, p = pipeline
-    work = tmp_path / "work"
-    shutil.copytree(root, work)
-    monkeypatch.chdir(work)
-    uri = f"sqlite:///{work / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    # the copied store's artifact paths point at the original folder: fine for reading
+    use_copy_of(root, tmp_path, monkeypatch)
     return p
 
 

@@ -24,6 +24,7 @@ from sibeatgan.data.beats import CLASS_OF_SYMBOL, CLASSES
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.slow,
     pytest.mark.skipif(mitdb_dir() is None, reason="MITDB_DIR is not set"),
 ]
 

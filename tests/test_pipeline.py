@@ -3,9 +3,10 @@
 import mlflow
 import pytest
 import torch
+from conftest import PAPER_OPTIMISER, tiny_overrides, trained_once, use_copy_of
 from mlflow import MlflowClient
 
-from sibeatgan.config import with_overrides
+from sibeatgan.config import Params, with_overrides
 from sibeatgan.data.preprocess import run_preprocess
 from sibeatgan.io import read_json
 from sibeatgan.pipeline.layout import Layout
@@ -13,18 +14,31 @@ from sibeatgan.pipeline.stages import evaluate, train_model
 from sibeatgan.tracking.registry import promote
 
 
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, synthetic_mitdb):
+    """The whole pipeline on the synthetic records, run once for the module."""
+    root = tmp_path_factory.mktemp("pipeline")
+    p = with_overrides(Params(), tiny_overrides(synthetic_mitdb, "prepared"))
+    p = with_overrides(p, PAPER_OPTIMISER)
+    with trained_once(root):
+        run_preprocess(p)
+        teacher = train_model(p, "teacher")
+        student = train_model(p, "student")
+        reports = evaluate(p)
+    return root, (p, teacher, student, reports)
+
+
 @pytest.fixture
-def trained(tiny_params, mlflow_store, tmp_path):
-    run_preprocess(tiny_params)
-    teacher = train_model(tiny_params, "teacher")
-    student = train_model(tiny_params, "student")
-    reports = evaluate(tiny_params)
-    return tiny_params, teacher, student, reports
+def trained(pipeline, tmp_path, monkeypatch):
+    """A copy of the module's trained pipeline as the working directory (tmp_path/work)."""
+    root, result = pipeline
+    use_copy_of(root, tmp_path, monkeypatch)
+    return result
 
 
 def test_checkpoints_metrics_and_plots(trained, tmp_path):
     p, teacher, student, reports = trained
-    layout = Layout(tmp_path)
+    layout = Layout(tmp_path / "work")
     for role in ("teacher", "student"):
         for name in ("G.pt", "D.pt"):
             state = torch.load(layout.model_dir(role) / name, weights_only=True)
@@ -70,7 +84,7 @@ def test_registry_champion_and_decision(trained, tmp_path):
     versions = client.search_model_versions(f"name='{name}'")
     assert {v.tags["role"] for v in versions} == {"teacher", "student"}
     champion = client.get_model_version_by_alias(name, "champion")
-    decision = read_json(tmp_path / "metrics" / "promotion.json")
+    decision = read_json(tmp_path / "work" / "metrics" / "promotion.json")
     t, s = decision["teacher_val_auc"], decision["student_val_auc"]
     assert champion.tags["role"] == ("student" if s > t else "teacher")
     assert str(round(t, 4))[:5] in decision["reason"]
