@@ -8,7 +8,6 @@ from sibeatgan.models import (
     ConvTranspose1d,
     build_models,
     count_params,
-    init_weights,
     to_1d,
     to_2d,
 )
@@ -106,27 +105,3 @@ def test_networks_equal_the_plain_1d_networks():
     ref_grads = torch.autograd.grad(ref_loss, list(g_plain.parameters()))
     for a, b in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
-
-
-@pytest.mark.parametrize("d_norm", ["spectral", "batch_spectral"])
-def test_spectral_discriminator_bounds_its_weights(d_norm):
-    """model.d_norm: every D convolution divided by its largest singular value; `spectral`
-    drops D's BatchNorm, and a D reset (init_weights) re-draws the stored weights."""
-    _, d = build_models(1, 8, 4, 0, d_norm=d_norm)
-    has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
-    assert has_bn == (d_norm == "batch_spectral")
-    d.train()
-    for _ in range(20):  # power iterations converge during training forwards
-        d(torch.randn(8, 1, 320))
-    convs = [m for m in d.modules() if isinstance(m, torch.nn.Conv1d)]
-    for m in convs:
-        sigma = torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2)
-        assert sigma == pytest.approx(1.0, abs=0.05)
-    before = convs[0].parametrizations.weight.original.clone()
-    init_weights(d)
-    assert not torch.equal(before, convs[0].parametrizations.weight.original)
-
-
-def test_unknown_d_norm_is_refused():
-    with pytest.raises(ValueError, match="d_norm must be one of"):
-        build_models(1, 8, 4, 0, d_norm="layer")

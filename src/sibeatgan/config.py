@@ -24,7 +24,6 @@ NON_PACED_RECORDS = [
 FS = 360  # MIT-BIH's sampling rate (Hz)
 BEAT_LENGTH = 320  # samples per beat window: what the networks take
 QRS_DETECTORS = ("xqrs", "hamilton")  # confirm N beats (beats.detect_r_peaks)
-D_NORMS = ("batch", "spectral", "batch_spectral")  # D's normalisation (models.build_models)
 
 
 class ConfigError(ValueError):
@@ -57,7 +56,6 @@ class PreprocessCfg:
 class ModelCfg:
     nz: int = 50
     width: int = 32
-    d_norm: str = "batch"
 
 
 @dataclass
@@ -298,10 +296,6 @@ def validate(p: Params) -> Params:
         (p.model.nz >= 1, "model.nz must be >= 1 (e.g. 50)"),
         (p.model.width >= 1, "model.width must be >= 1 (e.g. 32)"),
         (
-            p.model.d_norm in D_NORMS,
-            f"model.d_norm must be {', '.join(D_NORMS)} (batch = published)",
-        ),
-        (
             p.preprocess.qrs_detector in QRS_DETECTORS,
             f"preprocess.qrs_detector must be {' or '.join(QRS_DETECTORS)}",
         ),
@@ -430,6 +424,7 @@ REMOVED_KNOBS: dict[str, dict[str, Any]] = {
         "d_noise": 0.0,
         "d_skip_below": 0.0,
     },
+    "model": {"d_norm": "batch"},
 }
 
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import spectral_norm
 
-from sibeatgan.config import BEAT_LENGTH, D_NORMS
+from sibeatgan.config import BEAT_LENGTH
 
 # The networks are 1-D, but they run on [N, C, 1, L] tensors in channels-last layout, where
 # oneDNN's kernels are 1.1-2x faster on CPU than its Conv1d path (fp32 and bf16, forward and
@@ -75,7 +73,7 @@ class Layers:
 
     conv: type[nn.Conv1d]
     conv_t: type[nn.ConvTranspose1d]
-    norm: Callable[[int], nn.Module]
+    norm: type[nn.BatchNorm1d | nn.BatchNorm2d]
     enter: Callable[[torch.Tensor], torch.Tensor]
     leave: Callable[[torch.Tensor], torch.Tensor]
 
@@ -187,56 +185,23 @@ class Discriminator(nn.Module):
         return torch.sigmoid(self.classify(self.features(x)))
 
 
-def _raw_weight(m: nn.Module) -> torch.Tensor:
-    """The stored weight: under spectral normalisation, the parameter the norm divides."""
-    if parametrize.is_parametrized(m, "weight"):
-        return m.parametrizations.weight.original
-    return m.weight
-
-
 def init_weights(module: nn.Module) -> None:
     """Conv weights xavier_normal; BatchNorm weight N(1, 0.02), bias 0."""
     for m in module.modules():
         if isinstance(m, nn.Conv1d | nn.ConvTranspose1d):
-            nn.init.xavier_normal_(_raw_weight(m))
+            nn.init.xavier_normal_(m.weight)
         elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
 
 
-def _no_norm(channels: int) -> nn.Module:
-    return nn.Identity()
-
-
-def spectral_normalize(d: Discriminator) -> Discriminator:
-    """Divide every convolution weight of D by its largest singular value (one power
-    iteration per training forward), which bounds how sharply D can separate real from
-    reconstructed beats."""
-    for m in d.modules():
-        if isinstance(m, nn.Conv1d):
-            spectral_norm(m)
-    return d
-
-
 def build_models(
-    nc: int,
-    nz: int,
-    width: int,
-    seed: int,
-    layers: Layers = FAST,
-    d_norm: str = "batch",
+    nc: int, nz: int, width: int, seed: int, layers: Layers = FAST
 ) -> tuple[Generator, Discriminator]:
-    """G and D, initialised from `seed`. `d_norm`: D's BatchNorm (published), spectral
-    normalisation in its place, or both."""
-    if d_norm not in D_NORMS:
-        raise ValueError(f"d_norm must be one of {', '.join(D_NORMS)}, got {d_norm!r}")
-    d_layers = replace(layers, norm=_no_norm) if d_norm == "spectral" else layers
     torch.manual_seed(seed)
-    g, d = Generator(nc, nz, width, layers), Discriminator(nc, width, d_layers)
+    g, d = Generator(nc, nz, width, layers), Discriminator(nc, width, layers)
     init_weights(g)
     init_weights(d)
-    if d_norm != "batch":
-        spectral_normalize(d)
     return g, d
 
 

@@ -178,7 +178,7 @@ def _train_locked(
         )
     device = pick_device()
     width = p.model.width if role == "teacher" else student_width(p)
-    g, d = build_models(nc, p.model.nz, width, p.seed, d_norm=p.model.d_norm)
+    g, d = build_models(nc, p.model.nz, width, p.seed)
     distiller, extra_tags = None, {}
     if role == "student":
         teacher_dir = teacher_dir or layout.model_dir("teacher")
