@@ -28,6 +28,7 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "sibeatgan"
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 STOPPED_TAG = "stopped_because"  # on a run whose process died; removed when it resumes
+_WRITABLE_STORES: set[str] = set()  # local stores whose folder was found writable
 
 
 def store_lock_path(uri: str) -> Path | None:
@@ -39,8 +40,10 @@ def store_lock_path(uri: str) -> Path | None:
 def setup() -> str:
     """Point MLflow at the project's store; inside `mlflow run` keep its experiment."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-    if uri.startswith("sqlite:///"):  # a local store: stop now if its folder is read-only
+    if uri.startswith("sqlite:///") and uri not in _WRITABLE_STORES:
+        # a local store: stop now if its folder is read-only (checked once per process)
         ensure_writable(Path(uri.removeprefix("sqlite:///")).parent)
+        _WRITABLE_STORES.add(uri)
     mlflow.set_tracking_uri(uri)
     if not os.environ.get("MLFLOW_EXPERIMENT_ID") and mlflow.active_run() is None:
         # the first call creates a SQLite store by running its schema migrations, which collide
