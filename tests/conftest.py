@@ -90,7 +90,8 @@ def tiny_params(synthetic_mitdb: Path, tmp_path: Path) -> Params:
 
 
 def tiny_overrides(mitdb: Path, prepared: Path | str) -> list[str]:
-    """A fast pipeline on the synthetic records: tiny networks, 2 epochs of batch 16."""
+    """A fast pipeline on the synthetic records: tiny networks, 2 epochs of batch 16 for the
+    teacher and 1 more for the student (which starts from the teacher, as by default)."""
     return [
         f"data.mitdb_dir={mitdb}",
         f"data.prepared_dir={prepared}",
@@ -99,6 +100,7 @@ def tiny_overrides(mitdb: Path, prepared: Path | str) -> list[str]:
         "model.width=4",
         "model.nz=8",
         "train.epochs=2",
+        "student.epochs=1",
         "train.batch_size=16",
         "train.log_every=2",
         "train.threads=1",

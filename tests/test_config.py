@@ -59,3 +59,23 @@ def test_params_yaml_is_the_one_source_of_defaults():
     from pathlib import Path
 
     assert Params() == load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+
+
+def test_student_epochs_default_and_runs_written_before_the_knob():
+    """A student trains student.epochs (0 = the teacher's train.epochs); params written before
+    the knob existed read as 0, the training they had, so their runs stay current."""
+    from sibeatgan.config import params_from_dict, role_train
+    from sibeatgan.tracking import same_recipe
+
+    p = Params()
+    assert role_train(p, "teacher").epochs == p.train.epochs
+    assert role_train(p, "student").epochs == p.student.epochs != p.train.epochs
+    old = p.to_dict()
+    del old["student"]["epochs"]
+    assert params_from_dict(old).student.epochs == 0
+    assert role_train(params_from_dict(old), "student").epochs == p.train.epochs
+    as_teacher = with_overrides(p, [f"student.epochs={p.train.epochs}"])
+    assert same_recipe(old, as_teacher, "student")
+    assert not same_recipe(old, p, "student")
+    with pytest.raises(ConfigError, match="student.epochs must be >= 0"):
+        with_overrides(p, ["student.epochs=-1"])

@@ -35,6 +35,12 @@ from sibeatgan.study.runs import (
 )
 
 
+@pytest.fixture
+def tiny_params(tiny_params):
+    """The tiny pipeline under the study's recipe: a student trains its teacher's epochs."""
+    return with_overrides(tiny_params, ["student.epochs=0"])
+
+
 def test_student_run_trains_its_teacher_first_then_reuses_it(tiny_params, mlflow_store, tmp_path):
     work, runs = tmp_path / "work", tmp_path / "runs"
     kd = run_variant(tiny_params, "kd", seed=0, work=work, runs_dir=runs)

@@ -298,6 +298,7 @@ def run_experiment(
         "student.kd": kd,
         "student.fd": fd,
         "train.epochs": epochs,
+        "student.epochs": epochs,
         "data.fold": fold,
         "seed": seed,
     }

@@ -61,8 +61,8 @@ class ModelCfg:
 @dataclass
 class TrainCfg:
     epochs: int = 12
-    batch_size: int = 256
-    lr: float = 4e-4
+    batch_size: int = 64
+    lr: float = 1e-4
     beta1: float = 0.5
     beta2: float = 0.999
     w_adv: float = 1.0
@@ -74,13 +74,14 @@ class TrainCfg:
     threads: int = 0
     precision: str = "fp32"
     ema: float = 0.999
-    lr_schedule: str = "cosine"
-    warmup_steps: int = 200
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
     lr_min_ratio: float = 0.0
 
 
 @dataclass
 class StudentCfg:
+    epochs: int = 4  # 0 = train.epochs
     kd: bool = True
     fd: bool = False
     temperature: float = 4.0
@@ -89,7 +90,7 @@ class StudentCfg:
     fd_mode: str = "attention"
     score_scaling: str = "standardize"
     width_mult: float = 1.0
-    init_from_teacher: bool = False
+    init_from_teacher: bool = True
     rank: bool = False
     rank_weight: float = 1.0
     mimic: bool = False
@@ -300,6 +301,7 @@ def validate(p: Params) -> Params:
             f"preprocess.qrs_detector must be {' or '.join(QRS_DETECTORS)}",
         ),
         (p.train.epochs >= 1, "train.epochs must be at least 1"),
+        (p.student.epochs >= 0, "student.epochs must be >= 0 (0 = train.epochs)"),
         (p.train.batch_size >= 2, "train.batch_size must be at least 2 (BatchNorm)"),
         (_finite(t.lr) and t.lr > 0, "train.lr must be a positive finite number (e.g. 1e-4)"),
         (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)"),
@@ -360,7 +362,8 @@ def validate(p: Params) -> Params:
         (0 < p.student.width_mult <= 4, "student.width_mult must be in (0, 4]"),
         (
             not p.student.init_from_teacher or p.student.width_mult == 1.0,
-            "student.init_from_teacher needs student.width_mult 1.0 (the shapes must match)",
+            "student.init_from_teacher needs student.width_mult 1.0 (the shapes must match); "
+            "add student.init_from_teacher=false for a student of another width",
         ),
         (
             p.registry.metric in {"val_auc", "val_ap", "test_auc", "test_ap"},
@@ -428,6 +431,22 @@ REMOVED_KNOBS: dict[str, dict[str, Any]] = {
 }
 
 
+# Knobs added after runs were written, with the value that trains as those runs did (where it
+# differs from today's default): a run's params without the knob read as that value.
+ADDED_KNOBS: dict[str, dict[str, Any]] = {
+    "student": {"epochs": 0},
+}
+
+
+def _with_added(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` with the knobs it predates set to the value that trained as it did."""
+    out = dict(raw)
+    for section, knobs in ADDED_KNOBS.items():
+        if isinstance(raw.get(section), dict):
+            out[section] = {**knobs, **raw[section]}
+    return out
+
+
 def _without_removed(raw: dict[str, Any]) -> dict[str, Any]:
     """`raw` less the removed knobs left at their no-op value (any other value stays, and is
     then refused as unknown: that run trained another way)."""
@@ -441,9 +460,17 @@ def _without_removed(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def params_from_dict(raw: dict[str, Any]) -> Params:
-    """Params from a dict written by an earlier run; keys added since take their defaults,
-    knobs removed since are dropped where they were off."""
-    return validate(_build(Params, _without_removed(raw), ""))
+    """Params from a dict written by an earlier run; keys added since take the value that
+    trains as the run did (ADDED_KNOBS, else the default), knobs removed since are dropped
+    where they were off."""
+    return validate(_build(Params, _with_added(_without_removed(raw)), ""))
+
+
+def role_train(p: Params, role: str) -> TrainCfg:
+    """The training settings of `role`: the student's own epochs (student.epochs, 0 = the
+    teacher's) on top of train.*."""
+    epochs = p.student.epochs if role == "student" else 0
+    return dataclasses.replace(p.train, epochs=epochs or p.train.epochs)
 
 
 def with_overrides(p: Params, overrides: list[str]) -> Params:

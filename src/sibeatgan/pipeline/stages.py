@@ -11,7 +11,13 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from sibeatgan import tracking
-from sibeatgan.config import ConfigError, Params, describe_changes, params_from_dict
+from sibeatgan.config import (
+    ConfigError,
+    Params,
+    describe_changes,
+    params_from_dict,
+    role_train,
+)
 from sibeatgan.data.preprocess import Prepared, load_prepared, prepared_key
 from sibeatgan.data.split import TEST, TRAIN, VAL
 from sibeatgan.evaluation import figures
@@ -207,7 +213,7 @@ def _train_locked(
             g,
             d,
             FitData(train_x, val_x, (val_cls > 0).astype(int)),
-            p.train,
+            role_train(p, role),
             p.seed,
             distiller=distiller,
             hooks=Hooks(tracking.log_step, tracking.log_epoch, monitor),

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from sibeatgan import tracking
-from sibeatgan.config import ConfigError, Params, apply_overrides, with_overrides
+from sibeatgan.config import ConfigError, Params, apply_overrides, role_train, with_overrides
 from sibeatgan.data.fetch import ensure_records
 from sibeatgan.data.preprocess import Prepared, ensure_prepared
 from sibeatgan.data.split import TEST, VAL
@@ -64,7 +64,14 @@ class Variant:
         return bool(student.get("init_from_teacher", False))
 
 
-_STUDENT = ("student.kd=false", "student.fd=false", "student.rank=false", "student.mimic=false")
+# every student variant says which terms it uses and where it starts, whatever the defaults say
+_STUDENT = (
+    "student.kd=false",
+    "student.fd=false",
+    "student.rank=false",
+    "student.mimic=false",
+    "student.init_from_teacher=false",
+)
 VARIANTS: dict[str, Variant] = {
     "teacher": Variant("teacher", (), "BeatGAN teacher"),
     "teacher_aug": Variant(
@@ -379,7 +386,7 @@ def run_variant(
         ),
         "commit": commit,
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "epochs": p.train.epochs,
+        "epochs": role_train(p, role).epochs,
         "precision": info["precision"],
         "device": device_name(),
         "train_time_s": info["train_time_s"],

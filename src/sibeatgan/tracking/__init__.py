@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 import sibeatgan
-from sibeatgan.config import ConfigError, Params, params_from_dict, short_hash
+from sibeatgan.config import ConfigError, Params, params_from_dict, role_train, short_hash
 from sibeatgan.io import ensure_writable
 from sibeatgan.models import Generator
 
@@ -92,16 +92,19 @@ def recipe(p: Params, role: str = "teacher") -> dict:
     sections = ("data", "preprocess", "model", "train") + (
         ("student",) if role == "student" else ()
     )
-    return {
+    out = {
         "seed": d["seed"],
         **{s: {k: v for k, v in d[s].items() if k not in skip} for s in sections},
     }
+    if role == "student":  # 0 and train.epochs train alike
+        out["student"]["epochs"] = role_train(p, role).epochs
+    return out
 
 
 def same_recipe(written: dict, p: Params, role: str = "teacher") -> bool:
     """Whether params written by an earlier run (a summary's or checkpoint's) give the same
-    training as `p`. Knobs added since the run take their defaults, so adding a knob that keeps
-    the old behaviour by default does not make earlier runs stale."""
+    training as `p`. Knobs added since the run read as the value that trains as it did
+    (config.ADDED_KNOBS), so adding a knob does not make earlier runs stale."""
     try:
         return recipe(params_from_dict(written), role) == recipe(p, role)
     except ConfigError:  # a knob that no longer exists
