@@ -37,24 +37,29 @@ def write_record(
     seconds: float = 40.0,
     lead_names: tuple[str, str] = ("MLII", "V1"),
     seed: int = 0,
+    fs: int = FS,
+    annotations: bool = True,
 ) -> np.ndarray:
     """Write `name`.hea/.dat/.atr: one beat a second (N narrow, others wide and inverted),
-    with the annotation at each R peak. Returns the annotation samples."""
+    with the annotation at each R peak (no .atr without `annotations`), sampled at `fs`.
+    Returns the annotation samples."""
     rng = np.random.default_rng(seed)
-    n = int(seconds * FS)
+    n = int(seconds * fs)
+    k = fs / FS  # beat shapes keep their duration at any rate
     mlii = 0.02 * rng.standard_normal(n)
-    samples = np.arange(len(symbols)) * FS + FS // 2
+    samples = np.arange(len(symbols)) * fs + fs // 2
     for s, sym in zip(samples, symbols, strict=True):
         if sym == "N":
-            mlii += _beat(n, s, 4, 1.2) + _beat(n, s + 90, 18, 0.3)
+            mlii += _beat(n, s, 4 * k, 1.2) + _beat(n, s + 90 * k, 18 * k, 0.3)
         elif sym in "VAFQ/":
-            mlii += _beat(n, s, 10, -1.0 if sym == "V" else 0.9) + _beat(n, s + 100, 25, 0.25)
+            amp = -1.0 if sym == "V" else 0.9
+            mlii += _beat(n, s, 10 * k, amp) + _beat(n, s + 100 * k, 25 * k, 0.25)
     other = 0.5 * mlii + 0.02 * rng.standard_normal(n)
     cols = [mlii, other] if lead_names[0] == "MLII" else [other, mlii]
     folder.mkdir(parents=True, exist_ok=True)
     wfdb.wrsamp(
         name,
-        fs=FS,
+        fs=fs,
         units=["mV", "mV"],
         sig_name=list(lead_names),
         p_signal=np.stack(cols, axis=1),
@@ -63,7 +68,8 @@ def write_record(
         baseline=[0, 0],
         write_dir=str(folder),
     )
-    wfdb.wrann(name, "atr", sample=samples, symbol=symbols, write_dir=str(folder))
+    if annotations:
+        wfdb.wrann(name, "atr", sample=samples, symbol=symbols, write_dir=str(folder))
     return samples
 
 

@@ -19,6 +19,7 @@ LAYERS = [
     ("sibeatgan.training",),
     ("sibeatgan.tracking",),
     ("sibeatgan.pipeline",),
+    ("sibeatgan.detection",),
     ("sibeatgan.study",),
     ("sibeatgan.bench",),
     ("sibeatgan.cli", "sibeatgan.__main__"),

@@ -61,6 +61,7 @@ def project(tmp_path_factory) -> Path:
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["preprocess"]["records"] = RECORDS
     params["train"]["epochs"] = 1
+    params["student"]["epochs"] = 1
     params["train"]["batch_size"] = 64  # enough steps on 5 records
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
@@ -164,3 +165,41 @@ def test_mlflow_run_as_typed_reuses_the_dvc_teacher(repro, project):
         assert "teacher" in decision
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_served_champion_detector_answers_posted_beats(repro, project, tmp_path, monkeypatch):
+    """`mlflow models serve` of the registry's champion detector on a loopback port: beats
+    posted with a real HTTP client come back scored as `sibeatgan detect` scores them."""
+    from sibeatgan.data.preprocess import load_prepared
+    from sibeatgan.data.split import TEST
+    from sibeatgan.detection.model import resolve_detector
+    from sibeatgan.detection.serve import post_beats, served
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    decision = json.loads((project / "metrics" / "promotion.json").read_text())
+    local = resolve_detector(str(project / "models" / decision["champion_role"]))
+    x, cls = load_prepared(project / "data" / "prepared").part(TEST, 1)
+    pick = np.r_[np.flatnonzero(cls == 0)[:24], np.flatnonzero(cls > 0)[:8]]
+    beats = x[pick, 0]
+    with served("models:/sibeatgan-detector@champion", tmp_path / "server.log", 180) as url:
+        answer = post_beats(url, beats)
+        strict = post_beats(url, beats, threshold="alarm_0.01")
+    scores, heat = local.run(beats)
+    np.testing.assert_allclose(answer["score"], scores, rtol=1e-4, atol=1e-7)
+    assert np.asarray(answer["heat"]).shape == (len(beats), 320)
+    np.testing.assert_allclose(np.asarray(answer["heat"]).mean(1), scores, rtol=1e-4, atol=1e-7)
+    for reply, name in ((answer, "val_f1"), (strict, "alarm_0.01")):
+        value = local.meta["thresholds"][name]
+        assert reply["threshold"] == {"name": name, "value": value}
+        assert reply["flag"] == [bool(s >= value) for s in reply["score"]]
+
+
+def test_detect_with_the_champion_on_a_record(repro, project, monkeypatch):
+    """The default model is the registry's champion detector; a record's summary counts the
+    beats `preprocess` kept for it."""
+    record = str(mitdb_dir() / "232")
+    result = run(["sibeatgan", "detect", record, "--out", "detections"], project)
+    assert "232:" in result.stdout and "recall" in result.stdout
+    summary = json.loads((project / "detections" / "232" / "summary.json").read_text())
+    kept = np.load(project / "data" / "prepared" / "records.npy") == 232
+    assert summary["beats"] == int(kept.sum()) and summary["model"]["spec"].startswith("models:/")

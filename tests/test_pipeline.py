@@ -43,6 +43,9 @@ def test_checkpoints_metrics_and_plots(trained, tmp_path):
         for name in ("G.pt", "D.pt"):
             state = torch.load(layout.model_dir(role) / name, weights_only=True)
             assert all(isinstance(v, torch.Tensor) for v in state.values())
+        detector = read_json(layout.model_dir(role) / "detector.json")
+        assert detector["role"] == role and detector["preprocess"]["before"] == 140
+        assert set(detector["thresholds"]) == {"val_f1", "alarm_0.01", "alarm_0.05"}
         assert layout.plot(f"{role}_history.csv").read_text().startswith("epoch,val_auc")
         assert layout.plot(f"{role}_roc.csv").read_text().startswith("fpr,tpr")
         assert layout.plot(f"{role}_scores.png").stat().st_size > 1000
@@ -90,6 +93,12 @@ def test_registry_champion_and_decision(trained, tmp_path):
     assert champion.tags["role"] == ("student" if s > t else "teacher")
     assert str(round(t, 4))[:5] in decision["reason"]
     assert client.get_registered_model(name).tags["champion_decision"] == decision["reason"]
+    # the detector of the same training run is the detector champion
+    detectors = client.search_model_versions(f"name='{p.registry.detector_name}'")
+    assert {v.tags["role"] for v in detectors} == {"teacher", "student"}
+    served = client.get_model_version_by_alias(p.registry.detector_name, "champion")
+    assert served.tags["run_id"] == champion.tags["run_id"]
+    assert int(served.version) == decision["detector_version"]
     # evaluating again registers nothing new
     evaluate(p)
     assert len(client.search_model_versions(f"name='{name}'")) == len(versions)

@@ -212,6 +212,95 @@ def promote(p: Params) -> None:
 
 
 @main.command()
+@click.argument("records", nargs=-1, required=True, metavar="RECORD...")
+@click.option(
+    "--model",
+    default=None,
+    help="A trained model folder (models/student) or an MLflow model URI. Default: the "
+    "registry's champion detector, models:/<registry.detector_name>@champion.",
+)
+@folder_option("--out", "out", "detections", "Folder for each record's results.")
+@click.option("--lead", default="MLII", show_default=True, help="The lead to read, by its name.")
+@click.option(
+    "--alarm-rate",
+    type=click.Choice(["0.01", "0.05"]),
+    default=None,
+    help="Flag with the threshold that raised this false-alarm rate on val N beats, instead "
+    "of the threshold that maximised F1 on val.",
+)
+@click.option(
+    "--params",
+    "params_path",
+    default="params.yaml",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Parameter file naming the registered detector (registry.detector_name); its "
+    "defaults apply where there is none.",
+)
+def detect(
+    records: tuple[str, ...],
+    model: str | None,
+    out: Path,
+    lead: str,
+    alarm_rate: str | None,
+    params_path: str,
+) -> None:
+    """Score, flag and explain every beat of WFDB RECORDs (paths such as data/mitdb/100, any
+    sampling rate: resampled to 360 Hz). Beats come from the record's annotations (.atr) when
+    it has them, else from the QRS detector; filter, windows and normalisation are those of
+    the model's training. Writes OUT/<record>/: beats.csv (sample, time, score, flag, and the
+    reference label when annotated), summary.json (beats, flagged, per-class recall and the
+    N false-alarm rate when annotated) and report.html (the record with flagged beats marked,
+    and the top flagged beats with their reconstruction and per-tick error)."""
+    from sibeatgan.detection.model import champion_uri
+    from sibeatgan.detection.run import detect as run_detect
+
+    try:
+        p = load_params(params_path) if Path(params_path).exists() else Params()
+        run_detect(
+            list(records),
+            model or champion_uri(p.registry.detector_name),
+            out,
+            lead,
+            float(alarm_rate) if alarm_rate else None,
+            echo=click.echo,
+        )
+    except USER_ERRORS as err:
+        raise click.ClickException(str(err)) from err
+
+
+@main.command("bench-detect")
+@click.argument("record")
+@click.option("--model", required=True, help="A trained model folder or an MLflow model URI.")
+@click.option("--batch", default=256, show_default=True, help="Beats per served request.")
+@click.option("--requests", "requests_n", default=20, show_default=True, help="Timed requests.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the figures as one JSON object to this file.",
+)
+def bench_detect(
+    record: str, model: str, batch: int, requests_n: int, json_path: str | None
+) -> None:
+    """Measure detection speed on this machine: `sibeatgan detect RECORD` end to end in a new
+    process (imports, reading, filtering, QRS detection, scoring and the report), and the
+    detector served by `mlflow models serve` on loopback: beats/s for requests of --batch
+    beats."""
+    from sibeatgan.detection.speed import bench_detect as run
+    from sibeatgan.io import write_json
+
+    try:
+        out = run(record, model, batch, requests_n, echo=click.echo)
+    except USER_ERRORS as err:
+        raise click.ClickException(str(err)) from err
+    if json_path:
+        write_json(json_path, out)
+        click.echo(f"figures written to {json_path}")
+
+
+@main.command()
 @click.option(
     "--steps",
     default=30,

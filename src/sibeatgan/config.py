@@ -110,6 +110,7 @@ class EvaluateCfg:
 @dataclass
 class RegistryCfg:
     model_name: str = "sibeatgan-generator"
+    detector_name: str = "sibeatgan-detector"
     metric: str = "val_auc"
 
 
@@ -371,6 +372,11 @@ def validate(p: Params) -> Params:
         ),
         (p.evaluate.curve_points >= 2, "evaluate.curve_points must be >= 2"),
         (bool(p.registry.model_name.strip()), "registry.model_name must not be empty"),
+        (bool(p.registry.detector_name.strip()), "registry.detector_name must not be empty"),
+        (
+            p.registry.detector_name != p.registry.model_name,
+            "registry.detector_name must differ from registry.model_name",
+        ),
     ]
     for ok, message in checks:
         if not ok:

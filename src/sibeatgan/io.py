@@ -142,11 +142,20 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def write_csv(path: str | Path, columns: dict[str, Sequence[float]]) -> None:
-    """Columns of numbers as a CSV file with a header row (the form `dvc plots` reads)."""
+def _cell(value: Any) -> str:
+    """A CSV cell: integers whole, other numbers to 6 significant digits, text as it is."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | np.integer | bool | np.bool_):
+        return str(int(value))
+    return f"{float(value):.6g}"
+
+
+def write_csv(path: str | Path, columns: dict[str, Sequence[Any]]) -> None:
+    """Columns as a CSV file with a header row (the form `dvc plots` reads)."""
     keys = list(columns)
     rows = zip(*(columns[k] for k in keys), strict=True)
-    lines = [",".join(keys)] + [",".join(f"{float(v):.6g}" for v in row) for row in rows]
+    lines = [",".join(keys)] + [",".join(_cell(v) for v in row) for row in rows]
     write_text(path, "\n".join(lines) + "\n")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import wfdb
 import wfdb.processing
 from scipy import signal as sps
 
-from sibeatgan.config import QRS_DETECTORS
+from sibeatgan.config import FS, QRS_DETECTORS
 
 CLASSES = ("N", "S", "V", "F", "Q")
 CLASS_OF_SYMBOL = {
@@ -25,28 +26,77 @@ PRIMARY_LEAD = "MLII"
 
 @dataclass
 class RecordBeats:
-    """Beats of one record: `x` is [n, 2, before+after] float32, MLII first."""
+    """Beats of one record: `x` is [n, 2, before+after] float32, the chosen lead (MLII)
+    first; `cls` is the CLASSES index of each beat, -1 where the record has no annotations."""
 
-    record: int
+    record: int | str
     x: np.ndarray
     cls: np.ndarray
     sample: np.ndarray
     dropped_n: int  # N beats rejected because no detected R peak was near the annotation
 
 
+@dataclass
+class Annotations:
+    samples: np.ndarray
+    symbols: list[str]
+
+
+@dataclass
+class Recording:
+    """A record's signal [n, 2] (the chosen lead first) at `fs` Hz, and its beat annotations
+    when it has them."""
+
+    sig: np.ndarray
+    fs: float
+    lead: str
+    leads: list[str]
+    annotations: Annotations | None
+
+
+def read_recording(
+    path: str | Path, lead: str = PRIMARY_LEAD, annotator: str | None = "atr"
+) -> Recording:
+    """A WFDB record (`path` without extension); annotations from `annotator` when given and
+    present. Raises ValueError naming the leads when the record has no lead `lead`."""
+    header = wfdb.rdheader(str(path))
+    # wfdb refuses to read a record of no samples; it reads as an empty signal
+    rec = wfdb.rdrecord(str(path)) if header.sig_len else header
+    if lead not in rec.sig_name:
+        raise ValueError(f"record {Path(path).name} has no {lead} lead (leads: {rec.sig_name})")
+    first = rec.sig_name.index(lead)
+    order = [first] + [i for i in range(rec.n_sig) if i != first]
+    signal = getattr(rec, "p_signal", None)
+    signal = signal if signal is not None else np.zeros((0, rec.n_sig))
+    sig = signal[:, order[:2]]
+    if sig.shape[1] == 1:  # a one-lead record: repeat the lead so every beat has two channels
+        sig = np.repeat(sig, 2, axis=1)
+    ann = None
+    if annotator and Path(f"{path}.{annotator}").exists():
+        found = wfdb.rdann(str(path), annotator)
+        ann = Annotations(np.asarray(found.sample, dtype=np.int64), list(found.symbol))
+    return Recording(sig, float(rec.fs), lead, list(rec.sig_name), ann)
+
+
+def resampled(rec: Recording, fs: float = FS) -> Recording:
+    """`rec` at `fs` Hz: polyphase resampling of the signal (scipy), annotation samples scaled."""
+    if rec.fs == fs:
+        return rec
+    ratio = Fraction(fs / rec.fs).limit_denominator(1000)
+    sig = sps.resample_poly(rec.sig, ratio.numerator, ratio.denominator, axis=0)
+    ann = rec.annotations
+    if ann is not None:
+        samples = np.round(ann.samples * (fs / rec.fs)).astype(np.int64)
+        ann = Annotations(np.clip(samples, 0, len(sig) - 1), ann.symbols)
+    return Recording(sig, fs, rec.lead, rec.leads, ann)
+
+
 def read_record(mitdb_dir: str | Path, record: int) -> tuple[np.ndarray, float, np.ndarray, list]:
     """Signal [n, 2] with MLII in column 0, sampling rate, annotation samples and symbols."""
-    path = str(Path(mitdb_dir) / str(record))
-    rec = wfdb.rdrecord(path)
-    if PRIMARY_LEAD not in rec.sig_name:
-        raise ValueError(f"record {record} has no {PRIMARY_LEAD} lead (leads: {rec.sig_name})")
-    lead = rec.sig_name.index(PRIMARY_LEAD)
-    order = [lead] + [i for i in range(rec.n_sig) if i != lead]
-    sig = rec.p_signal[:, order[:2]]
-    if sig.shape[1] == 1:  # a one-lead record: repeat MLII so every beat has two channels
-        sig = np.repeat(sig, 2, axis=1)
-    ann = wfdb.rdann(path, "atr")
-    return sig, float(rec.fs), np.asarray(ann.sample), list(ann.symbol)
+    rec = read_recording(Path(mitdb_dir) / str(record))
+    if rec.annotations is None:
+        raise ValueError(f"record {record} has no annotation file {record}.atr in {mitdb_dir}")
+    return rec.sig, rec.fs, rec.annotations.samples, rec.annotations.symbols
 
 
 def bandpass(sig: np.ndarray, fs: float, band_hz: list[float], taps: int) -> np.ndarray:
@@ -109,7 +159,66 @@ def extract_beats(
     qrs_tolerance: int,
     qrs_detector: str = "xqrs",
 ) -> RecordBeats:
+    """The beats `preprocess` keeps from one MIT-BIH record (see `annotated_beats`)."""
     sig, fs, samples, symbols = read_record(mitdb_dir, record)
+    windows = (band_hz, taps, before, after)
+    beats = annotated_beats(sig, fs, samples, symbols, *windows, qrs_tolerance, qrs_detector)
+    beats.record = record
+    return beats
+
+
+def recording_beats(
+    rec: Recording,
+    band_hz: list[float],
+    taps: int,
+    before: int,
+    after: int,
+    qrs_tolerance: int,
+    qrs_detector: str = "xqrs",
+) -> RecordBeats:
+    """The beats of any record, the way `preprocess` makes them: at FS Hz, band-passed and
+    windowed; at its annotated beats (kept as `preprocess` keeps them) when it has
+    annotations, else at the R peaks the QRS detector finds. Not normalised."""
+    rec = resampled(rec)
+    windows = (band_hz, taps, before, after)
+    if rec.annotations is not None:
+        ann = rec.annotations
+        return annotated_beats(
+            rec.sig, rec.fs, ann.samples, ann.symbols, *windows, qrs_tolerance, qrs_detector
+        )
+    filtered = bandpass(rec.sig, rec.fs, band_hz, taps)
+    peaks = detect_r_peaks(filtered[:, 0], rec.fs, qrs_detector)
+    peaks = peaks[(peaks - before >= 0) & (peaks + after <= len(filtered))]
+    return RecordBeats(
+        record="",
+        x=window(filtered, peaks, before, after),
+        cls=np.full(len(peaks), -1, dtype=np.int8),
+        sample=peaks.astype(np.int32),
+        dropped_n=0,
+    )
+
+
+def window(filtered: np.ndarray, centres: np.ndarray, before: int, after: int) -> np.ndarray:
+    """Windows [R - before, R + after) of a filtered signal [n, 2]: [beats, 2, length]."""
+    starts = np.asarray(centres, dtype=np.int64) - before
+    offsets = np.arange(before + after)
+    return filtered[starts[:, None] + offsets].transpose(0, 2, 1).astype(np.float32)
+
+
+def annotated_beats(
+    sig: np.ndarray,
+    fs: float,
+    samples: np.ndarray,
+    symbols: list[str],
+    band_hz: list[float],
+    taps: int,
+    before: int,
+    after: int,
+    qrs_tolerance: int,
+    qrs_detector: str = "xqrs",
+) -> RecordBeats:
+    """Annotated beats of the classes in CLASS_OF_SYMBOL whose window fits in the record; an N
+    beat only where the QRS detector confirms an R peak within `qrs_tolerance` samples."""
     filtered = bandpass(sig, fs, band_hz, taps)
     cls = beat_classes(symbols, samples, len(sig), before, after)
     keep = cls >= 0
@@ -118,12 +227,9 @@ def extract_beats(
     confirmed = near_detection(samples, peaks, qrs_tolerance)
     dropped = int(np.sum(is_n & ~confirmed))
     keep &= (cls != 0) | confirmed
-    starts = samples[keep] - before
-    offsets = np.arange(before + after)
-    windows = filtered[starts[:, None] + offsets].transpose(0, 2, 1)  # [n, 2, length]
     return RecordBeats(
-        record=record,
-        x=windows.astype(np.float32),
+        record="",
+        x=window(filtered, samples[keep], before, after),
         cls=cls[keep],
         sample=samples[keep].astype(np.int32),
         dropped_n=dropped,

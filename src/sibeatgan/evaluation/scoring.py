@@ -13,9 +13,15 @@ from torch._inductor import config as inductor_config
 from sibeatgan.models import Generator
 
 
+def beat_errors(x_rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Squared reconstruction error per tick, averaged over leads, [batch, length]: the heat
+    that shows which ticks made a beat abnormal. Its mean over ticks is the beat's score."""
+    return (x_rec - x).pow(2).mean(1)
+
+
 def beat_scores(x_rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Anomaly score per beat: mean squared reconstruction error, shape [batch]."""
-    return (x_rec - x).pow(2).flatten(1).mean(1)
+    return beat_errors(x_rec, x).mean(1)
 
 
 def pick_device() -> torch.device:
@@ -66,3 +72,25 @@ def score(
         out.append(beat_scores(forward(xb), xb).float().cpu())
     g.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+@torch.no_grad()
+def score_and_heat(
+    g: Generator, x: torch.Tensor | np.ndarray, batch_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores [n] and per-tick error heat [n, length] of every beat in `x` [n, nc, L], G in
+    eval mode (as `score`)."""
+    was_training = g.training
+    g.eval()
+    device = next(g.parameters()).device
+    x = torch.as_tensor(x)
+    scores, heat = [], []
+    for start in range(0, len(x), batch_size):
+        xb = x[start : start + batch_size].to(device, non_blocking=True)
+        errors = beat_errors(g(xb), xb).float()
+        scores.append(errors.mean(1).cpu())
+        heat.append(errors.cpu())
+    g.train(was_training)
+    if not scores:
+        return np.zeros(0, np.float32), np.zeros((0, x.shape[-1]), np.float32)
+    return torch.cat(scores).numpy(), torch.cat(heat).numpy()

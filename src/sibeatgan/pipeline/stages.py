@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -21,6 +22,7 @@ from sibeatgan.config import (
 from sibeatgan.data.preprocess import Prepared, load_prepared, prepared_key
 from sibeatgan.data.split import TEST, TRAIN, VAL
 from sibeatgan.evaluation import figures
+from sibeatgan.evaluation.detector import DETECTOR_FILE, detector_meta, thresholds_on_val
 from sibeatgan.evaluation.metrics import detection_report, pr_points, roc_points
 from sibeatgan.evaluation.scoring import pick_device, score
 from sibeatgan.io import (
@@ -229,6 +231,7 @@ def _train_locked(
         d.load_state_dict(result.d_state)
         save_state_dict(out / "G.pt", result.g_state)
         save_state_dict(out / "D.pt", result.d_state)
+        write_detector(out, g, width, p, val_x, val_cls, role=role, run_id=run.info.run_id)
         write_csv(
             layout.plot(f"{role}_history.csv"),
             {k: [r[k] for r in result.history] for k in result.history[0]},
@@ -256,6 +259,7 @@ def _train_locked(
         mlflow.log_artifact(str(layout.plot(f"{role}_history.csv")))
         tracking.log_figure_files([curves])
         model_uri = tracking.log_generator(g, nc)
+        detector_uri = tracking.log_detector(out)
         info = {
             **summary,
             "nc": nc,
@@ -263,6 +267,7 @@ def _train_locked(
             "width": width,
             "run_id": run.info.run_id,
             "model_uri": model_uri,
+            "detector_uri": detector_uri,
             "teacher_config": extra_tags.get("teacher_config", tracking.teacher_config_key(p)),
             "recipe": tracking.recipe(p, role),
             "data_key": prepared_key(p),
@@ -272,6 +277,31 @@ def _train_locked(
         write_json(layout.metrics(f"{role}_train"), summary)
     state_path.unlink(missing_ok=True)  # the run is done: its products replace the state
     return {**info, "history": result.history}
+
+
+def write_detector(
+    out: Path,
+    g: Generator,
+    width: int,
+    p: Params,
+    val_x: np.ndarray,
+    val_cls: np.ndarray,
+    **about: str,
+) -> None:
+    """detector.json beside G.pt: what `sibeatgan detect` and the served model need besides
+    the weights, with the flagging thresholds chosen on val now."""
+    val_scores = score(g, val_x, p.train.score_batch_size)
+    thresholds = thresholds_on_val(val_cls, val_scores)
+    meta = detector_meta(
+        p.data.channels,
+        p.model.nz,
+        width,
+        p.to_dict()["preprocess"],
+        thresholds,
+        data_key=prepared_key(p),
+        **about,
+    )
+    write_json(out / DETECTOR_FILE, meta)
 
 
 def _resumable_state(
@@ -378,12 +408,16 @@ def _log_to_training_run(model_dir: Path, values: dict, figures: list[Path]) -> 
 def register_and_promote(p: Params, layout: Layout, reports: dict[str, dict]) -> dict:
     tracking.setup()
     client = MlflowClient()
-    name = p.registry.model_name
+    name, detectors = p.registry.model_name, p.registry.detector_name
     infos = {role: read_json(layout.model_dir(role) / "fit.json") for role in reports}
     for role, report in reports.items():
         registry.register(client, name, infos[role], report, p)
+        if infos[role].get("detector_uri"):  # models trained before detectors were logged lack it
+            registry.register(client, detectors, infos[role], report, p, "detector_uri")
     # compare within the config of the teacher actually evaluated (as recorded at training)
     key = infos.get("teacher", {}).get("teacher_config") or tracking.teacher_config_key(p)
     decision = registry.promote(client, name, p.registry.metric, key)
+    decision["detector_model"] = detectors
+    decision["detector_version"] = registry.follow_champion(client, detectors, decision)
     write_json(layout.metrics("promotion"), decision)
     return decision

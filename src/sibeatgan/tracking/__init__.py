@@ -236,3 +236,35 @@ def log_generator(g: Generator, nc: int) -> str:
 def log_figure_files(paths: list[Path]) -> None:
     for path in paths:
         mlflow.log_artifact(str(path), artifact_path="plots")
+
+
+def log_detector(folder: Path) -> str:
+    """Log the detector in `folder` (G.pt + detector.json) as an MLflow pyfunc model from code
+    (tracking/detector_model.py), with a signature that says what a beat is; return its URI."""
+    from sibeatgan.evaluation.detector import DETECTOR_FILE, WEIGHTS_FILE, load_detector
+    from sibeatgan.tracking import detector_model
+
+    detector = load_detector(folder / WEIGHTS_FILE, folder / DETECTOR_FILE)
+    example = np.zeros((2, *detector.input_shape), dtype=np.float32)
+    example[:, ..., ::2] = 0.5  # a beat-like input, not all zeros
+    model = detector_model.BeatDetectorModel()
+    model.detector = detector
+    output = model.predict(None, example)
+    signature = infer_signature(
+        example,
+        {k: v for k, v in output.items() if k != "threshold"},
+        params={"threshold": detector_model.DEFAULT_THRESHOLD},
+    )
+    info = mlflow.pyfunc.log_model(
+        name="detector",
+        python_model=detector_model.__file__,
+        artifacts={
+            "generator": str(folder / WEIGHTS_FILE),
+            "detector": str(folder / DETECTOR_FILE),
+        },
+        signature=signature,
+        input_example=example,
+        code_paths=[str(Path(sibeatgan.__file__).parent)],
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "mlflow"],
+    )
+    return info.model_uri

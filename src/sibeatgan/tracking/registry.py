@@ -1,5 +1,7 @@
 """MLflow model registry: teacher and student versions of one registered model, and the
-`champion` alias, which goes to the best student only when it beats the teacher."""
+`champion` alias, which goes to the best student only when it beats the teacher. Each trained
+model is registered twice: its generator (reconstructions) and its detector (scores, flags and
+error heat, `tracking/detector_model.py`), whose `champion` alias follows the generator's."""
 
 from __future__ import annotations
 
@@ -15,24 +17,37 @@ CHAMPION = "champion"
 FIGURES = ("val_auc", "val_ap", "test_auc", "test_ap")
 
 
-def _ensure_model(client: MlflowClient, name: str) -> None:
+DESCRIPTIONS = {
+    "model_uri": "BeatGAN generators (teachers) and distilled students",
+    "detector_uri": "Beat detectors: beats (n x 320, normalised) in; score, flag and error heat"
+    " per beat out",
+}
+
+
+def _ensure_model(client: MlflowClient, name: str, uri_key: str) -> None:
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(
-            name, description="BeatGAN generators (teachers) and distilled students"
-        )
+        client.create_registered_model(name, description=DESCRIPTIONS[uri_key])
 
 
-def register(client: MlflowClient, name: str, info: dict, report: dict, p: Params) -> ModelVersion:
-    """Register the model a training run logged (once per run), tagged with role and figures."""
-    _ensure_model(client, name)
+def register(
+    client: MlflowClient,
+    name: str,
+    info: dict,
+    report: dict,
+    p: Params,
+    uri_key: str = "model_uri",
+) -> ModelVersion:
+    """Register the model a training run logged under `uri_key` of its fit.json (once per
+    run), tagged with role and figures."""
+    _ensure_model(client, name, uri_key)
     existing = [
         v
         for v in client.search_model_versions(f"name='{name}'")
         if v.tags.get("run_id") == info["run_id"]
     ]
-    version = existing[0] if existing else mlflow.register_model(info["model_uri"], name)
+    version = existing[0] if existing else mlflow.register_model(info[uri_key], name)
     tags = {
         "role": info["role"],
         "run_id": info["run_id"],
@@ -98,6 +113,22 @@ def promote(client: MlflowClient, name: str, metric: str, teacher_config: str) -
     client.set_model_version_tag(name, champion.version, "champion_reason", reason)
     print(f"champion -> v{champion.version} ({champion.tags.get('role')}): {reason}")
     return decision
+
+
+def follow_champion(client: MlflowClient, name: str, decision: dict) -> int | None:
+    """Point model `name`'s `champion` at the version logged by the same training run as the
+    champion of `decision` (the generators' decision); the version, or None without one."""
+    champion = client.get_model_version(decision["model"], str(decision["champion_version"]))
+    run_id = champion.tags.get("run_id")
+    same_run = [
+        v for v in client.search_model_versions(f"name='{name}'") if v.tags.get("run_id") == run_id
+    ]
+    if not same_run:
+        return None
+    version = max(same_run, key=lambda v: int(v.version))
+    client.set_registered_model_alias(name, CHAMPION, version.version)
+    client.set_model_version_tag(name, version.version, "champion_reason", decision["reason"])
+    return int(version.version)
 
 
 def _registered_configs(client: MlflowClient, name: str) -> str:

@@ -1,0 +1,1 @@
+"""Detection on any ECG record with a trained detector: `sibeatgan detect`."""

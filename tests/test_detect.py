@@ -1,0 +1,204 @@
+"""`sibeatgan detect` on synthetic WFDB records: the beats are the ones `preprocess` makes, any
+sampling rate works, every bad input is one line and writes nothing."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import synthetic_symbols, write_record
+
+from sibeatgan.cli import main
+from sibeatgan.config import with_overrides
+from sibeatgan.data.preprocess import load_prepared, run_preprocess
+from sibeatgan.data.split import VAL
+from sibeatgan.detection.model import resolve_detector
+from sibeatgan.detection.records import read_for_detection
+from sibeatgan.evaluation.detector import ALARM_RATES, alarm_key, thresholds_on_val
+from sibeatgan.io import read_json
+from sibeatgan.models import Generator
+from sibeatgan.pipeline.stages import write_detector
+
+
+@pytest.fixture(scope="module")
+def prepared(synthetic_mitdb, tmp_path_factory):
+    """The tiny params and their prepared data (the synthetic records preprocessed once)."""
+    from conftest import PAPER_OPTIMISER, tiny_overrides
+
+    from sibeatgan.config import Params
+
+    folder = tmp_path_factory.mktemp("prepared")
+    p = with_overrides(Params(), tiny_overrides(synthetic_mitdb, folder) + PAPER_OPTIMISER)
+    run_preprocess(p)
+    return p
+
+
+@pytest.fixture(scope="module")
+def model_dir(prepared, tmp_path_factory) -> Path:
+    """A detector folder as training leaves it (untrained weights: detection mechanics only)."""
+    from sibeatgan.io import save_state_dict
+
+    folder = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    g = Generator(1, prepared.model.nz, prepared.model.width).eval()
+    save_state_dict(folder / "G.pt", g.state_dict())
+    x, cls = load_prepared(prepared.data.prepared_dir).part(VAL, 1)
+    write_detector(folder, g, prepared.model.width, prepared, x, cls, role="teacher", run_id="r")
+    return folder
+
+
+def detect(*args: str) -> object:
+    return CliRunner().invoke(main, ["detect", *args])
+
+
+def test_detect_beats_are_the_beats_preprocess_makes(prepared, model_dir, synthetic_mitdb):
+    data = load_prepared(prepared.data.prepared_dir)
+    detector = resolve_detector(str(model_dir))
+    for record in (100, 103):
+        rec = read_for_detection(str(synthetic_mitdb / str(record)), detector, "MLII")
+        mine = data.records == record
+        assert rec.annotated and rec.fs == 360
+        np.testing.assert_array_equal(rec.beats.sample, data.samples[mine])
+        np.testing.assert_array_equal(rec.beats.cls, data.classes[mine])
+        np.testing.assert_array_equal(rec.beats.x, data.beats[mine][:, :1])
+
+
+@pytest.mark.parametrize("fs", [360, 250])
+def test_detect_writes_csv_summary_and_report(model_dir, tmp_path, fs):
+    symbols = synthetic_symbols(60, seed=5)
+    samples = write_record(tmp_path / "in", "rec", symbols, seconds=61, seed=5, fs=fs)
+    out = tmp_path / "out"
+    result = detect(str(tmp_path / "in" / "rec"), "--model", str(model_dir), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "rec: 60 beats" in result.output and "recall" in result.output
+    rows = list(csv.DictReader((out / "rec" / "beats.csv").open()))
+    assert len(rows) == len(symbols)
+    # samples in the record's own rate: the annotations, give or take the resampling's rounding
+    assert np.abs(np.array([int(r["sample"]) for r in rows]) - samples).max() <= 1
+    assert [r["label"] for r in rows] == [{"A": "S"}.get(s, s) for s in symbols]
+    summary = read_json(out / "rec" / "summary.json")
+    assert (
+        summary["fs"] == fs and summary["beats"] == 60 and summary["beat_source"] == "annotations"
+    )
+    flags = np.array([int(r["flag"]) for r in rows], bool)
+    scores = np.array([float(r["score"]) for r in rows])
+    assert summary["flagged"] == flags.sum()
+    assert np.array_equal(flags, scores >= summary["threshold"]["value"] * (1 - 1e-5)) or (
+        np.abs(scores - summary["threshold"]["value"]).min() < 1e-6
+    )
+    v = np.array([s == "V" for s in symbols])
+    assert summary["classes"]["V"]["recall"] == pytest.approx(flags[v].mean())
+    assert summary["classes"]["N"]["false_alarm_rate"] == pytest.approx(
+        flags[np.array(symbols) == "N"].mean()
+    )
+    page = (out / "rec" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 2 and "Against the reference" in page
+
+
+def test_detect_without_annotations_finds_beats_with_the_qrs_detector(model_dir, tmp_path):
+    write_record(tmp_path, "plain", ["N"] * 40, seconds=41, seed=2, annotations=False)
+    out = tmp_path / "out"
+    result = detect(str(tmp_path / "plain.hea"), "--model", str(model_dir), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    summary = read_json(out / "plain" / "summary.json")
+    assert summary["beat_source"] == "QRS detector" and summary["classes"] is None
+    assert 38 <= summary["beats"] <= 40
+    header = (out / "plain" / "beats.csv").read_text().splitlines()[0]
+    assert header == "beat,sample,time_s,score,flag"
+
+
+def test_alarm_rate_picks_the_val_false_alarm_threshold(model_dir, tmp_path, synthetic_mitdb):
+    meta = read_json(model_dir / "detector.json")
+    out = tmp_path / "out"
+    result = detect(
+        str(synthetic_mitdb / "101"), "--model", str(model_dir), "--out", str(out),
+        "--alarm-rate", "0.05",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = read_json(out / "101" / "summary.json")
+    assert summary["threshold"] == {"name": "alarm_0.05", "value": meta["thresholds"]["alarm_0.05"]}
+
+
+def test_thresholds_on_val_flag_the_asked_share_of_val_n():
+    rng = np.random.default_rng(0)
+    cls = np.r_[np.zeros(10_000, int), np.full(500, 2)]
+    scores = np.r_[rng.gamma(2, 1, 10_000), rng.gamma(2, 1, 500) + 5]
+    found = thresholds_on_val(cls, scores)
+    for rate in ALARM_RATES:
+        assert np.mean(scores[cls == 0] >= found[alarm_key(rate)]) == pytest.approx(rate, abs=1e-3)
+    assert found["alarm_0.05"] < found["alarm_0.01"]
+    predicted = scores >= found["val_f1"]
+    assert predicted[cls > 0].mean() > 0.9 and predicted[cls == 0].mean() < 0.05
+
+
+def _one_line_and_nothing_written(result, out: Path, *words: str) -> None:
+    assert result.exit_code == 1, result.output
+    # the error is the last line and one line (a fresh MLflow store may log its creation first)
+    message = result.output.strip().splitlines()[-1]
+    assert message.startswith("Error: "), result.output
+    assert sum(line.startswith("Error") for line in result.output.splitlines()) == 1
+    for word in words:
+        assert word in message, message
+    assert not out.exists()
+
+
+def test_a_record_without_mlii_needs_lead(model_dir, tmp_path):
+    write_record(tmp_path, "v1v2", ["N"] * 20, seconds=21, lead_names=("V1", "V2"))
+    out = tmp_path / "out"
+    result = detect(str(tmp_path / "v1v2"), "--model", str(model_dir), "--out", str(out))
+    _one_line_and_nothing_written(result, out, "no MLII lead", "['V1', 'V2']", "--lead")
+    result = detect(
+        str(tmp_path / "v1v2"), "--model", str(model_dir), "--out", str(out), "--lead", "V2"
+    )
+    assert result.exit_code == 0, result.output
+    assert read_json(out / "v1v2" / "summary.json")["lead"] == "V2"
+
+
+def test_bad_records_are_one_line_each(model_dir, tmp_path, synthetic_mitdb):
+    write_record(tmp_path, "good", ["N"] * 20, seconds=21)
+    header = (tmp_path / "good.hea").read_text().replace("good", "broken")
+    (tmp_path / "broken.hea").write_text(header)
+    (tmp_path / "broken.dat").write_bytes(b"\x00\x01")  # far shorter than its header says
+    (tmp_path / "empty.hea").write_text("empty 1 360 0\nempty.dat 212 200 11 1024 0 0 0 MLII\n")
+    (tmp_path / "empty.dat").write_bytes(b"")
+    out = tmp_path / "out"
+    cases = {
+        "missing": ("no WFDB record", "missing.hea not found"),
+        "broken": ("broken", "unreadable"),
+        "empty": ("empty", "empty or too short"),
+    }
+    for name, words in cases.items():
+        # with a good record first: nothing is written for it either
+        result = detect(
+            str(tmp_path / "good"), str(tmp_path / name), "--model", str(model_dir), "--out",
+            str(out),
+        )  # fmt: skip
+        _one_line_and_nothing_written(result, out, *words)
+
+
+def test_bad_models_are_one_line_each(model_dir, tmp_path, synthetic_mitdb, mlflow_store):
+    record = str(synthetic_mitdb / "100")
+    out = tmp_path / "out"
+    result = detect(record, "--model", "models:/no-such-detector@champion", "--out", str(out))
+    _one_line_and_nothing_written(result, out, "models:/no-such-detector@champion", "resolve")
+    generator_like = tmp_path / "generator"
+    generator_like.mkdir()
+    (generator_like / "MLmodel").write_text("flavors:\n  pytorch: {}\n")
+    result = detect(record, "--model", str(generator_like), "--out", str(out))
+    _one_line_and_nothing_written(result, out, "MLflow model of another kind", "detector")
+    result = detect(record, "--model", str(tmp_path / "nowhere"), "--out", str(out))
+    _one_line_and_nothing_written(result, out, "neither a folder nor an MLflow model URI")
+    planted = tmp_path / "planted"
+    shutil.copytree(model_dir, planted)
+    torch.save({"x": __import__("collections").OrderedDict()}, planted / "G.pt")
+    meta = json.loads((planted / "detector.json").read_text())
+    meta["kind"] = "something-else"
+    (planted / "detector.json").write_text(json.dumps(meta))
+    result = detect(record, "--model", str(planted), "--out", str(out))
+    _one_line_and_nothing_written(result, out, "does not describe a sibeatgan-beat-detector")
