@@ -10,7 +10,7 @@ from sibeatgan.config import Params, with_overrides
 from sibeatgan.data.preprocess import run_preprocess
 from sibeatgan.io import read_json
 from sibeatgan.pipeline.layout import Layout
-from sibeatgan.pipeline.stages import evaluate, train_model
+from sibeatgan.pipeline.stages import HEADLINE, evaluate, train_model
 from sibeatgan.tracking.registry import promote
 
 
@@ -50,10 +50,13 @@ def test_checkpoints_metrics_and_plots(trained, tmp_path):
         assert layout.plot(f"{role}_roc.csv").read_text().startswith("fpr,tpr")
         assert layout.plot(f"{role}_scores.png").stat().st_size > 1000
     assert layout.plot("roc_pr.png").stat().st_size > 1000
-    metrics = read_json(layout.metrics("evaluate"))
+    detail = read_json(layout.metrics("evaluate_detail"))
+    headline = read_json(layout.metrics("evaluate"))
     for role in ("teacher", "student"):
         for key in ("test_auc", "test_ap", "test_f1", "oracle_f1", "recall_V", "threshold"):
-            assert key in metrics[role]
+            assert key in detail[role]
+        assert headline[role] == {k: detail[role][k] for k in HEADLINE}
+    assert headline["champion"] in ("teacher", "student")
 
 
 def test_mlflow_runs_hold_params_tags_epochs_and_artifacts(trained):

@@ -199,16 +199,21 @@ def evaluate(p: Params) -> None:
 @with_params
 def promote(p: Params) -> None:
     """Point the registry alias `champion` at the best version for this config: the best
-    student when it beats the teacher on registry.metric, else the teacher."""
+    student when it beats the teacher on registry.metric, else the teacher. The detector
+    model's `champion` follows (the detector of the same training run)."""
     from mlflow import MlflowClient
 
     from sibeatgan import tracking
     from sibeatgan.tracking import registry
 
     tracking.setup()
-    registry.promote(
-        MlflowClient(), p.registry.model_name, p.registry.metric, tracking.teacher_config_key(p)
+    client = MlflowClient()
+    decision = registry.promote(
+        client, p.registry.model_name, p.registry.metric, tracking.teacher_config_key(p)
     )
+    version = registry.follow_champion(client, p.registry.detector_name, decision)
+    if version is not None:
+        click.echo(f"{p.registry.detector_name}: champion -> v{version} (the same training run)")
 
 
 @main.command()

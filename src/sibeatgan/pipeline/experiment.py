@@ -57,5 +57,6 @@ def run_experiment(p: Params, root: Path = Path("outputs")) -> dict:
         train_model(p, "student", layout, teacher_dir, use_active_run=True)
         reports = evaluate(p, layout)
         mlflow.log_artifact(str(layout.metrics("evaluate")), artifact_path="evaluation")
+        mlflow.log_artifact(str(layout.metrics("evaluate_detail")), artifact_path="evaluation")
         mlflow.log_artifact(str(layout.metrics("promotion")), artifact_path="evaluation")
     return reports

@@ -256,6 +256,7 @@ def _train_locked(
         )
         mlflow.log_artifact(str(out / "G.pt"), artifact_path="checkpoints")
         mlflow.log_artifact(str(out / "D.pt"), artifact_path="checkpoints")
+        mlflow.log_artifact(str(out / DETECTOR_FILE), artifact_path="checkpoints")
         mlflow.log_artifact(str(layout.plot(f"{role}_history.csv")))
         tracking.log_figure_files([curves])
         model_uri = tracking.log_generator(g, nc)
@@ -345,6 +346,9 @@ def _state_differences(meta: dict, p: Params, role: str, tags: dict[str, str]) -
     return ", ".join(c for c in (changed, tagged) if c)
 
 
+HEADLINE = ("val_auc", "test_auc", "test_ap", "test_f1")
+
+
 def evaluate(p: Params, layout: Layout = DEFAULT_LAYOUT, roles: tuple[str, ...] = ROLES) -> dict:
     """Test metrics of each model, curves for `dvc plots`, figures, and the registry update."""
     device = pick_device()
@@ -380,10 +384,13 @@ def evaluate(p: Params, layout: Layout = DEFAULT_LAYOUT, roles: tuple[str, ...] 
         curves[role] = {"roc": roc, "pr": pr, "auc": report["test_auc"], "ap": report["test_ap"]}
         _log_to_training_run(layout.model_dir(role), report, [hist])
     figure = figures.detection_curves(curves, layout.plot("roc_pr.png"))
-    write_json(layout.metrics("evaluate"), reports)
+    write_json(layout.metrics("evaluate_detail"), reports)
     for role in roles:
         _log_to_training_run(layout.model_dir(role), {}, [figure])
-    register_and_promote(p, layout, reports)
+    decision = register_and_promote(p, layout, reports)
+    # the headline `dvc metrics show` prints; everything else is in evaluate_detail.json
+    headline = {role: {k: r[k] for k in HEADLINE} for role, r in reports.items()}
+    write_json(layout.metrics("evaluate"), {**headline, "champion": decision["champion_role"]})
     return reports
 
 
