@@ -27,19 +27,23 @@ USER_ERRORS = (
 STUDY_RECIPE = "recipe.yaml"
 
 
+def params_file_option(help: str):
+    return click.option(
+        "--params",
+        "params_path",
+        default="params.yaml",
+        show_default=True,
+        type=click.Path(dir_okay=False),
+        help=help,
+    )
+
+
 def _params_options(study: bool):
     """--params and -S/--set, and user errors as one clear line (exit 1). With `study`, the
     overrides in the summaries folder's recipe.yaml (--runs) come first, then -S."""
 
     def decorate(func):
-        @click.option(
-            "--params",
-            "params_path",
-            default="params.yaml",
-            show_default=True,
-            type=click.Path(dir_okay=False),
-            help="Parameter file to read.",
-        )
+        @params_file_option("Parameter file to read.")
         @click.option(
             "-S",
             "--set",
@@ -233,14 +237,9 @@ def promote(p: Params) -> None:
     help="Flag with the threshold that raised this false-alarm rate on val N beats, instead "
     "of the threshold that maximised F1 on val.",
 )
-@click.option(
-    "--params",
-    "params_path",
-    default="params.yaml",
-    show_default=True,
-    type=click.Path(dir_okay=False),
-    help="Parameter file naming the registered detector (registry.detector_name); its "
-    "defaults apply where there is none.",
+@params_file_option(
+    "Parameter file naming the registered detector (registry.detector_name); its defaults "
+    "apply where there is none."
 )
 def detect(
     records: tuple[str, ...],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -149,49 +150,46 @@ def beat_classes(
     return np.where(inside, cls, -1).astype(np.int8)
 
 
-def extract_beats(
-    mitdb_dir: str | Path,
-    record: int,
-    band_hz: list[float],
-    taps: int,
-    before: int,
-    after: int,
-    qrs_tolerance: int,
-    qrs_detector: str = "xqrs",
-) -> RecordBeats:
+@dataclass(frozen=True)
+class BeatSpec:
+    """How beats are cut from a record (the preprocess.* knobs of that name): the band-pass,
+    the window [R - before, R + after) and the check that confirms N beats."""
+
+    band_hz: list[float]
+    taps: int
+    before: int
+    after: int
+    qrs_tolerance: int
+    qrs_detector: str = "xqrs"
+
+    @classmethod
+    def from_dict(cls, values: dict) -> BeatSpec:
+        """From preprocess params or a detector's stored copy (other keys are ignored)."""
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+
+
+def extract_beats(mitdb_dir: str | Path, record: int, spec: BeatSpec) -> RecordBeats:
     """The beats `preprocess` keeps from one MIT-BIH record (see `annotated_beats`)."""
     sig, fs, samples, symbols = read_record(mitdb_dir, record)
-    windows = (band_hz, taps, before, after)
-    beats = annotated_beats(sig, fs, samples, symbols, *windows, qrs_tolerance, qrs_detector)
+    beats = annotated_beats(sig, fs, samples, symbols, spec)
     beats.record = record
     return beats
 
 
-def recording_beats(
-    rec: Recording,
-    band_hz: list[float],
-    taps: int,
-    before: int,
-    after: int,
-    qrs_tolerance: int,
-    qrs_detector: str = "xqrs",
-) -> RecordBeats:
+def recording_beats(rec: Recording, spec: BeatSpec) -> RecordBeats:
     """The beats of any record, the way `preprocess` makes them: at FS Hz, band-passed and
     windowed; at its annotated beats (kept as `preprocess` keeps them) when it has
     annotations, else at the R peaks the QRS detector finds. Not normalised."""
     rec = resampled(rec)
-    windows = (band_hz, taps, before, after)
     if rec.annotations is not None:
         ann = rec.annotations
-        return annotated_beats(
-            rec.sig, rec.fs, ann.samples, ann.symbols, *windows, qrs_tolerance, qrs_detector
-        )
-    filtered = bandpass(rec.sig, rec.fs, band_hz, taps)
-    peaks = detect_r_peaks(filtered[:, 0], rec.fs, qrs_detector)
-    peaks = peaks[(peaks - before >= 0) & (peaks + after <= len(filtered))]
+        return annotated_beats(rec.sig, rec.fs, ann.samples, ann.symbols, spec)
+    filtered = bandpass(rec.sig, rec.fs, spec.band_hz, spec.taps)
+    peaks = detect_r_peaks(filtered[:, 0], rec.fs, spec.qrs_detector)
+    peaks = peaks[(peaks - spec.before >= 0) & (peaks + spec.after <= len(filtered))]
     return RecordBeats(
         record="",
-        x=window(filtered, peaks, before, after),
+        x=window(filtered, peaks, spec.before, spec.after),
         cls=np.full(len(peaks), -1, dtype=np.int8),
         sample=peaks.astype(np.int32),
         dropped_n=0,
@@ -206,25 +204,17 @@ def window(filtered: np.ndarray, centres: np.ndarray, before: int, after: int) -
 
 
 def annotated_beats(
-    sig: np.ndarray,
-    fs: float,
-    samples: np.ndarray,
-    symbols: list[str],
-    band_hz: list[float],
-    taps: int,
-    before: int,
-    after: int,
-    qrs_tolerance: int,
-    qrs_detector: str = "xqrs",
+    sig: np.ndarray, fs: float, samples: np.ndarray, symbols: list[str], spec: BeatSpec
 ) -> RecordBeats:
     """Annotated beats of the classes in CLASS_OF_SYMBOL whose window fits in the record; an N
     beat only where the QRS detector confirms an R peak within `qrs_tolerance` samples."""
-    filtered = bandpass(sig, fs, band_hz, taps)
+    before, after = spec.before, spec.after
+    filtered = bandpass(sig, fs, spec.band_hz, spec.taps)
     cls = beat_classes(symbols, samples, len(sig), before, after)
     keep = cls >= 0
     is_n = keep & (cls == 0)
-    peaks = detect_r_peaks(filtered[:, 0], fs, qrs_detector)
-    confirmed = near_detection(samples, peaks, qrs_tolerance)
+    peaks = detect_r_peaks(filtered[:, 0], fs, spec.qrs_detector)
+    confirmed = near_detection(samples, peaks, spec.qrs_tolerance)
     dropped = int(np.sum(is_n & ~confirmed))
     keep &= (cls != 0) | confirmed
     return RecordBeats(

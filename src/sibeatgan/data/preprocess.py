@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sibeatgan.config import Params, short_hash
-from sibeatgan.data.beats import CLASSES, RecordBeats, extract_beats, normalise
+from sibeatgan.data.beats import CLASSES, BeatSpec, RecordBeats, extract_beats, normalise
 from sibeatgan.data.split import SPLIT_NAMES, make_split
 from sibeatgan.io import ensure_writable, load_npy, read_json, save_npy, write_json
 
@@ -70,16 +70,7 @@ def run_preprocess(p: Params, metrics_path: str | Path | None = None) -> dict:
     check_records(mitdb_dir, p.preprocess.records)
     ensure_writable(p.data.prepared_dir, *([Path(metrics_path).parent] if metrics_path else []))
     pp = p.preprocess
-    job = partial(
-        extract_beats,
-        mitdb_dir,
-        band_hz=pp.band_hz,
-        taps=pp.taps,
-        before=pp.before,
-        after=pp.after,
-        qrs_tolerance=pp.qrs_tolerance,
-        qrs_detector=pp.qrs_detector,
-    )
+    job = partial(extract_beats, mitdb_dir, spec=BeatSpec.from_dict(p.to_dict()["preprocess"]))
     workers = max(1, min(pp.workers, len(pp.records)))
     bar = dict(total=len(pp.records), desc="preprocess records", unit="rec")
     if workers == 1:

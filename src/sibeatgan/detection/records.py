@@ -10,6 +10,7 @@ import numpy as np
 
 from sibeatgan.data.beats import (
     CLASSES,
+    BeatSpec,
     RecordBeats,
     normalise,
     read_recording,
@@ -61,7 +62,7 @@ def read_for_detection(spec: str, detector: Detector, lead: str) -> RecordInput:
     pp = detector.meta["preprocess"]
     if len(rec.sig) < 3 * int(pp["taps"]):
         raise RecordError(f"record {path} is empty or too short ({len(rec.sig)} samples)")
-    beats = recording_beats(rec, **pp)
+    beats = recording_beats(rec, BeatSpec.from_dict(pp))
     if len(beats.cls) == 0:
         raise RecordError(f"no beats found in record {path}; is it an ECG?")
     nc = int(detector.meta["nc"])

@@ -5,6 +5,7 @@ MLflow model both load a detector from these two files, never from a pickle."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from sibeatgan.config import FS
+from sibeatgan.data.beats import BeatSpec
 from sibeatgan.evaluation.metrics import best_f1_threshold
 from sibeatgan.evaluation.scoring import score_and_heat
 from sibeatgan.io import load_state_dict, read_json
@@ -23,8 +25,6 @@ WEIGHTS_FILE = "G.pt"
 DETECTOR_KIND = "sibeatgan-beat-detector"
 # false-alarm rates on val N beats that get a threshold of their own (`detect --alarm-rate`)
 ALARM_RATES = (0.01, 0.05)
-# the preprocessing knobs a detector replays on new records
-PREPROCESS_KEYS = ("band_hz", "taps", "before", "after", "qrs_tolerance", "qrs_detector")
 
 
 class DetectorError(ValueError):
@@ -58,7 +58,7 @@ def detector_meta(
         "width": width,
         "fs": FS,
         "beat_length": preprocess["before"] + preprocess["after"],
-        "preprocess": {k: preprocess[k] for k in PREPROCESS_KEYS},
+        "preprocess": dataclasses.asdict(BeatSpec.from_dict(preprocess)),  # what detect replays
         "thresholds": thresholds,
         **about,
     }
