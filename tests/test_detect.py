@@ -182,6 +182,15 @@ def test_bad_records_are_one_line_each(model_dir, tmp_path, synthetic_mitdb):
         _one_line_and_nothing_written(result, out, *words)
 
 
+def test_no_store_here_is_one_line_and_creates_none(model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    write_record(tmp_path, "rec", ["N"] * 20, seconds=21)
+    out = tmp_path / "out"
+    _one_line_and_nothing_written(detect("rec", "--out", str(out)), out, "no MLflow store here")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_bad_models_are_one_line_each(model_dir, tmp_path, synthetic_mitdb, mlflow_store):
     record = str(synthetic_mitdb / "100")
     out = tmp_path / "out"

@@ -3,6 +3,7 @@ weights and JSON (an MLflow model is downloaded, never unpickled)."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -47,6 +48,12 @@ def _from_mlflow(uri: str) -> Detector:
 
     from sibeatgan import tracking
 
+    store = tracking.DEFAULT_URI.removeprefix("sqlite:///")
+    if not os.environ.get("MLFLOW_TRACKING_URI") and not Path(store).is_file():
+        raise DetectorError(
+            f"no MLflow store here ({store}) to resolve {uri}; run from the project folder, set "
+            "MLFLOW_TRACKING_URI, or give --model a trained model folder"
+        )  # rather than create an empty store in this folder
     tracking.setup()
     with tempfile.TemporaryDirectory(prefix="sibeatgan-model-") as tmp:
         try:
