@@ -38,6 +38,15 @@ def params_file_option(help: str):
     )
 
 
+json_option = click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the figures as one JSON object to this file.",
+)
+
+
 def _params_options(study: bool):
     """--params and -S/--set, and user errors as one clear line (exit 1). With `study`, the
     overrides in the summaries folder's recipe.yaml (--runs) come first, then -S."""
@@ -278,13 +287,7 @@ def detect(
 @click.option("--model", required=True, help="A trained model folder or an MLflow model URI.")
 @click.option("--batch", default=256, show_default=True, help="Beats per served request.")
 @click.option("--requests", "requests_n", default=20, show_default=True, help="Timed requests.")
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Also write the figures as one JSON object to this file.",
-)
+@json_option
 def bench_detect(
     record: str, model: str, batch: int, requests_n: int, json_path: str | None
 ) -> None:
@@ -312,13 +315,7 @@ def bench_detect(
     help="Timed training steps per setting (at the default batch; fewer at larger ones).",
 )
 @click.option("--warmup", default=5, show_default=True, help="Untimed steps before each timing.")
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Also write every figure as one JSON object to this file.",
-)
+@json_option
 @with_params
 def bench(p: Params, steps: int, warmup: int, json_path: str | None) -> None:
     """Measure training and scoring speed on this machine: the original code's training step

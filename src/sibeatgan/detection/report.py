@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sibeatgan.data.beats import CLASSES  # noqa: E402
-from sibeatgan.io import write_csv, write_json, write_text  # noqa: E402
+from sibeatgan.io import write_text  # noqa: E402
 
 ROW_S = 60.0  # seconds of record per strip-chart row
 TOP_BEATS = 8  # flagged beats drawn with their explanation
@@ -98,14 +98,6 @@ def score_timeline(times: np.ndarray, scores: np.ndarray, flags: np.ndarray, thr
     ax.set(xlabel="time (s)", ylabel="anomaly score", yscale="log")
     ax.legend(fontsize=7, loc="upper right")
     return png(fig)
-
-
-def write_beats_csv(path: Path, table: dict[str, np.ndarray | list]) -> None:
-    write_csv(path, table)
-
-
-def write_summary(path: Path, summary: dict) -> None:
-    write_json(path, summary)
 
 
 def _table(rows: list[list], head: list[str]) -> str:

@@ -16,7 +16,7 @@ from sibeatgan.detection import report
 from sibeatgan.detection.model import resolve_detector
 from sibeatgan.detection.records import RecordError, RecordInput, class_figures, read_for_detection
 from sibeatgan.evaluation.detector import Detector
-from sibeatgan.io import ensure_writable
+from sibeatgan.io import ensure_writable, write_csv, write_json
 
 SCORE_BATCH = 512
 
@@ -49,7 +49,7 @@ def detect(
         t0 = time.perf_counter()
         summary = detect_record(rec, detector, model, threshold, out / rec.name)
         summary["time_s"] = round(seconds + time.perf_counter() - t0 + setup_s / len(inputs), 3)
-        report.write_summary(out / rec.name / "summary.json", summary)
+        write_json(out / rec.name / "summary.json", summary)
         summaries.append(summary)
         echo(one_line(summary, out / rec.name))
     return summaries
@@ -85,7 +85,7 @@ def detect_record(
     }
     if rec.annotated:
         table["label"] = labels
-    report.write_beats_csv(folder / "beats.csv", table)
+    write_csv(folder / "beats.csv", table)
     summary = {
         "record": rec.name,
         "path": str(rec.path),
