@@ -12,13 +12,11 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 from sibeatgan.evaluation.figures import save_figure
 
 
-def results_figure(
-    variants: dict[str, dict], published: list[tuple], path: Path, margin: float
-) -> Path:
+def results_figure(variants: dict[str, dict], published: list[tuple], path: Path) -> Path:
     """The study at a glance: mean +- std over seeds per variant (test AUC, AP, F1 at the val
     threshold, per-class recall), the paired AUC difference to the teacher under both
-    selection rules (shaded: ± `margin`), and scoring cost. Published AUCs are drawn as
-    reference lines."""
+    selection rules (shaded: ± the teacher's own std over seeds), and scoring cost. Published
+    AUCs are drawn as reference lines."""
     names = list(variants)
     x = np.arange(len(names))
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
@@ -74,7 +72,9 @@ def results_figure(
             ax.plot([i + offset] * len(dots), dots, ".", color="gray", ms=5)
         ax.errorbar(where, mean, yerr=std, fmt="o", capsize=4, label=label)
     ax.axhline(0, color="k", lw=1)
-    ax.axhspan(-margin, margin, color="gray", alpha=0.15, label=f"±{margin}")
+    noise = variants.get("teacher", {}).get("val_auc", {}).get("test_auc_std")
+    if noise:
+        ax.axhspan(-noise, noise, color="gray", alpha=0.15, label=f"± teacher std {noise:.4f}")
     ax.set(
         title="paired Δ test AUC vs teacher (mean ± std; dots: seeds)",
         xticks=np.arange(len(students)),
@@ -150,12 +150,11 @@ def learning_curves(summaries: list[dict], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def folds_figure(
-    across: dict[str, dict], published: tuple[str, float, float], path: Path, margin: float
-) -> Path:
+def folds_figure(across: dict[str, dict], published: tuple[str, float, float], path: Path) -> Path:
     """Per split, left: each variant's test AUC fold by fold (the mean over its seeds) beside
     the published 5-fold mean +- std; right: the paired differences fold by fold (dots, labelled
-    with the fold), their mean +- std over folds and the t-test's p (shaded: ± `margin`)."""
+    with the fold), their mean +- std over folds and the t-test's p (shaded: ± the teacher's
+    std over folds)."""
     method, auc, std = published
     fig, axes = plt.subplots(len(across), 2, figsize=(14, 4.5 * len(across)), squeeze=False)
     for (split, entry), (left, right) in zip(across.items(), axes, strict=True):
@@ -197,17 +196,20 @@ def folds_figure(
             p = vs["diff_auc_p"]
             labels.append(f"{label}\n{f'p {p:.3f}' if p is not None else 'p -'}")
         right.axhline(0, color="k", lw=1)
-        right.axhspan(-margin, margin, color="gray", alpha=0.15)
-        # linear within ±2 margins, logarithmic beyond: a collapsed control's -0.05 does not
-        # flatten the differences of a few thousandths that the study is about
-        right.set_yscale("symlog", linthresh=2 * margin, linscale=2)
-        low, high = right.get_ylim()
-        steps = [margin * k for k in (1, 2, 10, 20)]
-        right.set_yticks([t for t in [0, *steps, *(-t for t in steps)] if low <= t <= high])
-        right.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:+.3f}" if v else "0"))
+        title = f"{split}: paired Δ test AUC per fold"
+        noise = entry.get("teacher", {}).get("test_auc_std")
+        if noise:
+            right.axhspan(-noise, noise, color="gray", alpha=0.15)
+            # linear within ±2 teacher stds, logarithmic beyond: a collapsed control's -0.05
+            # does not flatten the differences of a few thousandths that the study is about
+            right.set_yscale("symlog", linthresh=2 * noise, linscale=2)
+            low, high = right.get_ylim()
+            steps = [noise * k for k in (1, 2, 10, 20)]
+            right.set_yticks([t for t in [0, *steps, *(-t for t in steps)] if low <= t <= high])
+            right.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:+.3f}" if v else "0"))
+            title += f" (symlog beyond ±{2 * noise:.4f}; shaded: ± teacher std over folds)"
         right.set(
-            title=f"{split}: paired Δ test AUC per fold (symlog beyond ±{2 * margin:g})\n"
-            f"(dots: folds; red: beyond fold-to-fold noise; shaded: ±{margin})",
+            title=f"{title}\n(dots: folds; red: beyond fold-to-fold noise)",
             xticks=range(len(pairs)),
             xlim=(-0.7, max(len(pairs), 1) - 0.3),
         )

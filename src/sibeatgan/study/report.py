@@ -39,10 +39,6 @@ NOISE_P = 0.05  # a paired difference "exceeds seed noise" at p < this, with >= 
 MIN_PAIRS = 3
 # the published 5-fold BeatGAN figure: method, AUC, std, AP, source
 FIVE_FOLD = next(row for row in PUBLISHED if row[0] == "BeatGAN")
-TEACHER_TARGET = 0.93  # the issue's fold-0 mean test AUC for the teacher at the budget used
-COMPACT_MARGIN = 0.005  # how far below the teacher the compact student may score and still keep up
-# the half-width students with distillation, each asked whether it keeps within COMPACT_MARGIN
-COMPACT_STUDENTS = {"compact_kd": "width 0.5, KD", "compact_kd_hint": "width 0.5, KD + hints"}
 
 
 def load_summaries(runs_dir: Path) -> list[dict]:
@@ -319,6 +315,8 @@ def build_results(summaries: list[dict], stale: list[dict] = (), runs_dir: Path 
                 entry[name]["paired_vs_control"] = entry[name]["val_auc"]["paired_vs_control"]
         results["groups"][group] = entry
     results["variants"] = results["groups"].get(group_name(*HEADLINE), {})
+    results["comparisons"] = comparisons(results["groups"], results["across_folds"])
+    results["verdicts"] = verdicts(results["comparisons"])
     return results
 
 
@@ -331,13 +329,6 @@ def _pm(mean: float | None, std: float | None, digits: int = 4, signed: bool = F
 
 def _signed(value: float | None) -> str:
     return _pm(value, None, signed=True)
-
-
-def _per_pair(diff: dict, key: str = "seeds") -> str:
-    """`0: +0.0052, 1: -0.0010`: a paired difference per seed (or per fold, key "folds")."""
-    return ", ".join(
-        f"{pair}: {_signed(d)}" for pair, d in zip(diff[key], diff["diff_auc_values"], strict=True)
-    )
 
 
 def _variant_table(entry: dict, rule: str) -> list[str]:
@@ -365,158 +356,134 @@ def _variant_table(entry: dict, rule: str) -> list[str]:
     return lines
 
 
-def answers(entry: dict) -> list[str]:
-    """The study's questions, answered from the numbers (headline group, val-AUC selection)."""
+def verdict(diff: dict, n: int) -> str:
+    """A paired difference in one word: better / worse beyond noise, within noise, or too few
+    pairs to tell (fewer than MIN_PAIRS)."""
+    if n < MIN_PAIRS:
+        return "too few"
+    if diff["diff_auc_beyond_noise"]:
+        return "better" if diff["diff_auc_mean"] > 0 else "worse"
+    return "within noise"
+
+
+def _comparison(
+    scope: str, variant: str, against: str, selection: str, unit: str, diff: dict
+) -> dict:
+    pairs = diff[f"{unit}s"]
+    return {
+        "scope": scope,
+        "variant": variant,
+        "against": against,
+        "selection": selection,
+        "unit": unit,
+        "pairs": pairs,
+        "n": len(pairs),
+        **{k: diff[f"diff_auc_{k}"] for k in ("values", "mean", "std", "p", "beyond_noise")},
+        "verdict": verdict(diff, len(pairs)),
+        # its budget comes on top of the teacher's: a caveat on any comparison to the teacher
+        "on_top_of_teacher": against == "teacher" and VARIANTS[variant].on_top_of_teacher,
+    }
+
+
+def comparisons(groups: dict[str, dict], across: dict[str, dict]) -> list[dict]:
+    """Every paired difference of the study, flat: each student against the teacher and its
+    control, per group (pairs are seeds) under val-AUC and unsupervised selection, then across
+    folds (pairs are folds, val-AUC selection)."""
+    out = []
+    for group, entry in groups.items():
+        for name, e in entry.items():
+            if e["role"] != "student":
+                continue
+            for rule in ("val_auc", UNSUPERVISED):
+                for key in ("paired_vs_teacher", "paired_vs_control"):
+                    diff = e[rule].get(key)
+                    if diff and diff["n_pairs"]:
+                        against = diff.get("control", "teacher")
+                        out.append(_comparison(group, name, against, rule, "seed", diff))
+    for split, entry in across.items():
+        for name, row in entry.items():
+            for diff in (row.get("vs_teacher"), row.get("vs_control")):
+                if diff and diff["folds"]:
+                    against = diff.get("control", "teacher")
+                    scope = f"{split} across folds"
+                    out.append(_comparison(scope, name, against, "val_auc", "fold", diff))
+    return out
+
+
+def verdicts(compared: list[dict]) -> list[dict]:
+    """Per scope and selection rule: the students better than the teacher beyond noise, and
+    the student with the largest mean difference to it."""
+    scopes: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for c in compared:
+        if c["against"] == "teacher":
+            scopes[c["scope"], c["selection"]].append(c)
+    out = []
+    headline = group_name(*HEADLINE)
+    # the headline group first, then the splits across folds, then the other groups
+    order = sorted(scopes, key=lambda k: (k[0] != headline, "across" not in k[0], k[0]))
+    for scope, selection in order:
+        rows = scopes[scope, selection]
+        best = max(rows, key=lambda c: c["mean"])
+        out.append(
+            {
+                "scope": scope,
+                "selection": selection,
+                "unit": best["unit"],
+                "better": [c["variant"] for c in rows if c["verdict"] == "better"],
+                "best": best["variant"],
+                "best_diff_auc_mean": best["mean"],
+                "best_n": best["n"],
+                "best_verdict": best["verdict"],
+            }
+        )
+    return out
+
+
+def _diff_cell(c: dict) -> str:
+    """`+0.0062 ± 0.0037 (5 folds, p 0.020): better`."""
+    p = "-" if c["p"] is None else f"{c['p']:.3f}"
+    unit = c["unit"] + ("" if c["n"] == 1 else "s")
+    return f"{_pm(c['mean'], c['std'], signed=True)} ({c['n']} {unit}, p {p}): {c['verdict']}"
+
+
+def _verdict_lines(results: dict) -> list[str]:
     lines = []
-    teacher = entry.get("teacher")
-    if teacher is None:
-        return ["- No teacher runs yet: no paired comparison is possible."]
-    t = teacher["val_auc"]
-    met = "met" if t["test_auc_mean"] >= TEACHER_TARGET else "not met"
-    line = (
-        f"- Teacher test AUC {_pm(t['test_auc_mean'], t['test_auc_std'])} over "
-        f"{_count(t['n_seeds'], 'seed')}: target (at least {TEACHER_TARGET}) {met}"
-    )
-    curve = teacher.get("budget") or []
-    reached = [c["budget_epochs"] for c in curve if c["test_auc_mean"] >= TEACHER_TARGET]
-    if reached:
-        line += f"; the shortest budget whose mean reaches it: {reached[0]} epochs"
-    elif curve:
-        first, last = curve[0]["budget_epochs"], curve[-1]["budget_epochs"]
-        line += f"; no budget from {first} to {last} epochs reaches it (see 'shorter budgets')"
-    lines.append(line + ".")
-    students = {k: v for k, v in entry.items() if v["role"] == "student"}
-    paired = [k for k, v in students.items() if v["paired_vs_teacher"]["n_pairs"]]
-    if not paired:
-        lines.append("- No student runs yet.")
-    for rule in ("val_auc", UNSUPERVISED):
-        lines += _beats_teacher(students, rule)
-    for name, about in COMPACT_STUDENTS.items():
-        if name not in paired:
-            continue
-        for rule in ("val_auc", UNSUPERVISED):
-            pv = students[name][rule]["paired_vs_teacher"]
-            lines.append(
-                f"- Compact student {name} ({about}), selected by {RULE_NAMES[rule]}: Δ AUC "
-                f"{_diff(pv)}: {_keeps_up(pv, 'seed')}."
-            )
-    for name, v in students.items():
-        pc = v.get("paired_vs_control")
-        if pc and pc["n_pairs"]:
-            unsup = v[UNSUPERVISED]["paired_vs_control"]
-            lines.append(
-                f"- {name} against {pc['control']} (the same student without distillation, "
-                f"paired by seed): Δ AUC {_paired(pc)}; unsupervised selection: {_paired(unsup)}."
-            )
+    for v in results["verdicts"]:
+        if v["best_n"] < 2:
+            continue  # one seed per variant: see the tables
+        better = ", ".join(v["better"]) or "none"
+        lines.append(
+            f"- {v['scope']}, {RULE_NAMES[v['selection']]}: better than the teacher beyond "
+            f"{v['unit']} noise: {better}; largest mean Δ AUC: {v['best']} "
+            f"{_signed(v['best_diff_auc_mean'])} ({v['best_verdict']})."
+        )
     return lines
 
 
-def _keeps_up(diff: dict, unit: str) -> str:
-    """Whether a paired difference to the teacher stays within COMPACT_MARGIN, on the mean
-    and on the worst seed or fold, in words."""
-    mean, worst = diff["diff_auc_mean"], min(diff["diff_auc_values"])
-    verdict = "within" if mean >= -COMPACT_MARGIN else "not within"
-    text = f"the mean is {verdict} {COMPACT_MARGIN} of the teacher"
-    if worst < -COMPACT_MARGIN:
-        text += f", the worst {unit} ({_signed(worst)}) is not"
-    return text
-
-
-def _noise_words(diff: dict, n: int, unit: str, noise: str) -> str:
-    """Whether a paired AUC difference over `n` seeds or folds exceeds `noise`, in words."""
-    if n < MIN_PAIRS:
-        return f"too few {unit}s to tell from noise: needs {MIN_PAIRS}"
-    if diff["diff_auc_p"] is None:
-        return f"the same on every {unit}"
-    where = "beyond" if diff["diff_auc_beyond_noise"] else "within"
-    return f"p {diff['diff_auc_p']:.3f}, {where} {noise}"
-
-
-def _verdict(pv: dict) -> str:
-    return _noise_words(pv, pv["n_pairs"], "seed", "seed noise")
-
-
-def _count(n: int, unit: str) -> str:
-    """`1 seed`, `3 seeds`."""
-    return f"{n} {unit}" + ("" if n == 1 else "s")
-
-
-def _fold_verdict(vs: dict) -> str:
-    n = len(vs["folds"])
-    return f"{_count(n, 'fold')}, {_noise_words(vs, n, 'fold', 'fold-to-fold noise')}"
-
-
-def _fold_diff(vs: dict | None) -> str:
-    if not vs or not vs["folds"]:
-        return "-"
-    return f"{_pm(vs['diff_auc_mean'], vs['diff_auc_std'], signed=True)} ({_fold_verdict(vs)})"
-
-
-def _diff(pv: dict) -> str:
-    """A paired difference in words: mean ± std, seeds and per seed."""
-    return (
-        f"{_pm(pv['diff_auc_mean'], pv['diff_auc_std'], signed=True)} over "
-        f"{_count(pv['n_pairs'], 'seed')} (per seed {_per_pair(pv)})"
-    )
-
-
-def _paired(pv: dict) -> str:
-    """`_diff` with the noise verdict."""
-    return f"{_diff(pv)}, {_verdict(pv)}"
-
-
-def _beats_teacher(students: dict, rule: str) -> list[str]:
-    """Whether any student beats the teacher beyond seed noise under one selection rule."""
-    compared = {
-        k: v[rule]["paired_vs_teacher"]
-        for k, v in students.items()
-        if v[rule].get("paired_vs_teacher") and v[rule]["paired_vs_teacher"]["n_pairs"]
-    }
-    if not compared:
+def _comparison_table(compared: list[dict]) -> list[str]:
+    """Paired differences over two or more seeds or folds (single pairs are in results.json)."""
+    shown = [c for c in compared if c["n"] >= 2]
+    if not shown:
         return []
-    how = f"Selected by {RULE_NAMES[rule]}"
-    better = [
-        k for k, pv in compared.items() if pv["diff_auc_beyond_noise"] and pv["diff_auc_mean"] > 0
+    lines = [
+        "| scope | variant | against | selection | Δ AUC, pairs, p: verdict | per pair |",
+        "|---|---|---|---|---|---|",
     ]
-    if better:
-        named = "; ".join(f"{k} {_paired(compared[k])}{_on_top(k)}" for k in better)
-        return [f"- {how}: students better than the teacher beyond seed noise: {named}."]
-    best = max(compared, key=lambda k: compared[k]["diff_auc_mean"])
+    for c in shown:
+        mark = " †" if c["on_top_of_teacher"] else ""
+        per_pair = ", ".join(
+            f"{pair}: {_signed(d)}" for pair, d in zip(c["pairs"], c["values"], strict=True)
+        )
+        lines.append(
+            f"| {c['scope']} | {c['variant']}{mark} | {c['against']} | {c['selection']} "
+            f"| {_diff_cell(c)} | {per_pair} |"
+        )
     return [
-        f"- {how}: no student beats the teacher beyond seed noise (paired t-test p < {NOISE_P} "
-        f"with at least {MIN_PAIRS} seeds). Largest mean paired Δ AUC: {best} "
-        f"{_signed(compared[best]['diff_auc_mean'])} over "
-        f"{_count(compared[best]['n_pairs'], 'seed')}"
-        f"{_on_top(best)}."
+        *lines,
+        "",
+        "† started from the trained teacher: its budget comes on top of the teacher's.",
+        "",
     ]
-
-
-def other_group_answer(group: str, entry: dict) -> list[str]:
-    """One line for a split or fold beside the headline: the teacher, each student's paired
-    difference to it and to its control (val-AUC selection)."""
-    teacher = entry.get("teacher")
-    if teacher is None:
-        return []
-    t = teacher["val_auc"]
-    seeds = _count(t["n_seeds"], "seed")
-    parts = [f"teacher {_pm(t['test_auc_mean'], t['test_auc_std'])} ({seeds})"]
-    for name, v in entry.items():
-        for key, other in (("paired_vs_teacher", "teacher"), ("paired_vs_control", None)):
-            pv = v.get(key)
-            if v["role"] != "student" or not pv or not pv["n_pairs"]:
-                continue
-            parts.append(
-                f"{name} vs {other or pv['control']} {_signed(pv['diff_auc_mean'])} "
-                f"({_count(pv['n_pairs'], 'seed')}, {_verdict(pv)})"
-            )
-    return [f"- {group}: " + "; ".join(parts) + "."]
-
-
-def _on_top(name: str) -> str:
-    """A caveat for a variant whose budget comes on top of the teacher's."""
-    if not VARIANTS[name].on_top_of_teacher:
-        return ""
-    return " (started from the trained teacher: it has had the teacher's steps and its own)"
 
 
 def _budget_table(variants: dict) -> list[str]:
@@ -566,53 +533,21 @@ def _folds_section(across: dict[str, dict]) -> list[str]:
             per_fold = ", ".join(
                 f"{f}: {a:.4f}" for f, a in zip(row["folds"], row["test_auc_values"], strict=True)
             )
-            control = row.get("vs_control")
-            vs_control = "-"
-            if control and control["folds"]:
-                vs_control = f"{control['control']}: {_fold_diff(control)}"
+            cells = {}
+            for key in ("vs_teacher", "vs_control"):
+                diff = row.get(key)
+                if diff and diff["folds"]:
+                    c = _comparison(split, name, diff.get("control", "teacher"), "", "fold", diff)
+                    cells[key] = (f"{diff['control']}: " if "control" in diff else "") + _diff_cell(
+                        c
+                    )
             lines.append(
                 f"| {name} | {len(row['folds'])} | {', '.join(map(str, row['seeds']))} "
                 f"| {per_fold} | {_pm(row['test_auc_mean'], row['test_auc_std'])} "
                 f"| {_pm(row['test_ap_mean'], row['test_ap_std'])} "
-                f"| {_fold_diff(row.get('vs_teacher'))} | {vs_control} |"
+                f"| {cells.get('vs_teacher', '-')} | {cells.get('vs_control', '-')} |"
             )
         lines += ["", "![across folds](folds.png)", ""]
-    return lines
-
-
-def across_folds_answer(across: dict[str, dict]) -> list[str]:
-    """One line per split with a teacher on several folds."""
-    lines = []
-    for split, entry in across.items():
-        t = entry.get("teacher")
-        if t is None:
-            continue
-        line = (
-            f"- {split}, across {len(t['folds'])} folds (seeds {', '.join(map(str, t['seeds']))}"
-            f"): teacher {_pm(t['test_auc_mean'], t['test_auc_std'])}"
-        )
-        for name, row in entry.items():
-            pairs = [("teacher", row.get("vs_teacher"))]
-            if "vs_control" in row:
-                pairs.append((row["vs_control"]["control"], row["vs_control"]))
-            for against, vs in pairs:
-                if vs and vs["folds"]:
-                    line += (
-                        f"; {name} vs {against} {_signed(vs['diff_auc_mean'])} "
-                        f"({_fold_verdict(vs)})"
-                    )
-        lines.append(line + ".")
-        for name, about in COMPACT_STUDENTS.items():
-            vs = entry.get(name, {}).get("vs_teacher")
-            if not vs or len(vs["folds"]) < 2:
-                continue
-            seeds = ", ".join(map(str, entry[name]["seeds"]))
-            lines.append(
-                f"- {split}, compact student {name} ({about}) across "
-                f"{_count(len(vs['folds']), 'fold')} (seeds {seeds}): Δ AUC vs teacher "
-                f"{_pm(vs['diff_auc_mean'], vs['diff_auc_std'], signed=True)} "
-                f"(per fold {_per_pair(vs, 'folds')}): {_keeps_up(vs, 'fold')}."
-            )
     return lines
 
 
@@ -642,17 +577,11 @@ def markdown(results: dict) -> str:
         f"a paired t-test gives p < {NOISE_P} with at least {MIN_PAIRS} seeds. F1 and recall "
         "use the threshold that maximises F1 on val.",
         "",
-        "## Answers",
+        "## Verdicts",
         "",
-        *answers(results["variants"]),
-        *[
-            line
-            for group, entry in results["groups"].items()
-            if group != group_name(*HEADLINE)
-            for line in other_group_answer(group, entry)
-        ],
-        *across_folds_answer(results["across_folds"]),
+        *_verdict_lines(results),
         "",
+        *_comparison_table(results["comparisons"]),
         *_folds_section(results["across_folds"]),
     ]
     for group, entry in results["groups"].items():
@@ -765,7 +694,7 @@ def write_report(
         results["train"] = base.to_dict()["train"]
     table, figure, curves = (out_dir / n for n in ("results.json", "results.png", "curves.png"))
     write_json(table, results)
-    results_figure(results["variants"], PUBLISHED, figure, COMPACT_MARGIN)
+    results_figure(results["variants"], PUBLISHED, figure)
     headline = [
         s
         for s in summaries
@@ -776,7 +705,7 @@ def write_report(
     written = [table, figure, curves]
     if results["across_folds"]:
         folds = out_dir / "folds.png"
-        written.append(folds_figure(results["across_folds"], FIVE_FOLD[:3], folds, COMPACT_MARGIN))
+        written.append(folds_figure(results["across_folds"], FIVE_FOLD[:3], folds))
     text = out_dir / "results.md"
     write_text(text, markdown(results))
     return results, [*written, text]
