@@ -24,9 +24,11 @@ def test_trains_teacher_once_then_reuses_it(tiny_params, mlflow_store, tmp_path)
     )[0]
     teacher = teacher_runs(client)[0]
     assert teacher.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    epochs = [m.step for m in client.get_metric_history(parent.info.run_id, "val_auc")]
+    epochs = [m.step for m in client.get_metric_history(parent.info.run_id, "epoch/val_auc")]
     assert epochs == list(range(1, tiny_params.student.epochs + 1)), "the student's own epochs"
-    teacher_epochs = [m.step for m in client.get_metric_history(teacher.info.run_id, "val_auc")]
+    teacher_epochs = [
+        m.step for m in client.get_metric_history(teacher.info.run_id, "epoch/val_auc")
+    ]
     assert teacher_epochs == list(range(1, tiny_params.train.epochs + 1))
 
     while mlflow.active_run():

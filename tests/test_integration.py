@@ -129,7 +129,9 @@ def test_mlflow_store_holds_runs_and_champion(repro, project):
         roles = {r.data.tags.get("role") for r in runs}
         assert {"teacher", "student"} <= roles
         for r in runs:
-            assert [m.step for m in client.get_metric_history(r.info.run_id, "val_auc")] == [1]
+            assert [m.step for m in client.get_metric_history(r.info.run_id, "epoch/val_auc")] == [
+                1
+            ]
             assert "best_val_auc" in r.data.metrics
         champion = client.get_model_version_by_alias("sibeatgan-generator", "champion")
         assert champion.tags["role"] in ("teacher", "student")
@@ -153,9 +155,9 @@ def test_mlflow_run_as_typed_reuses_the_dvc_teacher(repro, project):
         assert created.info.status == "FINISHED"
         assert created.data.tags["role"] == "student" and created.data.tags["kd"] == "true"
         assert created.data.tags.get("mlflow.project.entryPoint") == "main"
-        assert [m.step for m in client.get_metric_history(run_id, "val_auc")] == [1]
+        assert [m.step for m in client.get_metric_history(run_id, "epoch/val_auc")] == [1]
         assert np.isfinite(created.data.metrics["best_val_auc"])
-        assert "test/test_auc" in created.data.metrics
+        assert "test_auc" in created.data.metrics
         teachers = client.search_runs(
             [e.experiment_id for e in client.search_experiments()], "tags.role = 'teacher'"
         )

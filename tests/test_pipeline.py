@@ -68,11 +68,16 @@ def test_mlflow_runs_hold_params_tags_epochs_and_artifacts(trained):
         assert run.data.tags["fold"] == "0" and run.data.tags["seed"] == "0"
         assert run.data.params["train.epochs"] == "2"
         assert run.data.params["student.epochs"] == "1"
-        val_auc = client.get_metric_history(info["run_id"], "val_auc")
+        val_auc = client.get_metric_history(info["run_id"], "epoch/val_auc")
         assert [m.step for m in val_auc] == ([1, 2] if role == "teacher" else [1])
-        assert "best_val_auc" in run.data.metrics and "epoch_time_s" in run.data.metrics
-        assert len(client.get_metric_history(info["run_id"], "loss_g")) >= 2
-        assert "test/test_auc" in run.data.metrics
+        assert "best_val_auc" in run.data.metrics and "epoch/epoch_time_s" in run.data.metrics
+        # the UI draws prefixed sections first: the curves lead, single values come after
+        sections = {k.split("/")[0] for k in run.data.metrics if "/" in k}
+        assert sections == {"epoch", "step"}
+        single = [k for k in run.data.metrics if "/" not in k]
+        assert all(len(client.get_metric_history(info["run_id"], k)) == 1 for k in single)
+        assert len(client.get_metric_history(info["run_id"], "step/loss_g")) >= 2
+        assert "test_auc" in run.data.metrics
         names = {a.path for a in client.list_artifacts(info["run_id"], "checkpoints")}
         assert {"checkpoints/G.pt", "checkpoints/D.pt"} <= names
         plots = {a.path for a in client.list_artifacts(info["run_id"], "plots")}

@@ -77,7 +77,7 @@ def test_student_run_trains_its_teacher_first_then_reuses_it(tiny_params, mlflow
         "teacher",
     ]
     kd_run = client.get_run(kd["mlflow_run_id"])
-    assert "test_auc" in kd_run.data.metrics, "per-epoch test figures are tracked"
+    assert "epoch/test_auc" in kd_run.data.metrics, "per-epoch test figures are tracked"
 
     out = tmp_path / "reports"
     results, written = write_report(runs, out)
@@ -414,7 +414,11 @@ def test_a_stopped_study_run_resumes_in_its_mlflow_run(
     assert resumed["mlflow_run_id"] == stopped.info.run_id, "the stopped run goes on"
     run = client.get_run(resumed["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["resumed_after_epoch"] == "1"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch/val_auc")] == [
+        1,
+        2,
+        3,
+    ]
     assert resumed["history"] == straight["history"], "as if it had never stopped"
     assert resumed["selection"] == straight["selection"]
     assert not state.exists(), "a finished run leaves no training state behind"
@@ -435,7 +439,7 @@ def test_a_stopped_run_whose_mlflow_run_is_gone_resumes_in_a_new_one(
     assert resumed["mlflow_run_id"] != stopped.info.run_id
     run_id = resumed["mlflow_run_id"]
     assert client.get_run(run_id).data.tags["resumed_after_epoch"] == "1"
-    steps = [m.step for m in client.get_metric_history(run_id, "val_auc")]
+    steps = [m.step for m in client.get_metric_history(run_id, "epoch/val_auc")]
     assert steps == [1, 2, 3], "the epochs before the stop are logged to the new run too"
 
 

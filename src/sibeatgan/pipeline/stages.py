@@ -398,7 +398,7 @@ def _log_to_training_run(model_dir: Path, values: dict, figures: list[Path]) -> 
     """Add test figures and plots to the MLflow run that trained this model, if it exists."""
     run_id = read_json(model_dir / "fit.json").get("run_id")
     tracking.setup()
-    metrics = {f"test/{k}": v for k, v in values.items() if v is not None}
+    metrics = {k: v for k, v in values.items() if v is not None}
     active = mlflow.active_run()
     try:
         if active is not None and active.info.run_id == run_id:

@@ -207,13 +207,22 @@ def _start(run, p: Params, role: str, tags: dict[str, str]):
     return run
 
 
+# MLflow's UI draws a chart section per key prefix ("epoch/val_auc" in section "epoch"), prefixed
+# sections in alphabetical order before the unprefixed single values: so the curves lead
+EPOCH_PREFIX, STEP_PREFIX = "epoch/", "step/"
+
+
 def log_step(step: int, values: dict[str, float]) -> None:
-    mlflow.log_metrics(values, step=step, synchronous=False)
+    """Step losses, as `step/loss_g` etc."""
+    mlflow.log_metrics(
+        {STEP_PREFIX + k: v for k, v in values.items()}, step=step, synchronous=False
+    )
 
 
 def log_epoch(row: dict[str, float]) -> None:
+    """An epoch's row, as `epoch/val_auc` etc. at step = epoch."""
     epoch = int(row["epoch"])
-    mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+    mlflow.log_metrics({EPOCH_PREFIX + k: v for k, v in row.items() if k != "epoch"}, step=epoch)
 
 
 def log_generator(g: Generator, nc: int) -> str:
