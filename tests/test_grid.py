@@ -4,7 +4,7 @@ import json
 
 from mlflow import MlflowClient
 
-from sibeatgan.study.grid import Task, Where, _ready, plan, run_tasks
+from sibeatgan.study.grid import Task, Where, plan, run_tasks, teachers_in_grid
 from sibeatgan.study.runs import STUDY_EXPERIMENT
 
 
@@ -27,10 +27,11 @@ def test_each_fold_gets_its_own_teacher_and_its_students_wait_for_that_one(tiny_
         Task("teacher", 0, 0), Task("kd", 0, 0), Task("teacher", 0, 3), Task("kd", 0, 3),
     ]  # fmt: skip
     assert str(tasks[-1]) == "kd fold 3 seed 0"
-    # fold 3's student may start while fold 0's teacher trains, not while fold 3's does
-    assert _ready([Task("kd", 0, 3)], [Task("teacher", 0, 0)], []) == [Task("kd", 0, 3)]
-    assert _ready([Task("kd", 0, 3)], [Task("teacher", 0, 3)], []) == []
-    assert _ready([Task("kd", 0, 3)], [], [Task("teacher", 0, 3)]) == []
+    # fold 3's student waits for fold 3's teacher, not fold 0's
+    assert teachers_in_grid(tasks) == {
+        Task("kd", 0, 0): Task("teacher", 0, 0), Task("kd", 0, 3): Task("teacher", 0, 3),
+    }  # fmt: skip
+    assert teachers_in_grid([Task("kd", 0, 3)]) == {}, "a teacher trained before: no wait"
 
 
 def test_parallel_jobs_train_the_grid_and_students_wait_for_their_teacher(
@@ -49,9 +50,12 @@ def test_parallel_jobs_train_the_grid_and_students_wait_for_their_teacher(
         assert kd["teacher_run_id"] == teacher["mlflow_run_id"]
         log = where.work / "logs" / f"intra-fold0-seed{seed}-kd.log"
         assert "student epoch 1:" in log.read_text(), "each job's output goes to its log"
-    started = [line for line in lines if "started" in line]
-    first = ["teacher fold 0 seed 0", "teacher fold 0 seed 1"]
-    assert [s.split(":")[0] for s in started[:2]] == first
+    submitted = [line.split(":")[0] for line in lines if "submitted" in line]
+    assert submitted == ["teacher fold 0 seed 0", "kd fold 0 seed 0", "teacher fold 0 seed 1",
+                         "kd fold 0 seed 1"]  # fmt: skip
+    ended = [line.split(":")[0] for line in lines if "test AUC" in line]
+    for seed in (0, 1):
+        assert ended.index(f"teacher fold 0 seed {seed}") < ended.index(f"kd fold 0 seed {seed}")
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name(STUDY_EXPERIMENT).experiment_id])
     assert sorted(r.data.tags["variant"] for r in runs) == ["kd", "kd", "teacher", "teacher"]

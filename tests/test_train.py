@@ -240,3 +240,54 @@ def test_a_finished_state_resumes_to_the_same_result_without_training(tmp_path):
     assert epochs == [] and again.resumed_from == 2 and again.best_epoch == first.best_epoch
     for k, v in first.g_state.items():
         assert torch.equal(v, again.g_state[k]), k
+
+
+def _fit_reading_every(interval: int, monkeypatch, **kw):
+    """fit() with the losses read every `interval` steps, as on an accelerator."""
+    from sibeatgan.training import loop
+
+    monkeypatch.setattr(loop, "sync_interval", lambda device, c: interval)
+    train_x, val_x, val_y = toy_data()
+    g, d = build_models(1, 8, 4, 0)
+    steps: list[tuple[int, dict]] = []
+    result = fit(g, d, FitData(train_x, val_x, val_y), cfg(**kw), seed=0,
+                 hooks=Hooks(on_step=lambda s, v: steps.append((s, v))))  # fmt: skip
+    return result, steps
+
+
+def test_losses_read_every_log_every_steps_are_those_read_every_step(monkeypatch):
+    every, steps_every = _fit_reading_every(1, monkeypatch, log_every=3)
+    lazy, steps_lazy = _fit_reading_every(3, monkeypatch, log_every=3)
+    assert steps_lazy == steps_every and [s for s, _ in steps_lazy] == [3, 6, 9, 12]
+    losses = [k for k in every.history[0] if k.startswith("mean_loss_")]
+    assert losses, "mean losses are in each epoch's row"
+    for a, b in zip(every.history, lazy.history, strict=True):
+        assert all(a[k] == b[k] for k in losses), "the same sums, to the last bit"
+    assert all(torch.equal(every.g_state[k], lazy.g_state[k]) for k in every.g_state)
+
+
+def test_a_collapsed_d_is_reset_at_the_next_read(monkeypatch):
+    """With every loss below the threshold, D is reset at each read: every step on the CPU,
+    every `log_every` steps where reads are deferred."""
+    every, _ = _fit_reading_every(1, monkeypatch, log_every=4, d_reset_below=1e9)
+    lazy, _ = _fit_reading_every(4, monkeypatch, log_every=4, d_reset_below=1e9)
+    assert (every.d_resets, lazy.d_resets) == (12, 3)  # 2 epochs of 6 batches
+
+
+def test_the_ema_decay_computed_on_the_device_is_the_python_one():
+    """The same bits as min(decay, (1 + n) / (10 + n)) computed in Python, for float weights
+    and integer buffers (BatchNorm's batch count) alike."""
+    from sibeatgan.training.loop import ema_avg
+
+    def reference(averaged, current, n, decay=0.999):
+        k = float(n)
+        d = min(decay, (1 + k) / (10 + k))
+        return d * averaged + (1 - d) * current
+
+    avg = ema_avg(0.999)
+    weights, other = torch.randn(500), torch.randn(500)
+    for n in [0, 1, 2, 9, 10, 100, 1234, 9989, 9990, 50_000]:
+        count = torch.tensor(n)
+        assert torch.equal(avg(weights, other, count), reference(weights, other, count))
+        ints = avg(torch.tensor(7 * n), torch.tensor(7 * n + 13), count)
+        assert torch.equal(ints, reference(torch.tensor(7 * n), torch.tensor(7 * n + 13), count))

@@ -354,6 +354,60 @@ def _optional_bool(ctx, param, value: str | None) -> bool | None:
         raise click.BadParameter(f"{value!r} is not true or false") from None
 
 
+@main.command()
+@click.option(
+    "--backend-store-uri",
+    envvar="SIBEATGAN_BACKEND_STORE_URI",
+    required=True,
+    metavar="URI",
+    help="The database of runs and models, e.g. postgresql://mlflow@db-host:5432/mlflow "
+    "(env SIBEATGAN_BACKEND_STORE_URI); sqlite:///file.db also works, for one machine.",
+)
+@click.option(
+    "--artifacts-destination",
+    default="mlartifacts",
+    show_default=True,
+    metavar="URI",
+    help="Where the server keeps artifacts (checkpoints, models, plots): a folder, or an "
+    "object store such as s3://bucket/mlflow. Clients reach them through the server.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on; 0.0.0.0 for other machines (then also --allowed-hosts).",
+)
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--allowed-hosts",
+    default=None,
+    help="Host headers the server answers, comma-separated (e.g. mlflow.lab.example:5000); "
+    "MLflow's default is localhost and private addresses.",
+)
+def server(
+    backend_store_uri: str,
+    artifacts_destination: str,
+    host: str,
+    port: int,
+    workers: int,
+    allowed_hosts: str | None,
+) -> None:
+    """Run a shared MLflow tracking server (runs, registry and proxied artifacts) for several
+    people and machines. Point every command at it with MLFLOW_TRACKING_URI=http://HOST:PORT;
+    the embedded default (mlflow.db, mlruns/) is unchanged without it. See docs/scale-out.md."""
+    from sibeatgan.tracking.server import redacted, server_command
+
+    try:
+        command = server_command(
+            backend_store_uri, artifacts_destination, host, port, workers, allowed_hosts
+        )
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"MLflow server on http://{host}:{port} (store {redacted(backend_store_uri)})")
+    os.execvp(command[0], command)
+
+
 @main.command("run-experiment")
 @click.option("--kd", callback=_optional_bool, help="Score distillation on/off (true/false).")
 @click.option("--fd", callback=_optional_bool, help="Feature distillation on/off (true/false).")
@@ -492,9 +546,26 @@ def study_list(p: Params, runs_dir: Path, work: Path) -> None:
     default=1,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Runs trained at once, each in its own process with its share of the CPU threads "
-    "(unless -S train.threads says otherwise) and a log in WORK/logs/; a student waits for "
-    "its seed's teacher, and a run that fails is reported while the others go on.",
+    help="Runs trained at once on a local Ray cluster, each in its own process with its share "
+    "of the CPU threads (unless -S train.threads says otherwise) and a log in WORK/logs/; a "
+    "student waits for its seed's teacher, and a run that fails is reported while the others "
+    "go on.",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    metavar="ADDRESS",
+    default=None,
+    help="Run the grid on an existing Ray cluster (e.g. ray://head:10001, or auto for the "
+    "cluster this machine is part of): each run a task with -S train.threads CPUs (default 1) "
+    "and a GPU share where the cluster has GPUs. Every node needs the project at the same "
+    "path and a tracking server it reaches (MLFLOW_TRACKING_URI); see docs/scale-out.md.",
+)
+@click.option(
+    "--gpus-per-run",
+    type=click.FloatRange(min=0, max=1),
+    default=None,
+    help="GPU fraction each run asks of the Ray cluster [default: 0.25 where it has GPUs, else 0].",
 )
 @folder_option("--runs", "runs_dir", "reports/runs", "Folder for the run summaries (commit it).")
 @folder_option(
@@ -509,6 +580,8 @@ def study_run(
     split: str,
     force: bool,
     jobs: int,
+    ray_address: str | None,
+    gpus_per_run: float | None,
     runs_dir: Path,
     work: Path,
 ) -> None:
@@ -523,6 +596,7 @@ def study_run(
     -S overrides apply to every run (and change its budget: keep them the same across
     variants, or better, put them in recipe.yaml)."""
     from sibeatgan.io import ensure_writable
+    from sibeatgan.study.cluster import ClusterError
     from sibeatgan.study.grid import Where, plan, run_tasks
     from sibeatgan.study.runs import VARIANTS
 
@@ -537,7 +611,10 @@ def study_run(
     tasks, notes = plan(p, variants, seeds, where, force, tuple(folds))
     for note in notes:
         click.echo(note)
-    failed = run_tasks(p, tasks, where, force, jobs, click.echo)
+    try:
+        failed = run_tasks(p, tasks, where, force, jobs, click.echo, ray_address, gpus_per_run)
+    except ClusterError as err:  # no cluster there, a GPU share without GPUs
+        raise click.ClickException(str(err)) from err
     if failed:
         raise click.ClickException(f"{len(failed)} run(s) failed: {', '.join(map(str, failed))}")
 

@@ -1,19 +1,19 @@
 """Running a grid of study runs: which (variant, fold, seed) runs still need training, in which
-order, and several at once when asked (`sibeatgan study run --jobs N`).
+order, and several at once when asked (`sibeatgan study run --jobs N`, or `--ray ADDRESS` on a
+Ray cluster).
 
 A student needs the trained teacher of its fold and seed, so a seed whose teacher is missing (or
-was trained with another recipe) gets a teacher run first and its students wait for it; no two
-jobs ever train the same teacher. Each parallel job is a separate process with its share of
-the CPU threads and its own log file; a stopped job resumes like any stopped run.
+was trained with another recipe) gets a teacher run first and its students depend on it; no two
+runs ever train the same teacher. Run in parallel, each run is a Ray task in a fresh worker
+process with its share of the CPU threads (and of a GPU where the cluster has one) and its own
+log file; a stopped run resumes like any stopped run.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sys
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,66 +94,76 @@ def plan(
 
 
 def run_tasks(
-    base: Params, tasks: list[Task], where: Where, force: bool, jobs: int, echo: Echo
+    base: Params,
+    tasks: list[Task],
+    where: Where,
+    force: bool,
+    jobs: int,
+    echo: Echo,
+    ray_address: str | None = None,
+    gpus_per_run: float | None = None,
 ) -> list[Task]:
-    """Train `tasks`; with `jobs` > 1 that many at once, each in its own process. Returns the
+    """Train `tasks`: one after another in this process, or as Ray tasks when `jobs` > 1 (a
+    local Ray cluster of that many runs at once) or `ray_address` names a cluster. Returns the
     tasks that failed (each reported as it fails; the others go on)."""
-    if jobs <= 1:
+    if jobs <= 1 and ray_address is None:
         for task in tasks:
             _report(echo, task, where, _train(base, task, where, force))
         return []
-    if base.train.threads == 0:  # share the cores instead of each job taking all of them
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        base = with_overrides(base, [f"train.threads={threads}"])
+    from sibeatgan.study import cluster
+
+    # each run its share of a local cluster's cores; one thread a run on a cluster unless -S
+    # train.threads says otherwise
+    local_share = max(1, (os.cpu_count() or 1) // jobs) if ray_address is None else 1
+    threads = base.train.threads or local_share
+    base = with_overrides(base, [f"train.threads={threads}"])
     logs = where.work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    waiting, failed = list(tasks), []
-    running: dict[Future, Task] = {}
-    bar = tqdm(total=len(tasks), desc=f"study runs ({jobs} at once)", unit="run")
+    bar = tqdm(total=len(tasks), desc=f"study runs on Ray ({jobs} at once)", unit="run")
 
     def say(line: str) -> None:
         with tqdm.external_write_mode():  # lift the bar while the line is written
             echo(line)
 
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter per job, no forked torch
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        try:
-            while waiting or running:
-                for task in _ready(waiting, running.values(), failed):
-                    waiting.remove(task)
-                    name = run_name(where.split, task.fold, task.seed, base.data.split_seed)
-                    log = logs / f"{name}-{task.variant}.log"
-                    running[pool.submit(_train_logged, base, task, where, force, log)] = task
-                    say(f"{task}: started (log: {log})")
-                if not running:  # the rest wait for teachers that failed
-                    for task in waiting:
-                        say(f"{task}: skipped, its teacher failed")
-                    failed += waiting
-                    break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    task = running.pop(future)
-                    bar.update()
-                    try:
-                        _report(say, task, where, future.result())
-                    except Exception as err:  # one failed run does not stop the others
-                        failed.append(task)
-                        say(f"{task}: FAILED ({type(err).__name__}: {err}); see its log")
-        except KeyboardInterrupt:
-            pool.shutdown(cancel_futures=True)
-            raise
-        finally:
-            bar.close()
+    def log_of(task: Task) -> Path:
+        name = run_name(where.split, task.fold, task.seed, base.data.split_seed)
+        return logs / f"{name}-{task.variant}.log"
+
+    try:
+        with cluster.connected(ray_address, cpus=jobs * threads):
+            outcomes = cluster.run_graph(
+                tasks,
+                teachers_in_grid(tasks),
+                lambda task: (_train_logged, (base, task, where, force, log_of(task))),
+                cpus=threads,
+                gpus=gpus_per_run,
+                submitted=lambda task: say(f"{task}: submitted (log: {log_of(task)})"),
+            )
+            failed = []
+            for task, outcome in outcomes:
+                bar.update()
+                if isinstance(outcome, cluster.Skipped):
+                    failed.append(task)
+                    say(f"{task}: skipped, its teacher failed")
+                elif isinstance(outcome, BaseException):  # one failed run does not stop others
+                    failed.append(task)
+                    say(f"{task}: FAILED ({type(outcome).__name__}: {outcome}); see its log")
+                else:
+                    _report(say, task, where, outcome)
+    finally:
+        bar.close()
     return failed
 
 
-def _ready(waiting: list[Task], running, failed: list[Task]) -> list[Task]:
-    """The waiting tasks that may start now: teachers, and students whose fold and seed have no
-    teacher waiting, running or failed."""
-    busy = {(t.fold, t.seed) for t in [*waiting, *running, *failed] if t.variant == "teacher"}
-    return [
-        t for t in waiting if VARIANTS[t.variant].role == "teacher" or (t.fold, t.seed) not in busy
-    ]
+def teachers_in_grid(tasks: list[Task]) -> dict[Task, Task]:
+    """Each student task whose teacher (same fold and seed) is a task of this grid, mapped to
+    that teacher: the student starts only once it has finished."""
+    teachers = {(t.fold, t.seed): t for t in tasks if VARIANTS[t.variant].role == "teacher"}
+    return {
+        t: teachers[t.fold, t.seed]
+        for t in tasks
+        if VARIANTS[t.variant].role == "student" and (t.fold, t.seed) in teachers
+    }
 
 
 def _train(base: Params, task: Task, where: Where, force: bool) -> dict:
@@ -170,7 +180,7 @@ def _train(base: Params, task: Task, where: Where, force: bool) -> dict:
 
 
 def _train_logged(base: Params, task: Task, where: Where, force: bool, log: Path) -> dict:
-    """`_train` in a job process, its output (progress bars included) in `log`."""
+    """`_train` in a worker process, its output (progress bars included) in `log`."""
     with open(log, "a") as out:
         os.dup2(out.fileno(), sys.stdout.fileno())
         os.dup2(out.fileno(), sys.stderr.fileno())

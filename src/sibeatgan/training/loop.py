@@ -86,12 +86,17 @@ def make_schedule(opt: torch.optim.Optimizer, cfg: TrainCfg, total_steps: int):
 
 def ema_avg(decay: float):
     """Exponential moving average whose decay ramps up as min(decay, (1 + n) / (10 + n)), so
-    the average is not dominated by the random initial weights in the first epochs."""
+    the average is not dominated by the random initial weights in the first epochs. The decay
+    is computed on the device (in float64, then rounded as a Python scalar would be): reading
+    the count `n` on the host would wait for the GPU at every step."""
 
     def avg(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        k = float(n)
-        d = min(decay, (1 + k) / (10 + k))
-        return d * averaged + (1 - d) * current
+        k = n.to(torch.float64)
+        d = torch.clamp((1 + k) / (10 + k), max=decay)
+        # integer buffers (BatchNorm's batch count) are averaged in the default float dtype,
+        # as a Python float would make them
+        dtype = averaged.dtype if averaged.is_floating_point() else torch.get_default_dtype()
+        return d.to(dtype) * averaged + (1 - d).to(dtype) * current
 
     return avg
 
@@ -154,6 +159,10 @@ class _Game:
     ema: AveragedModel | None
     distiller: Distiller | None
     amp: AbstractContextManager
+    # the host reads losses (and tests D for a reset) every `sync_every` steps: each read waits
+    # for the device, which on a GPU costs more than the step; on the CPU it costs nothing
+    sync_every: int = 1
+    d_lowest: torch.Tensor | None = None  # D's lowest loss since the last test
 
     @property
     def scored(self) -> torch.nn.Module:
@@ -216,6 +225,12 @@ def fit(
     )
 
 
+def sync_interval(device: torch.device, cfg: TrainCfg) -> int:
+    """How many steps pass between two reads of the losses: every step on the CPU (free there,
+    and D is reset at the very step its loss collapses), every `log_every` on an accelerator."""
+    return 1 if device.type == "cpu" else cfg.log_every
+
+
 def _new_game(
     g: Generator, d: Discriminator, n_train: int, cfg: TrainCfg, distiller: Distiller | None
 ) -> _Game:
@@ -231,7 +246,9 @@ def _new_game(
         make_schedule(opt_g, cfg, total_steps),
         make_schedule(opt_d, cfg, total_steps),
     )
-    return _Game(g, d, opt_g, opt_d, sched_g, sched_d, ema, distiller, amp)
+    return _Game(
+        g, d, opt_g, opt_d, sched_g, sched_d, ema, distiller, amp, sync_interval(device, cfg)
+    )
 
 
 def _train_epoch(
@@ -244,10 +261,12 @@ def _train_epoch(
     desc: str,
 ) -> dict[str, float]:
     """One pass over `data` in a fresh random order (the last partial batch is dropped, for
-    BatchNorm); returns the summed losses and the number of batches under `batches`."""
+    BatchNorm); returns the summed losses and the number of batches under `batches`. Losses stay
+    on the device, summed in float64 in step order (the sums equal those of reading every
+    step), and are read every `log_every` steps, to log them."""
     order = torch.from_numpy(rng.permutation(len(data))).to(data.device)
     n_batches = len(data) // cfg.batch_size
-    sums: dict[str, float] = {"batches": n_batches}
+    sums: dict[str, torch.Tensor] = {}
     bar = tqdm(range(n_batches), desc=f"{desc}/{cfg.epochs}", unit="batch")
     for b in bar:
         x = data[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
@@ -255,26 +274,42 @@ def _train_epoch(
                             game.distiller, game.amp)  # fmt: skip
         _after_step(game, losses, cfg, progress)
         for k, v in losses.items():
-            sums[f"mean_loss_{k}"] = sums.get(f"mean_loss_{k}", 0.0) + v
-        if hooks.on_step and progress.step % cfg.log_every == 0:
-            hooks.on_step(progress.step, {f"loss_{k}": v for k, v in losses.items()})
-        if b % 20 == 0:
-            bar.set_postfix({k: f"{losses[k]:.4f}" for k in ("d", "g")})
+            sums[k] = sums[k] + v.double() if k in sums else v.double()
+        if progress.step % cfg.log_every == 0:
+            read = read_losses(losses)
+            if hooks.on_step:
+                hooks.on_step(progress.step, {f"loss_{k}": v for k, v in read.items()})
+            bar.set_postfix({k: f"{read[k]:.4f}" for k in ("d", "g")})
     bar.close()
-    return sums
+    return {"batches": n_batches, **{f"mean_loss_{k}": v for k, v in read_losses(sums).items()}}
 
 
-def _after_step(game: _Game, losses: dict[str, float], cfg: TrainCfg, progress: Progress) -> None:
-    """Schedules, G's average, and a fresh D (and fresh Adam moments) if D's loss collapsed."""
+def read_losses(losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Device losses as floats, with one wait for the device for all of them."""
+    if not losses:
+        return {}
+    values = torch.stack([v.detach().double() for v in losses.values()]).tolist()
+    return dict(zip(losses, values, strict=True))
+
+
+def _after_step(
+    game: _Game, losses: dict[str, torch.Tensor], cfg: TrainCfg, progress: Progress
+) -> None:
+    """Schedules, G's average, and a fresh D (and fresh Adam moments) if D's loss collapsed,
+    tested every `sync_every` steps on D's lowest loss since the last test."""
     game.sched_g.step()
     game.sched_d.step()
     if game.ema is not None:
         game.ema.update_parameters(game.g)
-    if losses["d"] < cfg.d_reset_below:
-        init_weights(game.d)
-        game.opt_d.state.clear()
-        progress.d_resets += 1
+    low = losses["d"] if game.d_lowest is None else torch.minimum(game.d_lowest, losses["d"])
+    game.d_lowest = low
     progress.step += 1
+    if progress.step % game.sync_every == 0:
+        game.d_lowest = None
+        if low.item() < cfg.d_reset_below:
+            init_weights(game.d)
+            game.opt_d.state.clear()
+            progress.d_resets += 1
 
 
 def _validate(
@@ -343,7 +378,7 @@ def _end_epoch(
 
 def d_step(
     d: Discriminator, opt_d: torch.optim.Optimizer, x: torch.Tensor, x_rec: torch.Tensor, amp
-) -> float:
+) -> torch.Tensor:
     """D learns real beats from reconstructions. x' is detached: D's loss never reaches G."""
     with amp:
         real_logits = d.classify(d.features(x))
@@ -354,7 +389,7 @@ def d_step(
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
-    return loss_d.item()
+    return loss_d.detach()
 
 
 def g_step(
@@ -396,13 +431,14 @@ def train_step(
     w_adv: float,
     distiller: Distiller | None = None,
     amp: AbstractContextManager | None = None,
-) -> dict[str, float]:
-    """One D step then one G step on the batch `x`. `amp` (autocast) wraps the forward passes
-    and losses only; backward passes and optimiser steps run outside it."""
+) -> dict[str, torch.Tensor]:
+    """One D step then one G step on the batch `x`; the losses as 0-d device tensors (reading
+    them waits for the device: the caller decides when). `amp` (autocast) wraps the forward
+    passes and losses only; backward passes and optimiser steps run outside it."""
     amp = amp or nullcontext()
     with amp:
         x_rec, maps = g.forward_with_features(x)
         rec = F.mse_loss(x_rec.float(), x)
     loss_d = d_step(d, opt_d, x, x_rec, amp)
     terms = g_step(g, d, opt_g, x, x_rec, maps, rec, w_adv, distiller, amp)
-    return {"d": loss_d, **{k: v.item() for k, v in terms.items()}}
+    return {"d": loss_d, **{k: v.detach() for k, v in terms.items()}}
