@@ -92,3 +92,25 @@ def test_the_experiment_opens_as_model_training(mlflow_store):
     tracking.setup()
     experiment = mlflow.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT)
     assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_an_experiment_another_process_creates_meanwhile_is_used(mlflow_store, monkeypatch):
+    """Two workers of a grid starting at once on a tracking server: the one that loses the race
+    to create the experiment uses the one the other created."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from sibeatgan import tracking
+
+    real, raced = mlflow.set_experiment, []
+
+    def racing(name):
+        if not raced:  # the other process creates it between our lookup and our create
+            raced.append(mlflow.MlflowClient().create_experiment(name))
+            raise MlflowException(f"Experiment '{name}' already exists.")
+        return real(name)
+
+    monkeypatch.setattr(mlflow, "set_experiment", racing)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "raced")
+    tracking.setup()
+    assert raced and mlflow.get_experiment_by_name("raced").experiment_id == raced[0]

@@ -50,7 +50,7 @@ def setup() -> str:
         # when two processes (two `study run` shells, `--jobs`) create the same store at once
         lock = store_lock_path(uri)
         with FileLock(lock) if lock else nullcontext():
-            experiment = mlflow.set_experiment(
+            experiment = _set_experiment(
                 os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
             )
             if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
@@ -62,6 +62,17 @@ def setup() -> str:
         # in this process to this experiment; only `mlflow run` should set it
         os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     return uri
+
+
+def _set_experiment(name: str):
+    """mlflow.set_experiment, where several processes (a grid's workers, other machines on a
+    tracking server) may create the experiment at once: the loser of that race finds it made."""
+    try:
+        return mlflow.set_experiment(name)
+    except MlflowException:
+        if mlflow.get_experiment_by_name(name) is None:
+            raise
+        return mlflow.set_experiment(name)
 
 
 def run_tags(p: Params, role: str, **extra: str) -> dict[str, str]:

@@ -28,7 +28,10 @@ def _ensure_model(client: MlflowClient, name: str, uri_key: str) -> None:
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description=DESCRIPTIONS[uri_key])
+        try:
+            client.create_registered_model(name, description=DESCRIPTIONS[uri_key])
+        except MlflowException:  # another process registered it meanwhile
+            client.get_registered_model(name)
 
 
 def register(
