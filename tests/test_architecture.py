@@ -21,7 +21,7 @@ LAYERS = [
     ("sibeatgan.pipeline",),
     ("sibeatgan.detection",),
     ("sibeatgan.study",),
-    ("sibeatgan.bench",),
+    ("sibeatgan.kernels", "sibeatgan.bench"),
     ("sibeatgan.cli", "sibeatgan.__main__"),
 ]
 

@@ -40,3 +40,28 @@ def test_bench_writes_every_figure(tmp_path):
         s["samples_per_s"] for s in data["settings"].values()
     )
     assert data["peak_gflops"] == data["peak_gflops_by_dtype"][fastest["precision"]]
+    kernels = data["kernels"]["default"]["onednn_ms"]
+    assert any(k.startswith("convolution ") for k in kernels), "the step's convolutions are seen"
+    assert "of one step, default" in result.output
+
+
+def test_onednn_verbose_lines_are_totalled_by_kernel():
+    from sibeatgan.kernels import matrix_engine_share, parse_verbose
+
+    lines = [
+        "onednn_verbose,v1,info,cpu,runtime:OpenMP",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx10_1_512_amx,"
+        "forward_training,src:bf16::blocked:acdb::f0,,alg:convolution_direct,mb64_ic32oc64,1.5",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx10_1_512_amx,"
+        "forward_training,src:bf16::blocked:acdb::f0,,alg:convolution_direct,mb64_ic32oc64,0.5",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx512_core,backward_weights,"
+        "src:f32::blocked:acdb::f0,,alg:convolution_direct,mb64_ic32oc64,6.0",
+        "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src:f32::blocked:abc::f0,,,"
+        "64x32,9.0",
+        "onednn_verbose,v1,primitive,create:cache_miss,cpu,convolution,jit:avx512_core,x,y,z,3.0",
+    ]
+    totals = parse_verbose(lines)
+    assert totals["convolution brg_conv_fwd:avx10_1_512_amx"] == {"ms": 2.0, "calls": 2}
+    assert totals["convolution jit:avx512_core"] == {"ms": 6.0, "calls": 1}, "exec lines only"
+    assert matrix_engine_share(totals) == 0.25, "reorders are not compute"
+    assert matrix_engine_share(parse_verbose(lines[-2:])) is None

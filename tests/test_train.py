@@ -291,3 +291,50 @@ def test_the_ema_decay_computed_on_the_device_is_the_python_one():
         assert torch.equal(avg(weights, other, count), reference(weights, other, count))
         ints = avg(torch.tensor(7 * n), torch.tensor(7 * n + 13), count)
         assert torch.equal(ints, reference(torch.tensor(7 * n), torch.tensor(7 * n + 13), count))
+
+
+def test_adam_state_zeroed_in_place_updates_as_a_fresh_adam():
+    """D's reset under a CUDA graph zeroes Adam's state in its memory instead of dropping it:
+    the next update must be a fresh optimiser's."""
+    from sibeatgan.training.graphs import reset_adam_state
+
+    w = torch.nn.Parameter(torch.randn(10))
+    used = torch.optim.Adam([w], lr=0.1)
+    for _ in range(5):
+        used.zero_grad()
+        (w**2).sum().backward()
+        used.step()
+    start = w.detach().clone()
+    reset_adam_state(used)
+    fresh_w = torch.nn.Parameter(start.clone())
+    fresh = torch.optim.Adam([fresh_w], lr=0.1)
+    for param, opt in ((w, used), (fresh_w, fresh)):
+        opt.zero_grad()
+        (param**2).sum().backward()
+        opt.step()
+    assert torch.equal(w, fresh_w)
+
+
+def test_the_graph_path_is_not_taken_without_cuda_and_a_failed_capture_trains_eagerly():
+    from sibeatgan.training import graphs
+
+    assert graphs.graph_blockers(torch.device("cpu"), "constant", 0) == [
+        "no CUDA device (training on cpu)"
+    ]
+    assert graphs.graph_blockers(torch.device("cuda"), "constant", 0) == []
+    assert graphs.graph_blockers(torch.device("cuda"), "cosine", 0)
+    assert graphs.graph_blockers(torch.device("cuda"), "constant", 200)
+
+    calls, fell_back = [], []
+    step = graphs.GraphedStep(
+        lambda x: calls.append(x) or {"d": x.sum()}, lambda: fell_back.append(1)
+    )
+    step.warmed = graphs.WARMUP_STEPS  # past the warm-up: the next call captures
+
+    def broken(x):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    step._capture = broken
+    x = torch.ones(4)
+    assert step(x)["d"] == 4 and step(2 * x)["d"] == 8, "the eager step, batch after batch"
+    assert len(calls) == 2 and fell_back == [1] and step.failed

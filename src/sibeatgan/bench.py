@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sibeatgan.config import BEAT_LENGTH, TrainCfg
 from sibeatgan.evaluation.scoring import beat_scores, compiled_generator
+from sibeatgan.kernels import kernels_of, matrix_engine_share, summary_lines
 from sibeatgan.models import PLAIN, build_models, conv_macs
 from sibeatgan.training.loop import autocast, bf16_supported, make_optimizer, train_step
 
@@ -246,6 +247,24 @@ def run_bench(
         peak_gflops_by_dtype=peak,
     )
     echo(f"fastest: {fastest}, {out['fastest_samples_per_s'] / ref:.2f}x reference")
+    out["kernels"] = {}
+    for name in dict.fromkeys(["default", fastest]):
+        s = next(s for s in settings if s.name == name)
+        run = our_steps(beats_for(s.batch_size), s.batch_size, s.precision)
+        run(2)  # oneDNN picks and caches its kernels on the first calls
+        totals = kernels_of(lambda run=run: run(1))
+        share = matrix_engine_share(totals)
+        out["kernels"][name] = {"matrix_engine_share": share, "onednn_ms": totals}
+        where = (
+            "no oneDNN kernels seen"
+            if not totals
+            else (
+                f"{100 * share:.0f}% of convolution/matmul time on AMX" if share is not None else ""
+            )
+        )
+        echo(f"kernels of one step, {name} ({s.batch_size} {s.precision}): {where}")
+        for line in summary_lines(totals, top=6):
+            echo(line)
 
     score_precision = "bf16" if has_bf16 else "fp32"
     ways = {
@@ -267,4 +286,79 @@ def run_bench(
     )
     for name, sec in scoring.items():
         echo(f"scoring {name:20s}: {1 / sec:7.0f} beats/s, {1000 * sec:.3f} ms/beat")
+    return out
+
+
+PAPER_TRAIN_BEATS = 62_858  # N beats in fold 0's train part (intra split): one epoch's data
+
+
+def device_matmul_tflops(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 10):
+    """TFLOP/s of an n x n x n matmul on `device` (synchronised timing)."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+
+    def run(k: int) -> None:
+        for _ in range(k):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return 2 * n**3 / timed(run, repeats, 2) / 1e12
+
+
+def step_speed(device: torch.device, batch: int, steps: int, graphed: bool) -> float:
+    """Seconds per training step of the paper's recipe (fp32, constant lr) on `device`, through
+    the loop's own step (`graphed`: the CUDA graph of training.graphs, warm-up included
+    before timing)."""
+    from sibeatgan.training.loop import _new_game
+
+    g, d = build_models(1, 50, 32, 0)
+    g, d = g.to(device), d.to(device)
+    cfg = TrainCfg(batch_size=batch, lr=1e-4, lr_schedule="constant", warmup_steps=0)
+    game = _new_game(g, d, batch * (steps + 10), cfg, None)
+    if not graphed and game.graphed:
+        game.step = lambda x: train_step(g, d, game.opt_g, game.opt_d, x, 1.0, None, game.amp)
+    data = torch.rand(batch * 8, 1, BEAT_LENGTH, device=device) * 2 - 1
+
+    def run(k: int) -> None:
+        for i in range(k):
+            losses = game.step(data[(i % 8) * batch : (i % 8 + 1) * batch])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        del losses
+
+    return timed(run, steps, 5)
+
+
+def run_step_bench(device: torch.device, batch: int = 64, steps: int = 50, echo=print) -> dict:
+    """Eager against graphed steps on `device` (graphed only with CUDA), as seconds per epoch
+    of fold 0's train data, and the device's matmul peak in fp32 and bf16."""
+    from sibeatgan.training.graphs import graph_blockers
+
+    n = 8192 if device.type == "cuda" else 1024
+    out: dict = {"device": str(device), "batch": batch, "train_beats": PAPER_TRAIN_BEATS}
+    if device.type == "cuda":
+        out["device_name"] = torch.cuda.get_device_name(device)
+    out["matmul_tflops"] = {
+        name: device_matmul_tflops(device, dtype, n)
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    }
+    echo(", ".join(f"{k} matmul {v:.1f} TFLOP/s" for k, v in out["matmul_tflops"].items()))
+    steps_per_epoch = PAPER_TRAIN_BEATS // batch
+    blockers = graph_blockers(device, "constant", 0)
+    for way in ("eager", "graphed"):
+        if way == "graphed" and blockers:
+            out[way] = {"available": False, "why": "; ".join(blockers)}
+            echo(f"{way}: not available ({out[way]['why']})")
+            continue
+        sec = step_speed(device, batch, steps, graphed=way == "graphed")
+        out[way] = {
+            "available": True,
+            "s_per_step": sec,
+            "s_per_epoch": sec * steps_per_epoch,
+            "samples_per_s": batch / sec,
+        }
+        echo(
+            f"{way}: {1000 * sec:.2f} ms/step, {sec * steps_per_epoch:.1f} s/epoch "
+            f"({steps_per_epoch} steps of {batch}), {batch / sec:,.0f} samples/s"
+        )
     return out

@@ -335,6 +335,36 @@ def bench(p: Params, steps: int, warmup: int, json_path: str | None) -> None:
         click.echo(f"figures written to {json_path}")
 
 
+@main.command("bench-step")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="auto: the GPU when there is one.",
+)
+@click.option("--batch", default=64, show_default=True, type=click.IntRange(min=2))
+@click.option("--steps", default=50, show_default=True, type=click.IntRange(min=1))
+@json_option
+def bench_step(device: str, batch: int, steps: int, json_path: str | None) -> None:
+    """Time the training step of the paper's recipe (fp32, constant learning rate) on one
+    device: eager, and as a CUDA graph where there is CUDA; as seconds per epoch of fold 0's
+    train data, with the device's fp32 and bf16 matmul peak beside it."""
+    import torch
+
+    from sibeatgan.bench import run_step_bench
+    from sibeatgan.evaluation.scoring import pick_device
+    from sibeatgan.io import write_json
+
+    where = pick_device() if device == "auto" else torch.device(device)
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise click.ClickException("--device cuda: no CUDA device here; use --device cpu")
+    out = run_step_bench(where, batch, steps, echo=click.echo)
+    if json_path:
+        write_json(json_path, out)
+        click.echo(f"figures written to {json_path}")
+
+
 def _optional_int(ctx, param, value: str | None) -> int | None:
     """MLproject passes every parameter, empty when unset: empty means "keep params.yaml"."""
     if value is None or str(value).strip() == "":

@@ -24,6 +24,7 @@ from sibeatgan.evaluation.scoring import score
 from sibeatgan.models import Discriminator, Generator, init_weights
 from sibeatgan.training import state as train_state
 from sibeatgan.training.distill import Distiller
+from sibeatgan.training.graphs import GraphedStep, graph_blockers, reset_adam_state
 from sibeatgan.training.state import Progress
 
 StepCallback = Callable[[int, dict[str, float]], None]
@@ -63,8 +64,9 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     return nullcontext()
 
 
-def make_optimizer(params, cfg: TrainCfg) -> torch.optim.Adam:
-    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+def make_optimizer(params, cfg: TrainCfg, capturable: bool = False) -> torch.optim.Adam:
+    """Adam; `capturable` keeps its step count on the GPU, as a CUDA graph needs."""
+    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), capturable=capturable)
 
 
 def make_schedule(opt: torch.optim.Optimizer, cfg: TrainCfg, total_steps: int):
@@ -163,6 +165,8 @@ class _Game:
     # for the device, which on a GPU costs more than the step; on the CPU it costs nothing
     sync_every: int = 1
     d_lowest: torch.Tensor | None = None  # D's lowest loss since the last test
+    step: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None  # one training step
+    graphed: bool = False  # the step is a CUDA graph (training.graphs)
 
     @property
     def scored(self) -> torch.nn.Module:
@@ -234,21 +238,37 @@ def sync_interval(device: torch.device, cfg: TrainCfg) -> int:
 def _new_game(
     g: Generator, d: Discriminator, n_train: int, cfg: TrainCfg, distiller: Distiller | None
 ) -> _Game:
-    """Optimisers, per-step schedules over the whole run, G's average and the precision."""
-    g_params = list(g.parameters()) + (list(distiller.parameters()) if distiller else [])
-    opt_g = make_optimizer([p for p in g_params if p.requires_grad], cfg)
-    opt_d = make_optimizer(d.parameters(), cfg)
-    total_steps = n_train * (1 + cfg.augment_copies) // cfg.batch_size * cfg.epochs
+    """Optimisers, per-step schedules over the whole run, G's average, the precision, and the
+    step: a CUDA graph where one can be captured (training.graphs), else the eager step."""
     device = next(g.parameters()).device
+    blockers = graph_blockers(device, cfg.lr_schedule, cfg.warmup_steps)
+    g_params = list(g.parameters()) + (list(distiller.parameters()) if distiller else [])
+    opt_g = make_optimizer([p for p in g_params if p.requires_grad], cfg, not blockers)
+    opt_d = make_optimizer(d.parameters(), cfg, not blockers)
+    total_steps = n_train * (1 + cfg.augment_copies) // cfg.batch_size * cfg.epochs
     amp = autocast(device, resolve_precision(cfg.precision, device))
     ema = AveragedModel(g, avg_fn=ema_avg(cfg.ema), use_buffers=True) if cfg.ema > 0 else None
     sched_g, sched_d = (
         make_schedule(opt_g, cfg, total_steps),
         make_schedule(opt_d, cfg, total_steps),
     )
-    return _Game(
-        g, d, opt_g, opt_d, sched_g, sched_d, ema, distiller, amp, sync_interval(device, cfg)
-    )
+    game = _Game(g, d, opt_g, opt_d, sched_g, sched_d, ema, distiller, amp,
+                 sync_interval(device, cfg))  # fmt: skip
+
+    def eager(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return train_step(g, d, opt_g, opt_d, x, cfg.w_adv, distiller, amp)
+
+    def fell_back() -> None:
+        d.requires_grad_(True)  # a capture that broke off inside the G step
+        game.graphed = False
+
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # shapes never change: pick the fastest kernels
+        if blockers:
+            tqdm.write(f"training eagerly: {'; '.join(blockers)}")
+    game.graphed = not blockers
+    game.step = GraphedStep(eager, fell_back) if game.graphed else eager
+    return game
 
 
 def _train_epoch(
@@ -270,8 +290,7 @@ def _train_epoch(
     bar = tqdm(range(n_batches), desc=f"{desc}/{cfg.epochs}", unit="batch")
     for b in bar:
         x = data[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
-        losses = train_step(game.g, game.d, game.opt_g, game.opt_d, x, cfg.w_adv,
-                            game.distiller, game.amp)  # fmt: skip
+        losses = game.step(x)
         _after_step(game, losses, cfg, progress)
         for k, v in losses.items():
             sums[k] = sums[k] + v.double() if k in sums else v.double()
@@ -308,7 +327,10 @@ def _after_step(
         game.d_lowest = None
         if low.item() < cfg.d_reset_below:
             init_weights(game.d)
-            game.opt_d.state.clear()
+            if game.graphed:  # the graph reads the state's memory: zero it there
+                reset_adam_state(game.opt_d)
+            else:
+                game.opt_d.state.clear()
             progress.d_resets += 1
 
 
