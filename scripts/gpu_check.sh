@@ -12,6 +12,7 @@
 # mlflow.db (every run's params and metrics) and log.txt (every step's output). Extra -S
 # overrides for every run can come in GPU_CHECK_OVERRIDES (e.g. records or a data folder).
 set -euo pipefail
+set -f  # overrides such as preprocess.records=[100,101] are words, not file patterns
 [ $# -ge 1 ] || { echo "usage: $0 OUT [--tiny]" >&2; exit 2; }
 mkdir -p "$1"
 out=$(cd "$1" && pwd)
@@ -35,7 +36,7 @@ log="$out/log.txt"
     date -u
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null \
         || echo "no nvidia-smi"
-    python3 - <<'PY'
+    python3 - <<'PY' || echo "python3 has no torch"
 import platform, torch
 print("python", platform.python_version(), "torch", torch.__version__,
       "cuda", torch.version.cuda, "available", torch.cuda.is_available())
@@ -47,12 +48,14 @@ PY
 cat "$out/env.txt"
 
 echo "== step bench" | tee -a "$log"
+# a failed bench must not cost the training runs, which are what the machine is lent for
 sibeatgan bench-step --batch "$batch" --steps "$bench_steps" --json "$out/bench-step.json" \
-    2>&1 | tee -a "$log"
+    2>&1 | tee -a "$log" || echo "step bench failed: see $log" | tee -a "$log"
 
 echo "== paper recipe, seeds $seeds, $epochs epochs, side by side" | tee -a "$log"
 start=$(date +%s.%N)
 pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT  # no run outlives the script
 for seed in $seeds; do
     # shellcheck disable=SC2086
     sibeatgan study run teacher --seeds "$seed" --runs "$runs" --work "$work" \
@@ -60,7 +63,8 @@ for seed in $seeds; do
         ${GPU_CHECK_OVERRIDES:-} >"$out/seed$seed.log" 2>&1 &
     pids+=($!)
     if [ ${#pids[@]} -eq 1 ]; then  # the first run prepares the data; the others then find it
-        while ! ls "$work"/prepared/*/meta.json >/dev/null 2>&1 && kill -0 "$!" 2>/dev/null; do
+        until [ -n "$(find "$work/prepared" -name meta.json 2>/dev/null)" ] \
+            || ! kill -0 "$!" 2>/dev/null; do
             sleep 1
         done
     fi
@@ -76,7 +80,10 @@ done
 python3 - "$runs" "$start" "$end" "$failed" "$out/timings.json" <<'PY'
 import glob, json, sys
 runs, start, end, failed, path = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-summaries = [json.load(open(f)) for f in sorted(glob.glob(f"{runs}/teacher/*.json"))]
+import os
+# only the summaries these runs wrote (an earlier session's stay in the folder, untouched)
+files = [f for f in sorted(glob.glob(f"{runs}/teacher/*.json")) if os.path.getmtime(f) >= start]
+summaries = [json.load(open(f)) for f in files]
 out = {
     "wall_s": end - start,
     "failed_runs": failed,

@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -118,7 +119,8 @@ class TrackingServer:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        command = ["timeout", str(LIFETIME_S), "sibeatgan", "server", "--backend-store-uri",
+        sibeatgan = str(Path(sys.executable).parent / "sibeatgan")  # this interpreter's
+        command = ["timeout", str(LIFETIME_S), sibeatgan, "server", "--backend-store-uri",
                    self.backend, "--artifacts-destination", str(self.artifacts), "--port",
                    str(self.port), "--workers", "2"]  # fmt: skip
         with open(self.log, "a") as log:

@@ -71,17 +71,26 @@ def test_a_grid_on_ray_logs_to_a_postgres_server_that_restarts_mid_grid(
     mlflow.set_tracking_uri(server.url)
     where = Where("intra", tmp_path / "work", tmp_path / "runs")
     lines: list[str] = []
-    failed: list = []
-    grid = threading.Thread(
-        target=lambda: failed.extend(run_tasks(p, tasks, where, False, 2, lines.append))
-    )
+    outcome: dict = {}
+
+    def grid_on_ray() -> None:
+        try:
+            outcome["failed"] = run_tasks(p, tasks, where, False, 2, lines.append)
+        except BaseException as err:  # re-raised below, in the test's own thread
+            outcome["error"] = err
+
+    grid = threading.Thread(target=grid_on_ray)
     grid.start()
     while not list(where.runs_dir.glob("*/*.json")) and grid.is_alive():
         time.sleep(0.2)
     done_before = len(list(where.runs_dir.glob("*/*.json")))
     server.restart()  # mid-grid: the other runs keep logging through it
+    restarted_ms = time.time() * 1000
     grid.join(timeout=900)
-    assert not grid.is_alive() and failed == [], lines
+    assert not grid.is_alive(), "the grid did not finish"
+    if "error" in outcome:
+        raise outcome["error"]
+    assert outcome["failed"] == [], lines
     assert 1 <= done_before < 4, "the restart came in the middle of the grid"
 
     ours, theirs = _summaries(where.runs_dir), _summaries(serial.runs_dir)
@@ -96,6 +105,7 @@ def test_a_grid_on_ray_logs_to_a_postgres_server_that_restarts_mid_grid(
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_id for r in runs) == sorted(s["mlflow_run_id"] for s in ours.values())
     serial_client = MlflowClient(f"sqlite:///{tmp_path / 'serial.db'}")
+    assert any(r.info.end_time > restarted_ms for r in runs), "runs logged through the restart"
     for run in runs:
         assert run.info.status == "FINISHED"
         summary = ours[run.data.tags["variant"], int(run.data.tags["seed"])]

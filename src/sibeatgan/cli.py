@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import sys
 from pathlib import Path
 
 import click
@@ -429,13 +430,14 @@ def server(
     from sibeatgan.tracking.server import redacted, server_command
 
     try:
-        command = server_command(
+        command, env = server_command(
             backend_store_uri, artifacts_destination, host, port, workers, allowed_hosts
         )
     except ValueError as err:
         raise click.ClickException(str(err)) from err
     click.echo(f"MLflow server on http://{host}:{port} (store {redacted(backend_store_uri)})")
-    os.execvp(command[0], command)
+    sys.stdout.flush()  # exec replaces the process: what is still buffered would be lost
+    os.execvpe(command[0], command, {**os.environ, **env})
 
 
 @main.command("run-experiment")

@@ -57,7 +57,8 @@ def connected(address: str | None, cpus: int) -> Iterator[None]:
     if address is not None:
         check_reachable(address)
     try:
-        ray.init(address=address, **options)
+        # "local": always a new cluster of our own, never one `ray start` left on this machine
+        ray.init(address=address or "local", **options)
     except (ConnectionError, ValueError) as err:  # no cluster; ray:// without ray[client]
         raise ClusterError(
             f"cannot join the Ray cluster at {address} ({err}); start one with `ray start "
@@ -134,12 +135,13 @@ def run_graph(
         task = pending.pop(ready)
         try:
             yield task, ray.get(ready)
-        except ray.exceptions.RayTaskError as err:
+        except ray.exceptions.RayError as err:  # the run raised, or its worker or node died
             after = depends.get(task)
             if after is not None and _failed(refs[after]):
                 yield task, Skipped(after)
             else:
-                yield task, err.cause if isinstance(err.cause, BaseException) else err
+                cause = getattr(err, "cause", None)
+                yield task, cause if isinstance(cause, BaseException) else err
 
 
 def _failed(ref) -> bool:

@@ -357,12 +357,14 @@ def _variant_table(entry: dict, rule: str) -> list[str]:
 
 
 def verdict(diff: dict, n: int) -> str:
-    """A paired difference in one word: better / worse beyond noise, within noise, or too few
-    pairs to tell (fewer than MIN_PAIRS)."""
+    """A paired difference in a word or three: better / worse beyond noise, within noise, the
+    same on every pair (no spread for a t-test), or too few pairs to tell (< MIN_PAIRS)."""
     if n < MIN_PAIRS:
         return "too few"
     if diff["diff_auc_beyond_noise"]:
         return "better" if diff["diff_auc_mean"] > 0 else "worse"
+    if diff["diff_auc_p"] is None:  # no spread: a t-test says nothing
+        return "same on every pair"
     return "within noise"
 
 
@@ -423,7 +425,8 @@ def verdicts(compared: list[dict]) -> list[dict]:
     order = sorted(scopes, key=lambda k: (k[0] != headline, "across" not in k[0], k[0]))
     for scope, selection in order:
         rows = scopes[scope, selection]
-        best = max(rows, key=lambda c: c["mean"])
+        # the best of those with two or more pairs where there are any: one pair is no verdict
+        best = max([c for c in rows if c["n"] >= 2] or rows, key=lambda c: c["mean"])
         out.append(
             {
                 "scope": scope,

@@ -10,11 +10,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 # database schemes MLflow's SQLAlchemy store takes, and the driver each needs
 DRIVERS = {
-    "postgresql": "psycopg",
+    "postgresql": "psycopg",  # passed on as postgresql+psycopg, whatever SQLAlchemy's default
     "postgresql+psycopg": "psycopg",
     "postgresql+psycopg2": "psycopg2",
-    "mysql": "pymysql",
     "mysql+pymysql": "pymysql",
+    "mysql+mysqldb": "MySQLdb",
     "sqlite": None,
 }
 
@@ -43,6 +43,14 @@ def check_backend(uri: str) -> None:
         )
 
 
+def with_driver(uri: str) -> str:
+    """`postgresql://` spelled with the driver the project installs (psycopg 3), so that an
+    older SQLAlchemy, whose default for it is psycopg2, takes the same one."""
+    if uri.startswith("postgresql://"):
+        return "postgresql+psycopg://" + uri.removeprefix("postgresql://")
+    return uri
+
+
 def server_command(
     backend_store_uri: str,
     artifacts_destination: str,
@@ -50,16 +58,16 @@ def server_command(
     port: int = 5000,
     workers: int = 4,
     allowed_hosts: str | None = None,
-) -> list[str]:
-    """The `mlflow server` command line: runs and models in the database, artifacts served by
-    the server itself (clients need no access to the artifact store)."""
+) -> tuple[list[str], dict[str, str]]:
+    """The `mlflow server` command line and the environment it adds: runs and models in the
+    database, artifacts served by the server itself (clients need no access to the artifact
+    store). The database URI goes through the environment, so that a password in it does not
+    show in the process list."""
     check_backend(backend_store_uri)
     mlflow = shutil.which("mlflow") or f"{sys.prefix}/bin/mlflow"
     command = [
         mlflow,
         "server",
-        "--backend-store-uri",
-        backend_store_uri,
         "--serve-artifacts",
         "--artifacts-destination",
         artifacts_destination,
@@ -72,4 +80,4 @@ def server_command(
     ]
     if allowed_hosts:
         command += ["--allowed-hosts", allowed_hosts]
-    return command
+    return command, {"MLFLOW_BACKEND_STORE_URI": with_driver(backend_store_uri)}

@@ -7,28 +7,40 @@ A graph bakes in shapes, memory and scalars, so: batches are full (the loop drop
 partial one), learning rates are constant, the optimisers keep their state on the GPU
 (`capturable`), nothing in the step reads a value back to the host, and D's reset zeroes Adam's
 state in place instead of dropping it. Where this cannot hold (no CUDA device, a per-step
-schedule) or the capture fails, the eager step runs, and the reason is said once.
+schedule, the ranking term, which reads back which pairs it has, or SIBEATGAN_CUDA_GRAPHS=0)
+the eager step runs, and the reason is said once. A capture that fails anyway stops the run
+with its reason: a broken capture leaves the GPU's stream and memory pool in a state that
+nothing should train on.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
-from tqdm import tqdm
 
 WARMUP_STEPS = 3  # real steps run eagerly on a side stream before capture, as CUDA asks
 
 Step = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 
-def graph_blockers(device: torch.device, lr_schedule: str, warmup_steps: int) -> list[str]:
+OPT_OUT = "SIBEATGAN_CUDA_GRAPHS"  # 0: always the eager step
+
+
+def graph_blockers(
+    device: torch.device, lr_schedule: str, warmup_steps: int, rank: bool = False
+) -> list[str]:
     """Why the step cannot be captured (empty: it can)."""
     reasons = []
     if device.type != "cuda":
         reasons.append(f"no CUDA device (training on {device.type})")
     if lr_schedule != "constant" or warmup_steps:
         reasons.append("the learning rate changes per step (a graph bakes it in)")
+    if rank:
+        reasons.append("the ranking term reads its pairs back to the host")
+    if os.environ.get(OPT_OUT) == "0":
+        reasons.append(f"{OPT_OUT}=0")
     return reasons
 
 
@@ -46,28 +58,25 @@ class GraphedStep:
     on the next batch's shape and replays the capture from then on. The losses it returns are
     the graph's own outputs: the next replay overwrites them, so use them before that."""
 
-    def __init__(self, eager: Step, on_fallback: Callable[[], None] = lambda: None):
-        self.eager, self.on_fallback = eager, on_fallback
+    def __init__(self, eager: Step):
+        self.eager = eager
         self.warmed = 0
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.failed = False
         self.static_x: torch.Tensor | None = None
         self.static_losses: dict[str, torch.Tensor] = {}
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.failed:
-            return self.eager(x)
         if self.graph is None:
             if self.warmed < WARMUP_STEPS:
                 self.warmed += 1
                 return self._on_side_stream(x)
             try:
                 self._capture(x)
-            except RuntimeError as err:  # an op that cannot be captured: stay eager
-                self.failed, self.graph = True, None
-                self.on_fallback()
-                tqdm.write(f"CUDA graph capture failed ({err}); training eagerly")
-                return self.eager(x)
+            except RuntimeError as err:
+                raise RuntimeError(
+                    f"the training step could not be captured as a CUDA graph ({err}); "
+                    f"run with {OPT_OUT}=0 to train eagerly"
+                ) from err
         self.static_x.copy_(x)
         self.graph.replay()
         return self.static_losses

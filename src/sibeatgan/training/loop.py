@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -86,21 +87,20 @@ def make_schedule(opt: torch.optim.Optimizer, cfg: TrainCfg, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def ema_avg(decay: float):
-    """Exponential moving average whose decay ramps up as min(decay, (1 + n) / (10 + n)), so
-    the average is not dominated by the random initial weights in the first epochs. The decay
-    is computed on the device (in float64, then rounded as a Python scalar would be): reading
-    the count `n` on the host would wait for the GPU at every step."""
-
-    def avg(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        k = n.to(torch.float64)
-        d = torch.clamp((1 + k) / (10 + k), max=decay)
-        # integer buffers (BatchNorm's batch count) are averaged in the default float dtype,
-        # as a Python float would make them
-        dtype = averaged.dtype if averaged.is_floating_point() else torch.get_default_dtype()
-        return d.to(dtype) * averaged + (1 - d).to(dtype) * current
-
-    return avg
+@torch.no_grad()
+def update_average(ema: AveragedModel, model: torch.nn.Module, decay: float) -> None:
+    """One step of G's exponential moving average (weights and buffers), with a decay that
+    ramps up as min(decay, (1 + n) / (10 + n)) so the random initial weights do not dominate
+    the first epochs. The arithmetic of AveragedModel.update_parameters with a Python-float
+    decay; unlike it, the count `n` is read where it lives (on the CPU) instead of being copied
+    to the GPU once per tensor, each copy a wait for the GPU."""
+    n = int(ema.n_averaged)
+    averaged = itertools.chain(ema.module.parameters(), ema.module.buffers())
+    current = itertools.chain(model.parameters(), model.buffers())
+    d = min(decay, (1 + n) / (10 + n))
+    for avg, cur in zip(averaged, current, strict=True):
+        avg.copy_(cur if n == 0 else d * avg + (1 - d) * cur)
+    ema.n_averaged += 1
 
 
 def _selection_value(row: dict[str, float], selection: str) -> float:
@@ -201,6 +201,7 @@ def fit(
     progress = Progress()
     if checkpoint.resume_from is not None:
         progress = train_state.restore(checkpoint.resume_from, game.parts(), rng)
+        _keep_capturable(game)
         tqdm.write(f"{desc}: resuming after epoch {progress.epoch}")
     resumed_from = progress.epoch
     for module in (g, d, distiller):
@@ -241,13 +242,14 @@ def _new_game(
     """Optimisers, per-step schedules over the whole run, G's average, the precision, and the
     step: a CUDA graph where one can be captured (training.graphs), else the eager step."""
     device = next(g.parameters()).device
-    blockers = graph_blockers(device, cfg.lr_schedule, cfg.warmup_steps)
+    rank = distiller is not None and distiller.cfg.rank
+    blockers = graph_blockers(device, cfg.lr_schedule, cfg.warmup_steps, rank)
     g_params = list(g.parameters()) + (list(distiller.parameters()) if distiller else [])
     opt_g = make_optimizer([p for p in g_params if p.requires_grad], cfg, not blockers)
     opt_d = make_optimizer(d.parameters(), cfg, not blockers)
     total_steps = n_train * (1 + cfg.augment_copies) // cfg.batch_size * cfg.epochs
     amp = autocast(device, resolve_precision(cfg.precision, device))
-    ema = AveragedModel(g, avg_fn=ema_avg(cfg.ema), use_buffers=True) if cfg.ema > 0 else None
+    ema = AveragedModel(g, use_buffers=True) if cfg.ema > 0 else None
     sched_g, sched_d = (
         make_schedule(opt_g, cfg, total_steps),
         make_schedule(opt_d, cfg, total_steps),
@@ -258,17 +260,23 @@ def _new_game(
     def eager(x: torch.Tensor) -> dict[str, torch.Tensor]:
         return train_step(g, d, opt_g, opt_d, x, cfg.w_adv, distiller, amp)
 
-    def fell_back() -> None:
-        d.requires_grad_(True)  # a capture that broke off inside the G step
-        game.graphed = False
-
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # shapes never change: pick the fastest kernels
+        # shapes never change: let cuDNN time its kernels once and keep the fastest (its choice
+        # can differ between runs, like the GPU's own reductions: GPU runs are not bit-exact)
+        torch.backends.cudnn.benchmark = True
         if blockers:
             tqdm.write(f"training eagerly: {'; '.join(blockers)}")
     game.graphed = not blockers
-    game.step = GraphedStep(eager, fell_back) if game.graphed else eager
+    game.step = GraphedStep(eager) if game.graphed else eager
     return game
+
+
+def _keep_capturable(game: _Game) -> None:
+    """A restored optimiser takes `capturable` from the saved state: set it back to what this
+    device and step need (a GPU run resumed on a CPU, or the reverse)."""
+    for opt in (game.opt_g, game.opt_d):
+        for group in opt.param_groups:
+            group["capturable"] = game.graphed
 
 
 def _train_epoch(
@@ -319,8 +327,11 @@ def _after_step(
     game.sched_g.step()
     game.sched_d.step()
     if game.ema is not None:
-        game.ema.update_parameters(game.g)
-    low = losses["d"] if game.d_lowest is None else torch.minimum(game.d_lowest, losses["d"])
+        update_average(game.ema, game.g, cfg.ema)
+    # a copy: a CUDA graph's next replay overwrites its output tensors
+    low = (
+        losses["d"].clone() if game.d_lowest is None else torch.minimum(game.d_lowest, losses["d"])
+    )
     game.d_lowest = low
     progress.step += 1
     if progress.step % game.sync_every == 0:
