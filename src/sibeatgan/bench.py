@@ -306,25 +306,26 @@ def device_matmul_tflops(device: torch.device, dtype: torch.dtype, n: int, repea
 
 
 def step_speed(device: torch.device, batch: int, steps: int, graphed: bool) -> float:
-    """Seconds per training step of the paper's recipe (fp32, constant lr) on `device`, through
-    the loop's own step (`graphed`: the CUDA graph of training.graphs, warm-up included
-    before timing)."""
-    from sibeatgan.training.loop import _new_game
+    """Seconds per training step of the paper's recipe (fp32, constant lr, G's moving average as
+    by default) on `device`, through the loop's own step and what follows it (`graphed`: the
+    CUDA graph of training.graphs, warm-up included before timing)."""
+    from sibeatgan.training.loop import after_step, new_game
+    from sibeatgan.training.state import Progress
 
     g, d = build_models(1, 50, 32, 0)
     g, d = g.to(device), d.to(device)
-    cfg = TrainCfg(batch_size=batch, lr=1e-4, lr_schedule="constant", warmup_steps=0)
-    game = _new_game(g, d, batch * (steps + 10), cfg, None)
+    cfg = TrainCfg(batch_size=batch, lr=1e-4, lr_schedule="constant", warmup_steps=0, ema=0.999)
+    game = new_game(g, d, batch * (steps + 10), cfg, None)
     if not graphed and game.graphed:
         game.step = lambda x: train_step(g, d, game.opt_g, game.opt_d, x, 1.0, None, game.amp)
     data = torch.rand(batch * 8, 1, BEAT_LENGTH, device=device) * 2 - 1
+    progress = Progress()
 
     def run(k: int) -> None:
         for i in range(k):
-            losses = game.step(data[(i % 8) * batch : (i % 8 + 1) * batch])
+            after_step(game, game.step(data[(i % 8) * batch : (i % 8 + 1) * batch]), cfg, progress)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        del losses
 
     return timed(run, steps, 5)
 

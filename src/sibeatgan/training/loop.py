@@ -197,7 +197,7 @@ def fit(
     hooks, checkpoint = hooks or Hooks(), checkpoint or Checkpoint()
     rng = np.random.default_rng([seed, 7])
     torch.manual_seed(seed)
-    game = _new_game(g, d, len(data.train_x), cfg, distiller)
+    game = new_game(g, d, len(data.train_x), cfg, distiller)
     progress = Progress()
     if checkpoint.resume_from is not None:
         progress = train_state.restore(checkpoint.resume_from, game.parts(), rng)
@@ -236,7 +236,7 @@ def sync_interval(device: torch.device, cfg: TrainCfg) -> int:
     return 1 if device.type == "cpu" else cfg.log_every
 
 
-def _new_game(
+def new_game(
     g: Generator, d: Discriminator, n_train: int, cfg: TrainCfg, distiller: Distiller | None
 ) -> _Game:
     """Optimisers, per-step schedules over the whole run, G's average, the precision, and the
@@ -299,7 +299,7 @@ def _train_epoch(
     for b in bar:
         x = data[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
         losses = game.step(x)
-        _after_step(game, losses, cfg, progress)
+        after_step(game, losses, cfg, progress)
         for k, v in losses.items():
             sums[k] = sums[k] + v.double() if k in sums else v.double()
         if progress.step % cfg.log_every == 0:
@@ -319,7 +319,7 @@ def read_losses(losses: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(losses, values, strict=True))
 
 
-def _after_step(
+def after_step(
     game: _Game, losses: dict[str, torch.Tensor], cfg: TrainCfg, progress: Progress
 ) -> None:
     """Schedules, G's average, and a fresh D (and fresh Adam moments) if D's loss collapsed,
