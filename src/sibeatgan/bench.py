@@ -315,9 +315,7 @@ def step_speed(device: torch.device, batch: int, steps: int, graphed: bool) -> f
     g, d = build_models(1, 50, 32, 0)
     g, d = g.to(device), d.to(device)
     cfg = TrainCfg(batch_size=batch, lr=1e-4, lr_schedule="constant", warmup_steps=0, ema=0.999)
-    game = new_game(g, d, batch * (steps + 10), cfg, None)
-    if not graphed and game.graphed:
-        game.step = lambda x: train_step(g, d, game.opt_g, game.opt_d, x, 1.0, None, game.amp)
+    game = new_game(g, d, batch * (steps + 10), cfg, None, graphs=graphed)
     data = torch.rand(batch * 8, 1, BEAT_LENGTH, device=device) * 2 - 1
     progress = Progress()
 

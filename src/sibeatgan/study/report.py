@@ -513,9 +513,13 @@ def _budget_table(variants: dict) -> list[str]:
     return [*lines, ""]
 
 
-def _folds_section(across: dict[str, dict]) -> list[str]:
-    """Mean +- std over folds, beside the published 5-fold BeatGAN figure."""
+def _folds_section(across: dict[str, dict], compared: list[dict]) -> list[str]:
+    """Mean +- std over folds, beside the published 5-fold BeatGAN figure, and each variant's
+    comparisons over folds (from `compared`, the results' comparisons)."""
     method, auc, std, _, source = FIVE_FOLD
+    over_folds = {
+        (c["scope"], c["variant"], c["against"]): c for c in compared if c["unit"] == "fold"
+    }
     lines = []
     for split, entry in across.items():
         lines += [
@@ -538,12 +542,10 @@ def _folds_section(across: dict[str, dict]) -> list[str]:
             )
             cells = {}
             for key in ("vs_teacher", "vs_control"):
-                diff = row.get(key)
-                if diff and diff["folds"]:
-                    c = _comparison(split, name, diff.get("control", "teacher"), "", "fold", diff)
-                    cells[key] = (f"{diff['control']}: " if "control" in diff else "") + _diff_cell(
-                        c
-                    )
+                against = row[key]["control"] if key == "vs_control" and key in row else "teacher"
+                c = over_folds.get((f"{split} across folds", name, against))
+                if c is not None and key in row:
+                    cells[key] = ("" if against == "teacher" else f"{against}: ") + _diff_cell(c)
             lines.append(
                 f"| {name} | {len(row['folds'])} | {', '.join(map(str, row['seeds']))} "
                 f"| {per_fold} | {_pm(row['test_auc_mean'], row['test_auc_std'])} "
@@ -585,7 +587,7 @@ def markdown(results: dict) -> str:
         *_verdict_lines(results),
         "",
         *_comparison_table(results["comparisons"]),
-        *_folds_section(results["across_folds"]),
+        *_folds_section(results["across_folds"], results["comparisons"]),
     ]
     for group, entry in results["groups"].items():
         for rule in ("val_auc", UNSUPERVISED):

@@ -163,10 +163,10 @@ class _Game:
     amp: AbstractContextManager
     # the host reads losses (and tests D for a reset) every `sync_every` steps: each read waits
     # for the device, which on a GPU costs more than the step; on the CPU it costs nothing
-    sync_every: int = 1
+    sync_every: int
+    step: Callable[[torch.Tensor], dict[str, torch.Tensor]]  # one training step
+    graphed: bool  # the step is a CUDA graph (training.graphs)
     d_lowest: torch.Tensor | None = None  # D's lowest loss since the last test
-    step: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None  # one training step
-    graphed: bool = False  # the step is a CUDA graph (training.graphs)
 
     @property
     def scored(self) -> torch.nn.Module:
@@ -237,13 +237,20 @@ def sync_interval(device: torch.device, cfg: TrainCfg) -> int:
 
 
 def new_game(
-    g: Generator, d: Discriminator, n_train: int, cfg: TrainCfg, distiller: Distiller | None
+    g: Generator,
+    d: Discriminator,
+    n_train: int,
+    cfg: TrainCfg,
+    distiller: Distiller | None,
+    graphs: bool = True,
 ) -> _Game:
     """Optimisers, per-step schedules over the whole run, G's average, the precision, and the
-    step: a CUDA graph where one can be captured (training.graphs), else the eager step."""
+    step: a CUDA graph where one can be captured (training.graphs) and `graphs` allows it,
+    else the eager step."""
     device = next(g.parameters()).device
     rank = distiller is not None and distiller.cfg.rank
     blockers = graph_blockers(device, cfg.lr_schedule, cfg.warmup_steps, rank)
+    blockers += [] if graphs else ["the eager step was asked for"]
     g_params = list(g.parameters()) + (list(distiller.parameters()) if distiller else [])
     opt_g = make_optimizer([p for p in g_params if p.requires_grad], cfg, not blockers)
     opt_d = make_optimizer(d.parameters(), cfg, not blockers)
@@ -254,8 +261,6 @@ def new_game(
         make_schedule(opt_g, cfg, total_steps),
         make_schedule(opt_d, cfg, total_steps),
     )
-    game = _Game(g, d, opt_g, opt_d, sched_g, sched_d, ema, distiller, amp,
-                 sync_interval(device, cfg))  # fmt: skip
 
     def eager(x: torch.Tensor) -> dict[str, torch.Tensor]:
         return train_step(g, d, opt_g, opt_d, x, cfg.w_adv, distiller, amp)
@@ -266,9 +271,9 @@ def new_game(
         torch.backends.cudnn.benchmark = True
         if blockers:
             tqdm.write(f"training eagerly: {'; '.join(blockers)}")
-    game.graphed = not blockers
-    game.step = GraphedStep(eager) if game.graphed else eager
-    return game
+    step = eager if blockers else GraphedStep(eager)
+    return _Game(g, d, opt_g, opt_d, sched_g, sched_d, ema, distiller, amp,
+                 sync_interval(device, cfg), step, graphed=not blockers)  # fmt: skip
 
 
 def _keep_capturable(game: _Game) -> None:
@@ -338,10 +343,8 @@ def after_step(
         game.d_lowest = None
         if low.item() < cfg.d_reset_below:
             init_weights(game.d)
-            if game.graphed:  # the graph reads the state's memory: zero it there
-                reset_adam_state(game.opt_d)
-            else:
-                game.opt_d.state.clear()
+            # zeroed in place, as a fresh Adam's (a CUDA graph reads that memory)
+            reset_adam_state(game.opt_d)
             progress.d_resets += 1
 
 
