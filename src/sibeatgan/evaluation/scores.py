@@ -1,0 +1,236 @@
+"""The anomaly scores, in one table.
+
+Each score is a function of the models (G, and D for the scores that compare D's features) and
+a batch of beats. It returns per-beat parts (raw, unscaled measurements) that `combine` turns
+into the beat's score with parameters `fit` chose on val (none for most scores). Every score
+also hands back the per-tick reconstruction error, the heat that shows which ticks made a beat
+abnormal. Adding a score is one function and one entry in SCORES.
+
+A score can also be made *record-adaptive* (`record_adaptive`): each beat's score relative to
+the other beats of its own record, which carries a threshold from one patient to another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from sibeatgan.evaluation.metrics import auc_ap
+from sibeatgan.models import Discriminator, Generator
+
+Parts = dict[str, torch.Tensor]
+Params = dict[str, float]
+
+
+class ScoreError(ValueError):
+    """An unknown score, or a score its models cannot compute; the message names the fix."""
+
+
+@dataclass
+class Models:
+    """What a score reads: G, and D for the scores that compare D's features."""
+
+    g: Generator
+    d: Discriminator | None = None
+
+
+def reconstruction(models: Models, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """G(x) and the squared error per tick averaged over leads, [n, length]."""
+    x_rec = models.g(x)
+    return x_rec, (x_rec.float() - x.float()).pow(2).mean(1)
+
+
+def mse_parts(models: Models, x: torch.Tensor) -> Parts:
+    """The published score: mean squared reconstruction error."""
+    _, heat = reconstruction(models, x)
+    return {"mse": heat.mean(1), "heat": heat}
+
+
+def latent_parts(models: Models, x: torch.Tensor) -> Parts:
+    """GANomaly's score: squared distance between the codes of x and of G(x), per latent unit."""
+    z = models.g.encoder(models.g.layers.enter(x)).flatten(1)
+    x_rec, heat = reconstruction(models, x)
+    z_rec = models.g.encoder(models.g.layers.enter(x_rec)).flatten(1)
+    return {"latent": (z.float() - z_rec.float()).pow(2).mean(1), "heat": heat}
+
+
+def dfeat_parts(models: Models, x: torch.Tensor) -> Parts:
+    """Reconstruction error and the distance between D's features of x and of G(x)."""
+    d = models.d
+    assert d is not None  # score_parts checks first
+    x_rec, heat = reconstruction(models, x)
+    feat = (d.features(x).float() - d.features(x_rec).float()).pow(2).flatten(1).mean(1)
+    return {"mse": heat.mean(1), "dfeat": feat, "heat": heat}
+
+
+def single(name: str) -> Callable[[Parts, Params], torch.Tensor]:
+    def combine(parts: Parts, params: Params) -> torch.Tensor:
+        return parts[name]
+
+    return combine
+
+
+def mix_combine(parts: Parts, params: Params) -> torch.Tensor:
+    """(1 - w) * mse / scale_mse + w * dfeat / scale_dfeat: both parts in units of their median
+    on val N beats, so that w is a share, as skip-GANomaly's 0.9 / 0.1 mix."""
+    w = params["weight"]
+    mse = parts["mse"] / params["scale_mse"]
+    return (1 - w) * mse + w * parts["dfeat"] / params["scale_dfeat"]
+
+
+MIX_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+
+
+def fit_mix(parts: dict[str, np.ndarray], labels: np.ndarray) -> Params:
+    """The mix's scales (medians on val N) and its weight (the best val AUC of MIX_WEIGHTS)."""
+    normal = labels == 0
+    params = {
+        "scale_mse": float(max(np.median(parts["mse"][normal]), 1e-12)),
+        "scale_dfeat": float(max(np.median(parts["dfeat"][normal]), 1e-12)),
+    }
+    tensors = {k: torch.from_numpy(v) for k, v in parts.items()}
+
+    def val_auc(w: float) -> float:
+        return auc_ap(labels, mix_combine(tensors, {**params, "weight": w}).numpy())[0]
+
+    params["weight"] = max(MIX_WEIGHTS, key=val_auc)
+    return params
+
+
+def no_params(parts: dict[str, np.ndarray], labels: np.ndarray) -> Params:
+    return {}
+
+
+@dataclass(frozen=True)
+class Score:
+    about: str
+    parts: Callable[[Models, torch.Tensor], Parts]
+    combine: Callable[[Parts, Params], torch.Tensor]
+    fit: Callable[[dict[str, np.ndarray], np.ndarray], Params] = no_params
+    needs_d: bool = False
+    params: tuple[str, ...] = field(default=())  # what `fit` chooses on val
+
+
+SCORES: dict[str, Score] = {
+    "mse": Score("mean squared reconstruction error (BeatGAN)", mse_parts, single("mse")),
+    "latent": Score("||E(x) - E(G(x))||^2 (GANomaly)", latent_parts, single("latent")),
+    "dfeat": Score(
+        "distance of D's features of x and G(x)", dfeat_parts, single("dfeat"), needs_d=True
+    ),
+    "mse_dfeat": Score(
+        "reconstruction error mixed with D's feature distance (skip-GANomaly), mix chosen on val",
+        dfeat_parts,
+        mix_combine,
+        fit_mix,
+        needs_d=True,
+        params=("weight", "scale_mse", "scale_dfeat"),
+    ),
+}
+
+
+def score_def(name: str, models: Models | None = None) -> Score:
+    """The table's entry for `name`; one line naming the known scores if there is none, or if
+    the score needs D and `models` has none."""
+    if name not in SCORES:
+        raise ScoreError(f"unknown anomaly score {name!r}; known: {', '.join(SCORES)}")
+    entry = SCORES[name]
+    if models is not None and entry.needs_d and models.d is None:
+        raise ScoreError(
+            f"the score {name!r} needs D's weights and this model has none; train with D kept "
+            f"(D.pt beside G.pt) or use a score that reads G only: {', '.join(g_only_scores())}"
+        )
+    return entry
+
+
+def g_only_scores() -> list[str]:
+    return [n for n, s in SCORES.items() if not s.needs_d]
+
+
+def check_params(name: str, params: Mapping[str, float]) -> Params:
+    """The parameters `name` needs, finite and present; one line otherwise."""
+    entry = score_def(name)
+    missing = [k for k in entry.params if k not in params]
+    if missing:
+        raise ScoreError(f"score {name!r} lacks its parameters {missing}; fit them on val")
+    out = {k: float(params[k]) for k in entry.params}
+    bad = [k for k, v in out.items() if not np.isfinite(v)]
+    if bad:
+        raise ScoreError(f"score {name!r}: parameters {bad} are not finite")
+    return out
+
+
+@torch.no_grad()
+def score_parts(
+    name: str, models: Models, x: torch.Tensor | np.ndarray, batch_size: int = 1024
+) -> dict[str, np.ndarray]:
+    """Every part of score `name` (and the heat) for the beats `x` [n, nc, L]; the models in
+    eval mode (BatchNorm on its running statistics), restored afterwards."""
+    entry = score_def(name, models)
+    nets = [m for m in (models.g, models.d) if m is not None]
+    modes = [m.training for m in nets]
+    for m in nets:
+        m.eval()
+    device = next(models.g.parameters()).device
+    x = torch.as_tensor(x)
+    chunks: list[Parts] = []
+    try:
+        for start in range(0, len(x), batch_size):
+            xb = x[start : start + batch_size].to(device, non_blocking=True)
+            chunks.append({k: v.float().cpu() for k, v in entry.parts(models, xb).items()})
+    finally:
+        for m, mode in zip(nets, modes, strict=True):
+            m.train(mode)
+    if not chunks:
+        keys = entry.parts(models, torch.zeros(1, *x.shape[1:], device=device)).keys()
+        return {k: np.zeros((0, x.shape[-1]) if k == "heat" else 0, np.float32) for k in keys}
+    return {k: torch.cat([c[k] for c in chunks]).numpy() for k in chunks[0]}
+
+
+def combine(name: str, parts: dict[str, np.ndarray], params: Mapping[str, float]) -> np.ndarray:
+    """The per-beat scores of `name` from its parts."""
+    tensors = {k: torch.from_numpy(v) for k, v in parts.items() if k != "heat"}
+    return SCORES[name].combine(tensors, check_params(name, params)).numpy()
+
+
+def fit(name: str, val_parts: dict[str, np.ndarray], val_labels: np.ndarray) -> Params:
+    """The parameters of `name` chosen on val (labels 1 = abnormal)."""
+    return score_def(name).fit(val_parts, val_labels)
+
+
+def beat_scores(
+    name: str,
+    models: Models,
+    x: torch.Tensor | np.ndarray,
+    params: Mapping[str, float] | None = None,
+    batch_size: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-beat scores of `name` and the per-tick reconstruction heat [n, L]."""
+    parts = score_parts(name, models, x, batch_size)
+    return combine(name, parts, params or {}), parts["heat"]
+
+
+# ------------------------------------------------------------------ record-adaptive scoring
+
+MAD_TO_SD = 1.4826  # the MAD of a normal distribution times this is its standard deviation
+
+
+def record_adaptive(scores: np.ndarray, records: np.ndarray) -> np.ndarray:
+    """Each beat's robust z-score among the beats of its own record: (s - median) / (1.4826
+    MAD), no labels. A record whose scores do not vary (MAD 0) is scaled by its median's
+    millionth instead, so a single different beat still stands out."""
+    scores = np.asarray(scores, dtype=np.float64)
+    records = np.asarray(records)
+    if scores.shape != records.shape:
+        raise ScoreError(f"{scores.shape[0]} scores but {records.shape[0]} record names")
+    out = np.empty_like(scores)
+    for rec in np.unique(records):
+        mask = records == rec
+        s = scores[mask]
+        median = np.median(s)
+        spread = MAD_TO_SD * np.median(np.abs(s - median))
+        spread = spread if spread > 0 else max(abs(median) * 1e-6, 1e-12)
+        out[mask] = (s - median) / spread
+    return out.astype(np.float32)

@@ -1,0 +1,123 @@
+"""The table of anomaly scores and record-adaptive scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sibeatgan.evaluation import scores
+from sibeatgan.evaluation.scoring import score
+from sibeatgan.models import build_models
+
+
+@pytest.fixture(scope="module")
+def models():
+    g, d = build_models(1, 8, 4, seed=0)
+    return scores.Models(g, d)
+
+
+@pytest.fixture(scope="module")
+def beats():
+    return torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (40, 1, 320)).astype("f4"))
+
+
+def test_mse_is_the_published_score(models, beats):
+    s, heat = scores.beat_scores("mse", models, beats, batch_size=16)
+    np.testing.assert_allclose(s, score(models.g, beats), rtol=1e-6)
+    np.testing.assert_allclose(heat.mean(1), s, rtol=1e-6)
+    assert heat.shape == (40, 320)
+
+
+@pytest.mark.parametrize("name", sorted(scores.SCORES))
+def test_every_score_is_finite_per_beat_and_leaves_modes_alone(models, beats, name):
+    models.g.train()
+    parts = scores.score_parts(name, models, beats, batch_size=16)
+    params = scores.fit(name, parts, np.arange(40) % 2)
+    s = scores.combine(name, parts, params)
+    assert s.shape == (40,) and np.isfinite(s).all()
+    assert models.g.training and models.d.training
+
+
+def test_the_latent_score_compares_the_codes_of_x_and_g_x(models, beats):
+    s, _ = scores.beat_scores("latent", models, beats)
+    g = models.g.eval()
+    with torch.no_grad():
+        z, z_rec = g.encoder(g.layers.enter(beats)), g.encoder(g.layers.enter(g(beats)))
+    np.testing.assert_allclose(s, (z - z_rec).pow(2).flatten(1).mean(1), rtol=1e-5)
+    g.train()
+
+
+def test_an_unknown_score_lists_the_known_ones():
+    with pytest.raises(scores.ScoreError, match="unknown anomaly score 'msee'; known: mse, "):
+        scores.score_def("msee")
+
+
+def test_a_score_that_needs_d_says_so_without_d(models, beats):
+    with pytest.raises(scores.ScoreError, match="needs D's weights"):
+        scores.beat_scores("mse_dfeat", scores.Models(models.g), beats)
+
+
+def test_missing_or_non_finite_parameters_are_refused(models, beats):
+    parts = scores.score_parts("mse_dfeat", models, beats)
+    with pytest.raises(scores.ScoreError, match="lacks its parameters"):
+        scores.combine("mse_dfeat", parts, {})
+    bad = {"weight": float("nan"), "scale_mse": 1.0, "scale_dfeat": 1.0}
+    with pytest.raises(scores.ScoreError, match="not finite"):
+        scores.combine("mse_dfeat", parts, bad)
+
+
+def test_the_mix_takes_the_weight_with_the_best_val_auc():
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 200)
+    parts = {
+        "mse": rng.uniform(0, 1, 400).astype("f4"),  # no signal
+        "dfeat": (0.5 * labels + rng.uniform(0, 1, 400)).astype("f4"),  # separates, noisily
+    }
+    params = scores.fit("mse_dfeat", parts, labels)
+    assert params["weight"] == 1.0
+    parts["mse"], parts["dfeat"] = parts["dfeat"] * 3, parts["mse"]
+    assert scores.fit("mse_dfeat", parts, labels)["weight"] == 0.0
+
+
+def test_a_new_score_plugs_in_through_the_table_alone(models, beats, monkeypatch):
+    def peak_parts(m, x):
+        _, heat = scores.reconstruction(m, x)
+        return {"peak": heat.max(1).values, "heat": heat}
+
+    entry = scores.Score("largest per-tick error", peak_parts, scores.single("peak"))
+    monkeypatch.setitem(scores.SCORES, "peak", entry)
+    s, heat = scores.beat_scores("peak", models, beats)
+    np.testing.assert_allclose(s, heat.max(1))
+
+
+def test_record_adaptive_scores_are_robust_z_scores_per_record():
+    s = np.array([1.0, 2.0, 3.0, 100.0, 10.0, 10.0, 10.0, 11.0])
+    rec = np.array(["a"] * 4 + ["b"] * 4)
+    z = scores.record_adaptive(s, rec)
+    # record a: median 2.5, MAD 1.0; record b: median 10, MAD 0 -> its median's millionth
+    np.testing.assert_allclose(z[:4], (s[:4] - 2.5) / 1.4826, rtol=1e-6)
+    assert z[7] > 1e4 and z[4] == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(1e-4, 1.0), min_size=3, max_size=40),
+    st.floats(1e-3, 1e3),
+    st.floats(-10, 10),
+)
+def test_record_adaptive_scores_ignore_a_records_scale_and_offset(values, scale, shift):
+    s = np.array(values)
+    rec = np.zeros(len(s), dtype=int)
+    z = scores.record_adaptive(s, rec)
+    z2 = scores.record_adaptive(s * scale + shift, rec)
+    assert np.isfinite(z).all()
+    if np.median(np.abs(s - np.median(s))) > 1e-6:
+        np.testing.assert_allclose(z, z2, rtol=1e-3, atol=1e-3)
+
+
+def test_record_adaptive_needs_one_record_name_per_score():
+    with pytest.raises(scores.ScoreError, match="3 scores but 2 record names"):
+        scores.record_adaptive(np.ones(3), np.zeros(2))
