@@ -360,6 +360,55 @@ def run_official(args) -> None:
     write_json(rows.info_path, {**start, "epochs_done": args.epochs, "finished": True})
 
 
+# ---------------------------------------------------------------- report
+
+
+def read_rows(path: Path) -> np.ndarray:
+    return np.atleast_1d(np.genfromtxt(path, delimiter=",", names=True))
+
+
+def decile_table(out: Path) -> str:
+    """Per run: the mean of each scoring mode over blocks of 10 epochs, and the best
+    val-selected test AUC so far (markdown)."""
+    lines = [
+        "| run | epochs | block | val eval | test eval | val train | test official "
+        "| test bn | rec q50 | adv q50 | D resets |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted(out.glob("*.csv")):
+        rows = read_rows(path)
+        for lo in range(0, len(rows), 10):
+            b = rows[lo : lo + 10]
+            cells = [f"{b[k].mean():.4f}" for k in ("val_auc_eval", "test_auc_eval")]
+            cells += [f"{b[k].mean():.4f}" for k in ("val_auc_train", "test_auc_official")]
+            cells += [f"{b['test_auc_bn'].mean():.4f}", f"{b['rec_q50'].mean():.4f}"]
+            cells += [f"{b['adv_q50'].mean():.3f}", f"{int(b['d_resets'].sum())}"]
+            span = f"{int(b['epoch'][0])}-{int(b['epoch'][-1])}"
+            lines.append(f"| {path.stem} | {len(rows)} | {span} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ("test_auc_eval", "val_auc_train", "rec_q50", "adv_q50")
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6))
+    for path in sorted(out.glob("*.csv")):
+        rows = read_rows(path)
+        for ax, key in zip(axes, keys, strict=True):
+            ax.plot(rows["epoch"], rows[key], "o-", ms=2.5, lw=1, label=path.stem)
+    for ax, key in zip(axes, keys, strict=True):
+        ax.set(xlabel="epoch", title=key)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    path = out / "curves.png"
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return path
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -375,7 +424,7 @@ def _start(args, extra: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("loop", choices=("ours", "official"))
+    ap.add_argument("loop", choices=("ours", "official", "report"))
     ap.add_argument("name")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("-S", "--set", action="append", default=[], help="params override")
@@ -386,6 +435,10 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="only the first N beats of each part")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--work", type=Path, default=WORK)
+    if sys.argv[1:2] == ["report"]:
+        print(decile_table(OUT))
+        print(plot(OUT))
+        return
     args = ap.parse_args()
     if args.loop == "official" and args.code is None:
         ap.error("official needs --code (the official experiments/ecg folder)")
