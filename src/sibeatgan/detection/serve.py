@@ -86,10 +86,23 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def post_beats(url: str, beats: np.ndarray, threshold: str | None = None) -> dict:
-    """POST beats (n x 320) to /invocations; the answer's predictions: score, flag, heat."""
+    """POST beats (n x 320) to /invocations; the answer's predictions: score, flag, heat. A
+    refusal raises HTTPError with the server's one-line reason."""
     payload: dict = {"inputs": np.asarray(beats, dtype=np.float32).tolist()}
     if threshold:
         payload["params"] = {"threshold": threshold}
     response = requests.post(f"{url}/invocations", json=payload, timeout=60)
-    response.raise_for_status()
+    if not response.ok:
+        raise requests.HTTPError(
+            f"the detector at {url} answered {response.status_code}: {_reason(response)}",
+            response=response,
+        )
     return response.json()["predictions"]
+
+
+def _reason(response: requests.Response) -> str:
+    """The message of an error answer ({"error_code", "message"}), or the start of its text."""
+    try:
+        return str(response.json()["message"])[:300]
+    except (ValueError, KeyError, TypeError):
+        return response.text[:300]

@@ -1,11 +1,16 @@
 """A trained generator as a beat detector: its weights (G.pt) beside `detector.json`, which holds
 what detection needs besides them: the network's shape, the preprocessing it was trained on and
 the flagging thresholds chosen on val when it was trained. `sibeatgan detect` and the served
-MLflow model both load a detector from these two files, never from a pickle."""
+MLflow model both load a detector from these two files, never from a pickle, and check both
+first: detector.json against SCHEMA, the weights against the network it describes (names,
+shapes, finite values) before that network is built."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sibeatgan.config import FS
+from sibeatgan.config import BEAT_LENGTH, FS, QRS_DETECTORS
 from sibeatgan.data.beats import BeatSpec
 from sibeatgan.evaluation.metrics import best_f1_threshold
 from sibeatgan.evaluation.scoring import score_and_heat
@@ -27,8 +32,122 @@ DETECTOR_KIND = "sibeatgan-beat-detector"
 ALARM_RATES = (0.01, 0.05)
 
 
+# the largest networks detector.json may describe (the committed models: nz 50, width 32)
+MAX_NZ = 1024
+MAX_WIDTH = 1024
+# a weights file larger than its network's tensors at 8 bytes a value plus this is refused
+# before it is read
+WEIGHTS_FILE_SLACK = 1 << 20
+
+
 class DetectorError(ValueError):
     """A model that cannot be used as a detector; the message names the fix."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one key of detector.json accepts: a check, and the accepted values in words."""
+
+    ok: Callable[[Any], bool]
+    accepts: str
+
+
+def _ints(lo: int, hi: int, why: str = "") -> Rule:
+    return Rule(lambda v: _is_int(v) and lo <= v <= hi, f"an integer in {lo}-{hi}{why}")
+
+
+def _band(v: Any) -> bool:
+    return (
+        isinstance(v, list)
+        and len(v) == 2
+        and all(_is_number(f) for f in v)
+        and 0 < v[0] < v[1] < FS / 2
+    )
+
+
+# detector.json's schema, one place: the top-level keys detection reads (other keys are
+# provenance: role, run id, data key), the preprocess settings `detect` replays (the ranges of
+# config.validate) and the thresholds (scores are mean squared errors: finite and >= 0)
+SCHEMA: dict[str, Rule] = {
+    "nc": Rule(lambda v: _is_int(v) and v in (1, 2), "1 or 2 (leads)"),
+    "nz": _ints(1, MAX_NZ),
+    "width": _ints(1, MAX_WIDTH),
+    "fs": Rule(lambda v: _is_int(v) and v == FS, f"{FS} (Hz: detect resamples records to it)"),
+    "beat_length": Rule(
+        lambda v: _is_int(v) and v == BEAT_LENGTH, f"{BEAT_LENGTH} (the networks' beat length)"
+    ),
+    "preprocess": Rule(lambda v: isinstance(v, dict), "an object of the preprocess settings"),
+    "thresholds": Rule(
+        lambda v: isinstance(v, dict) and "val_f1" in v, "an object of named thresholds with val_f1"
+    ),
+}
+PREPROCESS_SCHEMA: dict[str, Rule] = {
+    "band_hz": Rule(_band, f"[low, high] Hz with 0 < low < high < {FS / 2:g}"),
+    "taps": _ints(3, 1001),
+    "before": _ints(0, BEAT_LENGTH - 1, f", with before + after = {BEAT_LENGTH}"),
+    "after": _ints(1, BEAT_LENGTH, f", with before + after = {BEAT_LENGTH}"),
+    "qrs_tolerance": _ints(0, 100, " (samples)"),
+    "qrs_detector": Rule(
+        lambda v: isinstance(v, str) and v in QRS_DETECTORS, " or ".join(QRS_DETECTORS)
+    ),
+}
+THRESHOLD = Rule(_is_number, "a finite number >= 0 (a mean squared error)")
+FIX = "the file was damaged or edited: restore it or train the model again"
+WEIGHTS_FIX = "the weights were damaged or edited: restore G.pt or train the model again"
+OTHER_MODEL = "the two files are of different models: keep G.pt and detector.json of one training"
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _refuse(where: Path, key: str, value: Any, accepts: str, missing: bool = False) -> None:
+    what = "is missing" if missing else f"is {_shown(value)}"
+    raise DetectorError(f"{where}: {key} {what}; it must be {accepts} ({FIX})")
+
+
+def _check_keys(where: Path, table: dict[str, Rule], values: dict, prefix: str = "") -> None:
+    for key, rule in table.items():
+        if key not in values:
+            _refuse(where, prefix + key, None, rule.accepts, missing=True)
+        if not rule.ok(values[key]):
+            _refuse(where, prefix + key, values[key], rule.accepts)
+
+
+def validate_meta(meta: Any, where: Path) -> dict:
+    """detector.json checked against SCHEMA: one DetectorError line naming the file, the key
+    and what it accepts for the first violation."""
+    if not isinstance(meta, dict) or meta.get("kind") != DETECTOR_KIND:
+        kind = _shown(meta.get("kind")) if isinstance(meta, dict) else "not a JSON object"
+        raise DetectorError(
+            f"{where} does not describe a {DETECTOR_KIND} (kind: {kind}); use a model folder "
+            "trained by this version (models/student) or restore the file"
+        )
+    _check_keys(where, SCHEMA, meta)
+    pp = meta["preprocess"]
+    _check_keys(where, PREPROCESS_SCHEMA, pp, "preprocess.")
+    extra = sorted(set(pp) - set(PREPROCESS_SCHEMA))
+    if extra:
+        raise DetectorError(
+            f"{where}: preprocess.{extra[0]} is not a setting this version replays; it knows "
+            f"{', '.join(PREPROCESS_SCHEMA)} (a model of a newer version? use that version)"
+        )
+    if pp["before"] + pp["after"] != meta["beat_length"]:
+        total = pp["before"] + pp["after"]
+        _refuse(where, "preprocess.before + after", total, f"{BEAT_LENGTH} (beat_length)")
+    for name, value in meta["thresholds"].items():
+        if not THRESHOLD.ok(value) or value < 0:
+            _refuse(where, f"thresholds.{name}", value, THRESHOLD.accepts)
+    return meta
 
 
 def alarm_key(rate: float) -> str:
@@ -74,10 +193,13 @@ class Detector:
         return int(self.meta["beat_length"])
 
     @property
+    def nc(self) -> int:
+        return int(self.meta["nc"])
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         """One beat as the model takes it: (length,) for one lead, (leads, length) for more."""
-        nc = int(self.meta["nc"])
-        return (self.beat_length,) if nc == 1 else (nc, self.beat_length)
+        return (self.beat_length,) if self.nc == 1 else (self.nc, self.beat_length)
 
     def threshold(self, alarm_rate: float | None = None) -> tuple[str, float]:
         """The named threshold: val F1's, or the one for a false-alarm rate on val N."""
@@ -91,7 +213,7 @@ class Detector:
     def beats(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Beats as G takes them, [n, nc, length] float32, from [n, length] or [n, nc, length]."""
         x = torch.as_tensor(np.asarray(x, dtype=np.float32))
-        nc = int(self.meta["nc"])
+        nc = self.nc
         if x.ndim == 2 and nc == 1:
             x = x[:, None, :]
         if x.ndim != 3 or x.shape[1] != nc or x.shape[2] != self.beat_length:
@@ -103,18 +225,106 @@ class Detector:
         return x
 
     def run(self, x: np.ndarray | torch.Tensor, batch_size: int = 1024):
-        """Score and per-tick error heat [n, length] of every beat."""
-        return score_and_heat(self.g, self.beats(x), batch_size)
+        """Score and per-tick error heat [n, length] of every beat. Beats that are not finite
+        are refused (they would score NaN, which no threshold flags), and so are scores that
+        are not finite (weights that overflow on these beats)."""
+        beats = self.beats(x)
+        bad = int((~torch.isfinite(beats)).flatten(1).any(1).sum())
+        if bad:
+            raise DetectorError(
+                f"{bad:,} of {len(beats):,} beats hold NaN or infinite values (a gap in the "
+                "record?); beats must be finite, normalised to [-1, 1]"
+            )
+        scores, heat = score_and_heat(self.g, beats, batch_size)
+        if not np.isfinite(scores).all():
+            raise DetectorError(
+                f"the model's scores of {int((~np.isfinite(scores)).sum()):,} of {len(scores):,} "
+                "beats are not finite (weights that overflow on them); train the model again"
+            )
+        return scores, heat
 
 
 def load_detector(weights: Path, meta_file: Path) -> Detector:
-    """A detector from its two files (weights loaded as plain tensors: nothing runs)."""
-    meta = read_json(meta_file)
-    if not isinstance(meta, dict) or meta.get("kind") != DETECTOR_KIND:
-        raise DetectorError(f"{meta_file} does not describe a {DETECTOR_KIND}")
-    g = Generator(int(meta["nc"]), int(meta["nz"]), int(meta["width"]))
-    g.load_state_dict(load_state_dict(weights))
-    return Detector(g.eval(), meta)
+    """A detector from its two files, each checked before use: detector.json against SCHEMA,
+    the weights (loaded as plain tensors: nothing runs) against the shapes of the network it
+    describes, before that network is built at its real size, and finite."""
+    meta = validate_meta(read_json(meta_file), meta_file)
+    nc, nz, width = meta["nc"], meta["nz"], meta["width"]
+    expected = expected_state(nc, nz, width)
+    described = f"the network {meta_file.name} describes (nc {nc}, nz {nz}, width {width})"
+    _check_size(weights, expected, described)
+    state = load_state_dict(weights)
+    check_weights(state, expected, weights, described)
+    g = Generator(nc, nz, width)
+    g.load_state_dict(state)
+    detector = Detector(g.eval(), meta)
+    _check_plain_beat(detector, weights)
+    return detector
+
+
+def expected_state(nc: int, nz: int, width: int) -> dict[str, torch.Tensor]:
+    """Names, shapes and dtypes of G's parameters and buffers, on the meta device: nothing is
+    allocated, whatever the width."""
+    with torch.device("meta"):
+        return Generator(nc, nz, width).state_dict()
+
+
+def _check_size(weights: Path, expected: dict[str, torch.Tensor], described: str) -> None:
+    """A file far larger than its network is refused before it is read into memory."""
+    limit = 8 * sum(t.numel() for t in expected.values()) + WEIGHTS_FILE_SLACK
+    size = weights.stat().st_size if weights.is_file() else 0
+    if size > limit:
+        raise DetectorError(
+            f"{weights} is {size:,} bytes, more than {described} can hold (at most {limit:,}); "
+            f"{OTHER_MODEL}"
+        )
+
+
+def check_weights(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], weights: Path, described: str
+) -> None:
+    """The weights of `state` match `expected` by name, shape and kind of dtype, and every
+    floating tensor is finite (BatchNorm's running variances also >= 0); one line otherwise."""
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    if missing or extra:
+        what = f"lacks {missing[0]} of" if missing else f"holds {extra[0]}, which is not in"
+        raise DetectorError(
+            f"{weights} {what} {described} ({len(missing)} tensors missing, {len(extra)} "
+            f"unexpected); {OTHER_MODEL}"
+        )
+    for name, want in expected.items():
+        got = state[name]
+        if tuple(got.shape) != tuple(want.shape):
+            raise DetectorError(
+                f"{weights}: {name} has shape {tuple(got.shape)} where {described} has "
+                f"{tuple(want.shape)}; {OTHER_MODEL}"
+            )
+        if got.is_floating_point() != want.is_floating_point():
+            raise DetectorError(
+                f"{weights}: {name} is {got.dtype}, not {want.dtype}; {WEIGHTS_FIX}"
+            )
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            bad = int((~torch.isfinite(got)).sum())
+            raise DetectorError(
+                f"{weights}: {name} holds {bad:,} NaN or infinite values of {got.numel():,}; "
+                f"{WEIGHTS_FIX} (a diverged training?)"
+            )
+        if name.endswith("running_var") and bool((got < 0).any()):
+            raise DetectorError(f"{weights}: {name} holds negative variances; {WEIGHTS_FIX}")
+
+
+def _check_plain_beat(detector: Detector, weights: Path) -> None:
+    """Finite weights can still overflow: the reconstruction of a plain beat must be finite."""
+    t = torch.linspace(0, 2 * math.pi, detector.beat_length)
+    beat = torch.sin(t).expand(1, detector.nc, -1).contiguous()
+    with torch.no_grad():
+        out = detector.g(beat)
+    if not bool(torch.isfinite(out).all()):
+        raise DetectorError(
+            f"{weights}: the network's reconstruction of a plain beat is not finite (weights "
+            f"that overflow); {WEIGHTS_FIX}"
+        )
 
 
 def detector_files(folder: Path) -> tuple[Path, Path] | None:

@@ -1,0 +1,337 @@
+"""The served detector checks every request before scoring it: beats of the signature's shape,
+finite and in [-1, 1], at most MAX_BEATS of them, known params and threshold names only. A
+refusal is a short JSON answer (4xx) naming the problem, without stack trace or input. One
+`mlflow models serve` for the module; the request space is fuzzed on the model in process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import requests
+import torch
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from sibeatgan.config import Params
+from sibeatgan.detection.serve import post_beats, served
+from sibeatgan.evaluation.detector import detector_meta, load_detector
+from sibeatgan.io import save_state_dict
+from sibeatgan.models import Generator
+from sibeatgan.tracking import detector_model
+from sibeatgan.tracking.detector_model import (
+    MAX_BEATS,
+    BeatDetectorModel,
+    RequestError,
+    check_request,
+    guard_scoring_server,
+)
+
+THRESHOLDS = {"val_f1": 0.05, "alarm_0.01": 0.2, "alarm_0.05": 0.1}
+MARK = 0.123456789  # a value whose text must never come back in an error
+JSON = "application/json"
+
+
+def write_detector(folder: Path) -> Path:
+    """A detector folder (untrained width-4 G, detector.json): serving mechanics only."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    save_state_dict(folder / "G.pt", Generator(1, 8, 4).eval().state_dict())
+    meta = detector_meta(1, 8, 4, Params().to_dict()["preprocess"], dict(THRESHOLDS), role="t")
+    (folder / "detector.json").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> BeatDetectorModel:
+    folder = write_detector(tmp_path_factory.mktemp("detector"))
+    m = BeatDetectorModel()
+    m.detector = load_detector(folder / "G.pt", folder / "detector.json")
+    return m
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The detector logged to a private MLflow store and served by `mlflow models serve` on a
+    loopback port; yields its URL."""
+    from sibeatgan import tracking
+
+    root = tmp_path_factory.mktemp("served")
+    folder = write_detector(root / "model")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+        tracking.setup()
+        with mlflow.start_run():
+            model_uri = tracking.log_detector(folder)
+        with served(model_uri, root / "server.log", 180) as url:
+            yield url
+        mlflow.set_tracking_uri(None)
+
+
+def beats(n: int, width: int = 320, value: float = MARK) -> list:
+    return np.full((n, width), value).tolist()
+
+
+def post(url: str, body: bytes | str, content_type: str = JSON) -> requests.Response:
+    return requests.post(
+        f"{url}/invocations", data=body, headers={"Content-Type": content_type}, timeout=60
+    )
+
+
+def assert_short_refusal(response: requests.Response, status: int, *words: str) -> None:
+    text = response.text
+    assert response.status_code == status, text[:500]
+    assert len(text) < 400 and "Traceback" not in text and "Failed to predict" not in text, text
+    assert str(MARK)[:6] not in text, f"the input came back: {text}"
+    message = response.json()["message"]
+    assert "\n" not in message
+    for word in words:
+        assert word in message, message
+
+
+def test_bad_requests_are_short_json_4xx_without_trace_or_input(server):
+    url = server
+    nan = beats(3)
+    nan[1][7] = float("nan")
+    cases = {  # body, status, words of the message
+        "nan": (json.dumps({"inputs": nan}), 400, ["1 of 3 beats", "NaN or infinite"]),
+        "inf": (json.dumps({"inputs": beats(2, value=float("inf"))}), 400, ["2 of 2 beats"]),
+        "width": (json.dumps({"inputs": beats(4, 319)}), 400, ["(4, 319)", "n x 320"]),
+        "one beat flat": (json.dumps({"inputs": beats(1)[0]}), 400, ["shape (320,)", "n x 320"]),
+        "ragged": (json.dumps({"inputs": [beats(1)[0], [MARK] * 3]}), 400, ["ragged"]),
+        "text": (json.dumps({"inputs": [[str(MARK)] * 320]}), 400, ["not numbers"]),
+        "booleans": (json.dumps({"inputs": [[True] + [MARK] * 319]}), 400, ["not numbers"]),
+        "range": (json.dumps({"inputs": beats(2, value=3 * MARK + 1)}), 400, ["outside [-1, 1]"]),
+        "no beats": (json.dumps({"inputs": []}), 400, ["0 beats", f"1 to {MAX_BEATS:,}"]),
+        "too many": (
+            json.dumps({"inputs": np.zeros((MAX_BEATS + 1, 320), int).tolist()}),
+            400,
+            [f"{MAX_BEATS + 1:,} beats", f"1 to {MAX_BEATS:,} beats per request"],
+        ),
+        "threshold": (
+            json.dumps({"inputs": beats(2), "params": {"threshold": "alarm_0.5"}}),
+            400,
+            ["unknown threshold 'alarm_0.5'; known:", *THRESHOLDS],
+        ),
+        "misspelt param": (
+            json.dumps({"inputs": beats(2), "params": {"treshold": "alarm_0.01"}}),
+            400,
+            ["unknown param 'treshold'", "known: threshold"],
+        ),
+        "misspelt key": (
+            json.dumps({"inputs": beats(2), "param": {"threshold": "alarm_0.01"}}),
+            400,
+            ["unknown key 'param'", "inputs (or instances) and params"],
+        ),
+        "dataframe": (json.dumps({"dataframe_split": {"data": beats(2)}}), 400, ["unknown key"]),
+        "not json": (f'{{"inputs": [[{MARK}, ', 400, ["not valid JSON", "line 1 column"]),
+    }
+    for name, (body, status, words) in cases.items():
+        try:
+            assert_short_refusal(post(url, body), status, *words)
+        except AssertionError as err:
+            raise AssertionError(f"{name}: {err}") from None
+    assert_short_refusal(post(url, f"{MARK}\n" * 320, "text/csv"), 415, "application/json")
+    with pytest.raises(requests.HTTPError, match="answered 400: unknown threshold 'nope'"):
+        post_beats(url, np.zeros((2, 320)), threshold="nope")  # the client names the reason
+
+
+def test_a_request_beyond_the_size_limit_is_refused_before_it_is_parsed(server):
+    url = server
+    limit = MAX_BEATS * 320 * detector_model.BYTES_PER_VALUE + detector_model.BODY_SLACK
+    body = b'{"inputs": [[' + str(MARK).encode() + b"]]" + b" " * limit + b"}"
+    assert_short_refusal(post(url, body), 413, f"at most {limit:,}", "split it")
+
+
+def test_good_requests_are_scored_at_the_threshold_asked(server, model):
+    url = server
+    x = np.random.default_rng(0).uniform(-1, 1, (5, 320)).astype(np.float32)
+    x[0] = 0.0
+    scores, heat = model.detector.run(x)
+    for payload, name in (
+        ({"inputs": x.tolist()}, "val_f1"),
+        ({"inputs": x.tolist(), "params": {"threshold": "alarm_0.01"}}, "alarm_0.01"),
+        ({"instances": x.tolist(), "params": {}}, "val_f1"),
+    ):
+        response = post(url, json.dumps(payload))
+        assert response.status_code == 200, response.text[:500]
+        answer = response.json()["predictions"]
+        np.testing.assert_allclose(answer["score"], scores, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(answer["heat"], heat, rtol=1e-5, atol=1e-7)
+        assert answer["threshold"] == {"name": name, "value": THRESHOLDS[name]}
+        assert answer["flag"] == [bool(s >= THRESHOLDS[name]) for s in scores]
+
+
+def test_a_failing_model_is_a_500_without_its_trace(model, monkeypatch):
+    """The guard in front of the scoring server: the model's own failure is logged, and
+    answered without stack trace or input."""
+    from mlflow.pyfunc import scoring_server
+
+    def failing(data, content_type, pyfunc_model, input_schema):
+        raise RuntimeError(f"boom at /home/someone/secret.py with {data}")
+
+    monkeypatch.setattr(scoring_server, "invocations", failing)
+    guard_scoring_server(model.detector)
+    body = json.dumps({"inputs": beats(2)}).encode()
+    answer = scoring_server.invocations(body, JSON, None, None)
+    assert answer.status == 500 and json.loads(answer.response)["error_code"] == "INTERNAL_ERROR"
+    assert "boom" not in answer.response and str(MARK)[:6] not in answer.response
+    refused = scoring_server.invocations(b"[]", JSON, None, None)
+    assert refused.status == 400 and "JSON object" in json.loads(refused.response)["message"]
+
+
+def test_max_beats_are_accepted_and_one_more_refused(model):
+    ok = model.predict(None, np.zeros((MAX_BEATS, 320), np.float32))
+    assert len(ok["score"]) == MAX_BEATS and np.isfinite(ok["score"]).all()
+    with pytest.raises(RequestError, match=f"{MAX_BEATS + 1:,} beats in the request"):
+        model.predict(None, np.zeros((MAX_BEATS + 1, 320), np.float32))
+
+
+# --- the request space, fuzzed against the model in process ---------------------------------
+
+KNOWN = sorted(THRESHOLDS)
+ODD_VALUES = [
+    float("nan"), float("inf"), -float("inf"), 1.0, -1.0, 1.0005, 1.5, -2.0, 1e39, 10**30, 0,
+    True, False, None, "0.5", [0.5],
+]  # fmt: skip
+
+
+@st.composite
+def beat_inputs(draw) -> tuple[object, bool]:
+    """Beats as a request may send them, and whether they are valid: counts around the limits,
+    widths around 320, other layouts, odd values in a few cells, lists or arrays."""
+    n = draw(st.sampled_from([0, 1, 2, 3, 7] * 4 + [MAX_BEATS + 1]))
+    width = draw(st.sampled_from([320] * 6 + [0, 1, 319, 321]))
+    layout = draw(st.sampled_from(["rows"] * 5 + ["leads", "flat", "ragged"]))
+    layout = "rows" if layout == "ragged" and n < 2 else layout  # one row is never ragged
+    if n > MAX_BEATS:  # refused by its count; zeros keep it quick to build and parse
+        rows = [[0] * width] * n
+    else:
+        seed = draw(st.integers(0, 2**16))
+        rows = np.random.default_rng(seed).uniform(-1, 1, (n, width)).tolist()
+    odd = []
+    if n and width and n <= 7:
+        for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2, 3]))):
+            value = draw(st.sampled_from(ODD_VALUES) | st.floats(-1, 1) | st.floats(allow_nan=True))
+            i, j = draw(st.integers(0, n - 1)), draw(st.integers(0, width - 1))
+            rows[i][j] = value
+            odd.append(value)
+    ok_cells = all(
+        isinstance(v, int | float) and not isinstance(v, bool) and abs(v) <= 1.001 for v in odd
+    )  # abs(nan) <= 1.001 is False
+    valid = layout == "rows" and width == 320 and 1 <= n <= MAX_BEATS and ok_cells
+    if layout == "leads":
+        rows = [[r] for r in rows]
+    elif layout == "flat":
+        rows = rows[0] if rows else []
+    elif layout == "ragged":
+        rows[-1] = rows[-1][:-1] or [0.5, 0.5]
+    numeric = all(isinstance(v, float | int) and not isinstance(v, bool) for v in odd)
+    if layout != "ragged" and numeric and draw(st.booleans()):
+        with np.errstate(over="ignore"):
+            rows = np.asarray(rows, dtype=draw(st.sampled_from([np.float32, np.float64])))
+        valid = valid and bool(np.isfinite(rows).all() and (np.abs(rows) <= 1.001).all())
+    return rows, valid
+
+
+@st.composite
+def params(draw) -> tuple[object, str | None]:
+    """Params as a request may send them, and the threshold they pick (None: refused)."""
+    kind = draw(
+        st.sampled_from(["none", "empty", "known", "known", "name", "value", "key", "type"])
+    )
+    if kind in ("none", "empty"):
+        return (None if kind == "none" else {}), "val_f1"
+    if kind in ("known", "name"):
+        names = KNOWN if kind == "known" else ["", "VAL_F1", "alarm_0.1", "val-f1", "threshold"]
+        name = draw(st.sampled_from(names))
+        return {"threshold": name}, (name if name in THRESHOLDS else None)
+    if kind == "value":
+        return {"threshold": draw(st.sampled_from([None, 0.05, 1, ["val_f1"]]))}, None
+    if kind == "key":  # a misspelt or other param, alone or beside a good one
+        key = draw(
+            st.sampled_from(["treshold", "Threshold", "alarm_rate", ""]) | st.text(max_size=8)
+        )
+        extra = draw(st.sampled_from([{}, {"threshold": "val_f1"}]))
+        return ({**extra, key: "alarm_0.01"}, None) if key != "threshold" else (extra, "val_f1")
+    return draw(st.sampled_from([[], "val_f1", 3])), None
+
+
+FUZZ = settings(
+    max_examples=500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def assert_one_line(err: RequestError) -> None:
+    event(f"refused: {err.reason.split(';')[0].split(' (')[0][:30]}")  # what the fuzz reached
+    assert "\n" not in err.reason and len(err.reason) <= 200, err.reason
+    assert err.get_http_status_code() == 400 and err.status in (400, 413, 415)
+
+
+@FUZZ
+@given(sent=beat_inputs(), asked=params())
+def test_predict_answers_finite_scores_or_refuses_in_one_line(model, sent, asked):
+    x, valid_beats = sent
+    given_params, name = asked
+    try:
+        answer = model.predict(None, x, given_params)
+    except RequestError as err:
+        assert not (valid_beats and name), f"refused a valid request: {err.reason}"
+        assert_one_line(err)
+        return
+    assert valid_beats and name, "scored an invalid request"
+    event("scored")
+    n = len(x)
+    assert answer["score"].shape == (n,) and np.isfinite(answer["score"]).all()
+    assert answer["flag"].dtype == bool and answer["flag"].shape == (n,)
+    assert answer["heat"].shape == (n, 320) and np.isfinite(answer["heat"]).all()
+    assert answer["threshold"] == {"name": name, "value": THRESHOLDS[name]}
+
+
+@FUZZ
+@given(
+    sent=beat_inputs(),
+    asked=params(),
+    key=st.sampled_from(["inputs"] * 8 + ["instances"] * 2 + ["input", "dataframe_split"]),
+    content_type=st.sampled_from([JSON] * 8 + ["application/json; charset=utf-8", "text/csv"]),
+    extra=st.sampled_from([{}] * 10 + [{"instances": []}, {"parms": {}}]),
+    garbage=st.sampled_from(
+        [None] * 20 + [b"{", b"[]", b"\xff\xfe", b'"x"', b"1" * 5000, 0]
+    ).flatmap(lambda g: st.binary(max_size=40) if g == 0 else st.just(g)),
+)
+def test_raw_requests_are_checked_as_the_server_reads_them(
+    model, sent, asked, key, content_type, extra, garbage
+):
+    x, valid_beats = sent
+    given_params, name = asked
+    payload = {key: x.tolist() if isinstance(x, np.ndarray) else x, **extra}
+    if given_params is not None or name is None:
+        payload["params"] = given_params
+    body = json.dumps(payload).encode() if garbage is None else garbage
+    valid = (
+        valid_beats
+        and name is not None
+        and key in ("inputs", "instances")
+        and not extra
+        and content_type.startswith(JSON)
+        and garbage is None
+    )
+    try:
+        checked = check_request(body, content_type, model.detector)
+    except RequestError as err:
+        assert not valid, f"refused a valid request: {err.reason}"
+        assert_one_line(err)
+        return
+    assert valid, "accepted an invalid request"
+    event("accepted")
+    assert checked.beats.dtype == np.float32 and checked.beats.shape == (len(x), 320)
+    assert checked.threshold == name
