@@ -23,6 +23,9 @@ CLASS_OF_SYMBOL = {
     **dict.fromkeys("/fQ", 4),
 }
 PRIMARY_LEAD = "MLII"
+FS_RANGE = (100.0, 20_000.0)  # sampling rates a record may have (Hz)
+MAX_RATIO_TERM = 20_000  # resampling's up and down stay below this (filter of 20 x taps)
+FLAT_S = 2.0  # one value repeated this long (s) is a dead lead, not ECG
 
 
 @dataclass
@@ -79,17 +82,90 @@ def read_recording(
     return Recording(sig, float(rec.fs), lead, list(rec.sig_name), ann)
 
 
+def check_rate(fs: float) -> None:
+    """Refuse a sampling rate outside FS_RANGE (a header's 0, a typo): resampling from it would
+    divide by zero or need absurd memory."""
+    lo, hi = FS_RANGE
+    if not lo <= fs <= hi:  # False for NaN too
+        raise ValueError(
+            f"sampling rate {fs:g} Hz is outside {lo:g}-{hi:g} Hz (the band-pass needs content "
+            "up to 45 Hz); fix the rate in the record's header"
+        )
+
+
+def resample_factor(fs_in: float, fs_out: float = FS) -> Fraction:
+    """up/down with fs_in * up / down == fs_out: exact for rates written with few digits (every
+    whole rate, 500.5 Hz: the ratio of their decimal forms); for a ratio with a term beyond
+    MAX_RATIO_TERM the nearest one within it (relative error < 1e-4). Signal and annotations
+    are scaled by this same factor, so they stay aligned even then."""
+    check_rate(fs_in)
+    exact = Fraction(repr(float(fs_out))) / Fraction(repr(float(fs_in)))
+    if max(exact.numerator, exact.denominator) <= MAX_RATIO_TERM:
+        return exact
+    return exact.limit_denominator(MAX_RATIO_TERM)
+
+
+def resample(sig: np.ndarray, factor: Fraction) -> np.ndarray:
+    """Polyphase resampling along time (scipy's resample_poly) by exactly `factor`."""
+    if factor == 1:
+        return sig
+    return sps.resample_poly(sig, factor.numerator, factor.denominator, axis=0)
+
+
 def resampled(rec: Recording, fs: float = FS) -> Recording:
-    """`rec` at `fs` Hz: polyphase resampling of the signal (scipy), annotation samples scaled."""
+    """`rec` at `fs` Hz: the signal resampled by `resample_factor`, annotation samples scaled by
+    the same factor."""
     if rec.fs == fs:
         return rec
-    ratio = Fraction(fs / rec.fs).limit_denominator(1000)
-    sig = sps.resample_poly(rec.sig, ratio.numerator, ratio.denominator, axis=0)
+    factor = resample_factor(rec.fs, fs)
+    sig = resample(rec.sig, factor)
     ann = rec.annotations
     if ann is not None:
-        samples = np.round(ann.samples * (fs / rec.fs)).astype(np.int64)
+        samples = np.round(ann.samples * float(factor)).astype(np.int64)
         ann = Annotations(np.clip(samples, 0, len(sig) - 1), ann.symbols)
     return Recording(sig, fs, rec.lead, rec.leads, ann)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A stretch [start, end) of one lead (samples at the record's own rate) that holds no
+    ECG: non-finite values (`nan`) or one value repeated for at least FLAT_S (`flat`: a
+    dead or disconnected lead)."""
+
+    lead: str
+    start: int
+    end: int
+    kind: str
+
+
+def runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of each run of True in a 1-d boolean array."""
+    edges = np.diff(np.r_[0, mask.astype(np.int8), 0])
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return list(zip(starts.tolist(), ends.tolist(), strict=True))
+
+
+def find_gaps(sig: np.ndarray, leads: list[str], fs: float, flat_s: float = FLAT_S) -> list[Gap]:
+    """The gaps of each column of `sig` [n, k] (named by `leads`), in time order per lead."""
+    gaps = []
+    min_flat = max(2, int(np.ceil(flat_s * fs)))
+    for name, x in zip(leads, sig.T, strict=True):
+        found = [Gap(name, a, b, "nan") for a, b in runs(~np.isfinite(x))]
+        same = x[1:] == x[:-1]  # False at and beside non-finite values
+        for a, b in runs(same):  # samples a..b (b - a + 1 of them) hold one value
+            if b + 1 - a >= min_flat:
+                found.append(Gap(name, a, b + 1, "flat"))
+        gaps += sorted(found, key=lambda g: g.start)
+    return gaps
+
+
+def usable_segments(length: int, gaps: list[Gap], min_length: int) -> list[tuple[int, int]]:
+    """[start, end) of the stretches between the gaps (of any lead) at least `min_length`
+    samples long: the parts of a record that can be analysed."""
+    covered = np.zeros(length, dtype=bool)
+    for g in gaps:
+        covered[g.start : g.end] = True
+    return [(a, b) for a, b in runs(~covered) if b - a >= min_length]
 
 
 def read_record(mitdb_dir: str | Path, record: int) -> tuple[np.ndarray, float, np.ndarray, list]:
@@ -176,22 +252,51 @@ def extract_beats(mitdb_dir: str | Path, record: int, spec: BeatSpec) -> RecordB
     return beats
 
 
-def recording_beats(rec: Recording, spec: BeatSpec) -> RecordBeats:
-    """The beats of any record, the way `preprocess` makes them: at FS Hz, band-passed and
-    windowed; at its annotated beats (kept as `preprocess` keeps them) when it has
-    annotations, else at the R peaks the QRS detector finds. Not normalised."""
-    rec = resampled(rec)
-    if rec.annotations is not None:
-        ann = rec.annotations
-        return annotated_beats(rec.sig, rec.fs, ann.samples, ann.symbols, spec)
-    filtered = bandpass(rec.sig, rec.fs, spec.band_hz, spec.taps)
-    peaks = detect_r_peaks(filtered[:, 0], rec.fs, spec.qrs_detector)
-    peaks = peaks[(peaks - spec.before >= 0) & (peaks + spec.after <= len(filtered))]
+def stretch_beats(
+    sig: np.ndarray,
+    fs: float,
+    spec: BeatSpec,
+    annotations: Annotations | None = None,
+    qrs_from: int | None = None,
+) -> RecordBeats:
+    """The beats of one finite stretch of a record sampled at `fs` Hz, the way `preprocess`
+    makes them: resampled to FS Hz, band-passed and windowed; at its annotated beats (kept as
+    `preprocess` keeps them), and from sample `qrs_from` on at the R peaks the QRS detector
+    finds (unlabelled: class -1). Samples in and out are the stretch's own, from its start; an
+    annotated beat keeps its annotation's sample exactly. Not normalised."""
+    factor = resample_factor(fs)
+    filtered = bandpass(resample(sig, factor), FS, spec.band_hz, spec.taps)
+    peaks = detect_r_peaks(filtered[:, 0], FS, spec.qrs_detector)
+    parts = [_unlabelled(filtered, np.zeros(0, np.int64), factor, spec)]  # shapes when empty
+    if annotations is not None:
+        own = np.asarray(annotations.samples, dtype=np.int64)
+        at = np.round(own * float(factor)).astype(np.int64)
+        beats, keep = _annotated(filtered, peaks, at, annotations.symbols, spec)
+        beats.sample = own[keep]
+        parts.append(beats)
+    if qrs_from is not None:
+        parts.append(_unlabelled(filtered, peaks[peaks >= qrs_from * float(factor)], factor, spec))
     return RecordBeats(
         record="",
-        x=window(filtered, peaks, spec.before, spec.after),
-        cls=np.full(len(peaks), -1, dtype=np.int8),
-        sample=peaks.astype(np.int32),
+        x=np.concatenate([p.x for p in parts]),
+        cls=np.concatenate([p.cls for p in parts]),
+        sample=np.concatenate([p.sample for p in parts]).astype(np.int64),
+        dropped_n=sum(p.dropped_n for p in parts),
+    )
+
+
+def _unlabelled(
+    filtered: np.ndarray, peaks: np.ndarray, factor: Fraction, spec: BeatSpec
+) -> RecordBeats:
+    """Beats at detected R peaks (of a signal resampled by `factor`) whose window fits; their
+    samples back at the signal's own rate."""
+    found = np.unique(peaks)
+    found = found[(found - spec.before >= 0) & (found + spec.after <= len(filtered))]
+    return RecordBeats(
+        record="",
+        x=window(filtered, found, spec.before, spec.after),
+        cls=np.full(len(found), -1, dtype=np.int8),
+        sample=np.round(found / float(factor)).astype(np.int64),
         dropped_n=0,
     )
 
@@ -208,22 +313,31 @@ def annotated_beats(
 ) -> RecordBeats:
     """Annotated beats of the classes in CLASS_OF_SYMBOL whose window fits in the record; an N
     beat only where the QRS detector confirms an R peak within `qrs_tolerance` samples."""
-    before, after = spec.before, spec.after
     filtered = bandpass(sig, fs, spec.band_hz, spec.taps)
-    cls = beat_classes(symbols, samples, len(sig), before, after)
+    peaks = detect_r_peaks(filtered[:, 0], fs, spec.qrs_detector)
+    return _annotated(filtered, peaks, samples, symbols, spec)[0]
+
+
+def _annotated(
+    filtered: np.ndarray, peaks: np.ndarray, samples: np.ndarray, symbols: list[str], spec: BeatSpec
+) -> tuple[RecordBeats, np.ndarray]:
+    """`annotated_beats` of a filtered signal and its detected R peaks, and which annotations
+    it kept."""
+    before, after = spec.before, spec.after
+    cls = beat_classes(symbols, samples, len(filtered), before, after)
     keep = cls >= 0
     is_n = keep & (cls == 0)
-    peaks = detect_r_peaks(filtered[:, 0], fs, spec.qrs_detector)
     confirmed = near_detection(samples, peaks, spec.qrs_tolerance)
     dropped = int(np.sum(is_n & ~confirmed))
     keep &= (cls != 0) | confirmed
-    return RecordBeats(
+    beats = RecordBeats(
         record="",
         x=window(filtered, samples[keep], before, after),
         cls=cls[keep],
         sample=samples[keep].astype(np.int32),
         dropped_n=dropped,
     )
+    return beats, keep
 
 
 def normalise(x: np.ndarray) -> np.ndarray:

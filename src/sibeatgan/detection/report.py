@@ -15,11 +15,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sibeatgan.config import FS  # noqa: E402
 from sibeatgan.data.beats import CLASSES  # noqa: E402
 from sibeatgan.io import write_text  # noqa: E402
 
 ROW_S = 60.0  # seconds of record per strip-chart row
 TOP_BEATS = 8  # flagged beats drawn with their explanation
+GAP_ROWS = 100  # gaps listed in the report (summary.json holds all)
 
 
 def png(fig) -> str:
@@ -30,39 +32,56 @@ def png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def strip_chart(signal: np.ndarray, fs: float, peaks: np.ndarray, flags: np.ndarray, labels):
-    """The record in rows of ROW_S seconds, flagged beats shaded red, abnormal reference
-    labels (when the record has annotations) marked above their beats, one colour per class."""
+def strip_chart(
+    signal: np.ndarray,
+    times: np.ndarray,
+    flags: np.ndarray,
+    labels,
+    left_out: list[tuple[float, float]] = (),
+    fs: float = FS,
+):
+    """The record (the lead at `fs` Hz, NaN where not analysed) in rows of ROW_S seconds,
+    flagged beats shaded red, stretches left out (gaps) grey, abnormal reference labels (when
+    the record has annotations) marked above their beats, one colour per class."""
     per_row = int(ROW_S * fs)
     rows = max(1, int(np.ceil(len(signal) / per_row)))
     fig, axes = plt.subplots(rows, 1, figsize=(14, 0.9 * rows + 0.4), squeeze=False)
-    lo, hi = np.percentile(signal, [0.1, 99.9])
+    lo, hi = _y_range(signal)
     labels = np.asarray(labels, dtype=str)
     kinds = [c for c in CLASSES[1:] if (labels == c).any()]
     colours = dict(
         zip(CLASSES[1:], ("tab:blue", "tab:green", "tab:purple", "tab:orange"), strict=True)
     )
     for r, ax in enumerate(axes[:, 0]):
-        start = r * per_row
-        seg = signal[start : start + per_row]
-        ax.plot((start + np.arange(len(seg))) / fs, seg, lw=0.4, color="black")
-        in_row = (peaks >= start) & (peaks < start + per_row)
-        flagged = peaks[in_row & flags] / fs
+        start, end = r * ROW_S, (r + 1) * ROW_S
+        seg = signal[r * per_row : (r + 1) * per_row]
+        ax.plot(start + np.arange(len(seg)) / fs, seg, lw=0.4, color="black")
+        in_row = (times >= start) & (times < end)
+        flagged = times[in_row & flags]
         ax.broken_barh([(t - 0.2, 0.5) for t in flagged], (lo, hi - lo), color="red", alpha=0.3)
+        gaps = [(a, b - a) for a, b in left_out if b > start and a < end]
+        ax.broken_barh(gaps, (lo, hi - lo), color="grey", alpha=0.3)
         for c in kinds:
-            at = peaks[in_row & (labels == c)] / fs
+            at = times[in_row & (labels == c)]
             ax.plot(at, np.full(len(at), hi), "v", ms=3, color=colours[c], label=c)
-        ax.set_xlim(start / fs, (start + per_row) / fs)
+        ax.set_xlim(start, end)
         ax.set_ylim(lo, hi + 0.15 * (hi - lo))
         ax.set_yticks([])
-        ax.set_xticks(np.arange(start / fs, (start + per_row) / fs + 1, 10))  # fixed: fast
+        ax.set_xticks(np.arange(start, end + 1, 10))  # fixed: fast
         ax.tick_params(labelsize=6)
-        ax.set_ylabel(f"{start / fs / 60:.0f} min", fontsize=6)
+        ax.set_ylabel(f"{start / 60:.0f} min", fontsize=6)
     if kinds:
         handles = [plt.Line2D([], [], marker="v", ls="", color=colours[c]) for c in kinds]
         axes[0, 0].legend(handles, kinds, fontsize=6, loc="upper right", ncol=len(kinds))
     axes[-1, 0].set_xlabel("time (s)")
     return png(fig)
+
+
+def _y_range(signal: np.ndarray) -> tuple[float, float]:
+    """The 0.1-99.9 percentile range of the finite values (a unit range where there is none)."""
+    finite = signal[np.isfinite(signal)]
+    lo, hi = np.percentile(finite, [0.1, 99.9]) if len(finite) else (0.0, 1.0)
+    return (float(lo), float(hi)) if hi > lo else (float(lo) - 0.5, float(lo) + 0.5)
 
 
 def explanation(beats: np.ndarray, recs: np.ndarray, heat: np.ndarray, titles: list[str]):
@@ -108,11 +127,31 @@ def _table(rows: list[list], head: list[str]) -> str:
     return f"<table><tr>{cells}</tr>{body}</table>"
 
 
+def _gap_section(s: dict) -> list[str]:
+    """The gaps left out of the analysis, as a table (the first GAP_ROWS; all in summary.json)."""
+    what = {"nan": "missing values (NaN)", "flat": "flat (one value: a dead lead)"}
+    rows = [
+        [g["lead"], f"{g['start_s']:.2f}", f"{g['end_s']:.2f}", what[g["kind"]]]
+        for g in s["gaps"][:GAP_ROWS]
+    ]
+    lost = s.get("beats_in_gaps")
+    note = "" if lost is None else f" {lost} annotated beat(s) fell in them or too near them."
+    more = len(s["gaps"]) - len(rows)
+    return [
+        "<h2>Gaps: left out of the analysis</h2>",
+        f"<p>Stretches with no ECG to analyse; the record was analysed around them, no beat "
+        f"window crosses one.{note}</p>",
+        _table(rows, ["lead", "start (s)", "end (s)", "what"]),
+        f"<p>and {more} more: summary.json lists them all.</p>" if more > 0 else "",
+    ]
+
+
 def write_html(path: Path, summary: dict, images: dict[str, str], top_rows: list[list]) -> None:
     s = summary
     facts = [
         ["record", s["record"]],
         ["duration", f"{s['duration_s'] / 60:.1f} min at {s['fs']:g} Hz, lead {s['lead']}"],
+        ["analysed", f"{s['analysed_s'] / 60:.1f} min ({len(s['gaps'])} gaps left out)"],
         ["beats", f"{s['beats']} ({s['beat_source']})"],
         ["flagged", f"{s['flagged']} ({100 * s['flagged_fraction']:.1f}%)"],
         ["threshold", f"{s['threshold']['name']} = {s['threshold']['value']:.5g}"],
@@ -127,6 +166,9 @@ def write_html(path: Path, summary: dict, images: dict[str, str], top_rows: list
         f"<h1>Beat detection: record {html.escape(str(s['record']))}</h1>",
         _table(facts, ["", ""]),
     ]
+    parts += [f"<p class='warn'>{html.escape(w)}</p>" for w in s["warnings"]]
+    if s["gaps"]:
+        parts += _gap_section(s)
     if class_rows:
         parts += [
             "<h2>Against the reference annotations</h2>",
@@ -147,13 +189,14 @@ def write_html(path: Path, summary: dict, images: dict[str, str], top_rows: list
             _table(top_rows, ["beat", "time (s)", "score", "label"]),
         ]
     parts += [
-        "<h2>The record</h2><p>Flagged beats shaded red; abnormal beats of the reference "
-        "annotations marked above them.</p>",
+        "<h2>The record</h2><p>Flagged beats shaded red, gaps grey; abnormal beats of the "
+        "reference annotations marked above them.</p>",
         f'<img src="data:image/png;base64,{images["strip"]}">',
     ]
     style = (
         "body{font-family:sans-serif;max-width:1400px;margin:auto}img{max-width:100%}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}"
+        ".warn{color:#a40}"
     )
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(str(s['record']))}"
