@@ -174,3 +174,35 @@ def trained_once(root: Path) -> Iterator[None]:
         mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
         mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
         yield
+
+
+@pytest.fixture(scope="module")
+def prepared(synthetic_mitdb, tmp_path_factory):
+    """The tiny params and their prepared data (the synthetic records preprocessed once per
+    module that asks: the detect tests')."""
+    from sibeatgan.data.preprocess import run_preprocess
+
+    folder = tmp_path_factory.mktemp("prepared")
+    p = with_overrides(Params(), tiny_overrides(synthetic_mitdb, folder) + PAPER_OPTIMISER)
+    run_preprocess(p)
+    return p
+
+
+@pytest.fixture(scope="module")
+def model_dir(prepared, tmp_path_factory) -> Path:
+    """A detector folder as training leaves it (untrained weights: detection mechanics only)."""
+    import torch
+
+    from sibeatgan.data.preprocess import load_prepared
+    from sibeatgan.data.split import VAL
+    from sibeatgan.io import save_state_dict
+    from sibeatgan.models import Generator
+    from sibeatgan.pipeline.stages import write_detector
+
+    folder = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    g = Generator(1, prepared.model.nz, prepared.model.width).eval()
+    save_state_dict(folder / "G.pt", g.state_dict())
+    x, cls = load_prepared(prepared.data.prepared_dir).part(VAL, 1)
+    write_detector(folder, g, prepared.model.width, prepared, x, cls, role="teacher", run_id="r")
+    return folder

@@ -15,42 +15,11 @@ from click.testing import CliRunner
 from conftest import synthetic_symbols, write_record
 
 from sibeatgan.cli import main
-from sibeatgan.config import with_overrides
-from sibeatgan.data.preprocess import load_prepared, run_preprocess
-from sibeatgan.data.split import VAL
+from sibeatgan.data.preprocess import load_prepared
 from sibeatgan.detection.model import resolve_detector
 from sibeatgan.detection.records import read_for_detection
 from sibeatgan.evaluation.detector import ALARM_RATES, alarm_key, thresholds_on_val
 from sibeatgan.io import read_json
-from sibeatgan.models import Generator
-from sibeatgan.pipeline.stages import write_detector
-
-
-@pytest.fixture(scope="module")
-def prepared(synthetic_mitdb, tmp_path_factory):
-    """The tiny params and their prepared data (the synthetic records preprocessed once)."""
-    from conftest import PAPER_OPTIMISER, tiny_overrides
-
-    from sibeatgan.config import Params
-
-    folder = tmp_path_factory.mktemp("prepared")
-    p = with_overrides(Params(), tiny_overrides(synthetic_mitdb, folder) + PAPER_OPTIMISER)
-    run_preprocess(p)
-    return p
-
-
-@pytest.fixture(scope="module")
-def model_dir(prepared, tmp_path_factory) -> Path:
-    """A detector folder as training leaves it (untrained weights: detection mechanics only)."""
-    from sibeatgan.io import save_state_dict
-
-    folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    g = Generator(1, prepared.model.nz, prepared.model.width).eval()
-    save_state_dict(folder / "G.pt", g.state_dict())
-    x, cls = load_prepared(prepared.data.prepared_dir).part(VAL, 1)
-    write_detector(folder, g, prepared.model.width, prepared, x, cls, role="teacher", run_id="r")
-    return folder
 
 
 def detect(*args: str) -> object:

@@ -20,7 +20,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import test_detect
 import wfdb
 from click.testing import CliRunner
 from conftest import mitdb_dir
@@ -38,9 +37,6 @@ from sibeatgan.io import exclusive_folder, read_json
 
 BEFORE, AFTER = 140, 180  # the detector's window at 360 Hz (tiny_overrides keeps the default)
 FILES = {"beats.csv", "summary.json", "report.html"}
-# the detector the detect tests use (untrained weights: detection mechanics only)
-prepared = test_detect.prepared
-model_dir = test_detect.model_dir
 
 
 # ---------------------------------------------------------------- synthetic records
