@@ -79,3 +79,50 @@ def test_student_epochs_default_and_runs_written_before_the_knob():
     assert not same_recipe(old, p, "student")
     with pytest.raises(ConfigError, match="student.epochs must be >= 0"):
         with_overrides(p, ["student.epochs=-1"])
+
+
+PARAMS_TEXT = """\
+seed: 0
+preprocess:
+  records: [100]
+  taps: 109
+{extra}
+"""
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        # a duplicated key: YAML keeps the last value, so 119 was preprocessed, silently
+        ("  records: [119]", r"key preprocess.records is given twice \(lines 3 and 5\)"),
+        # a duplicated section: YAML drops the first one, seed and all
+        ("preprocess:\n  taps: 99", r"section preprocess is given twice \(lines 2 and 5\)"),
+        ("train:\n  epochs: 3\ntrain:\n  lr: 1.0e-3", r"section train is given twice"),
+    ],
+)
+def test_a_key_or_section_given_twice_is_refused_naming_its_lines(tmp_path, extra, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(PARAMS_TEXT.format(extra=extra))
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_params(path)
+    assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)
+
+
+def test_a_merge_key_may_repeat_what_it_merges_but_not_a_key_twice(tmp_path):
+    """`<<: *base` then `epochs: 5` overrides the merged value (YAML's meaning, kept); a key
+    written twice beside it is still refused, with its own lines."""
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        "x: &base\n  epochs: 3\n  lr: 1.0e-3\ntrain:\n  <<: *base\n  epochs: 5\n  lr: 2.0e-4\n"
+        "  lr: 3.0e-4\n"
+    )
+    with pytest.raises(ConfigError, match=r"key train.lr is given twice \(lines 7 and 8\)"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# every knob was here\n"])
+def test_an_empty_params_file_is_refused_not_read_as_the_defaults(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"{path} is empty"):
+        load_params(path)

@@ -5,6 +5,7 @@ clear line (naming the problem and the fix), runs no code from a file, and loses
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 from conftest import dead_pid, tiny_overrides, trained_once, use_copy_of
+from disk_faults import DEV_FULL, closed_port, fill_disk, full_store, needs_dev_full
 
 from sibeatgan import io, tracking
 from sibeatgan.cli import main
@@ -131,21 +133,30 @@ def test_a_training_state_loads_as_plain_tensors(trained):
 # --- 2. No two runs in one --------------------------------------------------------------
 
 
-def hold_lock(folder: Path) -> subprocess.Popen:
-    """Another process holding `folder`'s training lock, as a second shell would."""
+def hold_lock(
+    folder: Path, what: str = "teacher training", helper: str = "exclusive_folder"
+) -> subprocess.Popen:
+    """Another process holding `folder`'s lock, as a second shell would: to write it
+    (exclusive_folder, as a training its output folder or preprocess the prepared data) or to
+    read it (shared_folder, as a training or evaluate the prepared data)."""
     code = textwrap.dedent(
         f"""
         import sys, time
         from pathlib import Path
-        from sibeatgan.io import exclusive_folder
-        with exclusive_folder(Path({str(folder)!r}), "teacher training"):
+        from sibeatgan.io import {helper}
+        with {helper}(Path({str(folder)!r}), {what!r}):
             print("locked", flush=True)
             time.sleep(60)
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
+    assert proc.stdout.readline().strip() == "locked", f"{helper} could not hold {folder}"
     return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.wait()
 
 
 def test_second_training_into_the_same_folder_stops_naming_the_holder(trained):
@@ -187,6 +198,87 @@ def cli_overrides(p) -> list[str]:
         "--params",
         str(PARAMS),
     ]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(folder.iterdir())}
+
+
+def test_preprocess_is_refused_while_a_training_reads_the_prepared_data(trained):
+    """`preprocess` in one shell while `dvc repro` trains in another used to swap
+    data/prepared under the training: dvc.lock then recorded data it never saw."""
+    prepared = Path("prepared")
+    before = snapshot(prepared)
+    holder = hold_lock(prepared.resolve(), "teacher training", "shared_folder")
+    try:
+        result = CliRunner().invoke(
+            main, ["preprocess", "--metrics", "m.json", *cli_overrides(trained)]
+        )
+        # readers share the data: another training still reads it meanwhile
+        one_epoch = with_overrides(trained, ["train.epochs=1"])
+        info = train_model(one_epoch, "teacher", Layout(Path("b")))
+    finally:
+        stop(holder)
+    assert result.exit_code == 1
+    assert f"prepared is in use by teacher training (pid {holder.pid})" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert snapshot(prepared) == before and not Path("m.json").exists(), "nothing written"
+    assert info["best_epoch"] == 1
+
+
+def test_a_training_holds_the_prepared_data_while_it_runs(trained, monkeypatch):
+    """The real training's lock: a preprocess tried between its epochs is refused."""
+    refused, original = [], tracking.log_epoch
+
+    def preprocess_meanwhile(row):
+        original(row)
+        try:
+            run_preprocess(trained)
+        except FolderBusyError as err:
+            refused.append(str(err))
+
+    monkeypatch.setattr(tracking, "log_epoch", preprocess_meanwhile)
+    train_model(with_overrides(trained, ["train.epochs=1"]), "teacher")
+    assert refused and f"in use by teacher training (pid {os.getpid()})" in refused[0]
+    run_preprocess(trained)  # once the training is done, preprocess runs
+
+
+def test_training_and_evaluate_are_refused_while_preprocess_writes(trained):
+    holder = hold_lock(Path("prepared").resolve(), "preprocess")
+    try:
+        busy = rf"prepared is in use by preprocess \(pid {holder.pid}\)"
+        for run in (lambda: train_model(trained, "teacher"), lambda: evaluate(trained)):
+            with pytest.raises(FolderBusyError, match=busy):
+                run()
+    finally:
+        stop(holder)
+    assert not Path("metrics/evaluate.json").exists()
+
+
+def test_runs_of_a_grid_wait_for_the_one_preprocessing_their_data(tiny_params, tmp_path):
+    """`study run --jobs`: runs that start together wait for the one making the data."""
+    import threading
+    import time
+
+    from sibeatgan.data.preprocess import ensure_prepared, prepared_key
+
+    folder = tmp_path / "work" / "prepared" / prepared_key(tiny_params)
+    holding, release = threading.Event(), threading.Event()
+
+    def other_run():
+        with exclusive_folder(folder, "preprocess"):
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    holding.wait(30)
+    threading.Timer(1.5, release.set).start()
+    t0 = time.perf_counter()
+    p = ensure_prepared(tiny_params, tmp_path / "work")
+    waited = time.perf_counter() - t0
+    thread.join()
+    assert waited >= 1.0 and load_prepared(p.data.prepared_dir).meta["key"] == prepared_key(p)
 
 
 # --- 3. Models know the data they were trained on --------------------------------------
@@ -459,3 +551,148 @@ def test_a_copy_inside_another_checkout_is_not_a_git_tree(tmp_path):
     (tmp_path / "copy").mkdir()
     assert in_git_work_tree(tmp_path)
     assert not in_git_work_tree(tmp_path / "copy"), "DVC would look for its files elsewhere"
+
+
+# --- A full disk, a dead store ----------------------------------------------------------
+
+
+def error_line(result) -> str:
+    """The one line a command stopped with (among its progress lines, which stdout may print
+    after it), checked to be the only word of an error."""
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    lines = result.output.strip().splitlines()
+    errors = [line for line in lines if "rror" in line or "Traceback" in line]
+    assert len(errors) == 1 and errors[0].startswith("Error: "), errors or lines[-3:]
+    return errors[0].removeprefix("Error: ")
+
+
+def last_run(role: str = "teacher"):
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.role = '{role}'",
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
+    return runs[0]
+
+
+def artifact_root() -> Path:
+    """Where the runs of the store's experiment keep their artifacts."""
+    tracking.setup()
+    location = mlflow.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT).artifact_location
+    return Path(location.removeprefix("file://"))
+
+
+@needs_dev_full
+def test_a_full_disk_under_the_outputs_stops_training_in_one_line_and_fails_its_run(
+    trained, monkeypatch
+):
+    before = snapshot(Path("models/teacher"))
+    fill_disk(monkeypatch, Path("models/teacher"))
+    result = CliRunner().invoke(main, ["train-teacher", "--fresh", *cli_overrides(trained)])
+    line = error_line(result)
+    assert line.startswith("cannot write models/teacher/train_state.pt: no space left")
+    assert snapshot(Path("models/teacher")) == before, "the trained model is kept as it was"
+    run = last_run()
+    assert run.info.status == "FAILED" and run.data.tags[tracking.FAILED_TAG] == line
+
+
+@needs_dev_full
+def test_a_full_disk_under_mlflow_artifacts_stops_training_in_one_line(trained, monkeypatch):
+    fill_disk(monkeypatch, artifact_root())
+    result = CliRunner().invoke(main, ["train-teacher", "--fresh", *cli_overrides(trained)])
+    line = error_line(result)
+    run = last_run()
+    assert line.startswith(f"cannot write the MLflow artifacts of run {run.info.run_id} (")
+    assert "no space left" in line
+    assert run.info.status == "FAILED" and run.data.tags[tracking.FAILED_TAG] == line
+
+
+@needs_dev_full
+def test_preprocess_on_a_full_disk_is_one_line_and_keeps_the_data(trained, monkeypatch):
+    before = snapshot(Path("prepared"))
+    fill_disk(monkeypatch, Path("prepared"))
+    result = CliRunner().invoke(
+        main, ["preprocess", "--metrics", "m.json", *cli_overrides(trained)]
+    )
+    assert error_line(result).startswith("cannot write prepared/beats.npy: no space left")
+    assert snapshot(Path("prepared")) == before
+
+
+def test_a_store_filling_up_mid_training_is_one_line_naming_it(
+    tiny_params, mlflow_store, monkeypatch
+):
+    """SQLite's "database or disk is full" after the first epoch: it surfaces (from the step
+    losses logged in the background) at the next epoch, as one line naming the store."""
+    run_preprocess(tiny_params)
+    original = tracking.log_epoch
+    with full_store() as store:
+
+        def then_full(row):
+            original(row)
+            store["on"] = True
+
+        monkeypatch.setattr(tracking, "log_epoch", then_full)
+        result = CliRunner().invoke(main, ["train-teacher", *cli_overrides(tiny_params)])
+    line = error_line(result)
+    assert line.startswith(f"MLflow tracking store {mlflow_store}: its disk is full; free space")
+    assert not Path("models/teacher/G.pt").exists()
+
+
+@pytest.mark.parametrize("fault", ["deleted run", "full artifacts", "full store"])
+def test_evaluate_exits_non_zero_when_logging_to_mlflow_failed(trained, monkeypatch, fault):
+    """The metrics files are right, but the runs (or the registry) lack the test figures: that
+    is not a success (it used to print a warning and exit 0)."""
+    teacher_run = read_json("models/teacher/fit.json")["run_id"]
+    if fault == "deleted run":
+        mlflow.MlflowClient().delete_run(teacher_run)
+    if fault == "full artifacts":
+        if not DEV_FULL.exists():
+            pytest.skip("no /dev/full here")
+        fill_disk(monkeypatch, artifact_root())
+    with full_store() as store:
+        store["on"] = fault == "full store"
+        result = CliRunner().invoke(main, ["evaluate", *cli_overrides(trained)])
+    line = error_line(result)
+    if fault == "full store":
+        assert line.startswith(f"MLflow tracking store {mlflow.get_tracking_uri()}: its disk")
+        return
+    assert line.startswith(f"could not log to MLflow run {teacher_run} of models/teacher: ")
+    assert line.endswith(
+        "the metrics files are written: fix that, then run `sibeatgan evaluate` again"
+    )
+    assert {"deleted run": "deleted state", "full artifacts": "no space left"}[fault] in line
+    assert read_json("metrics/evaluate.json")["champion"] in ("teacher", "student")
+    assert mlflow.MlflowClient().get_run(teacher_run).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("store", ["server", "damaged", "read-only"])
+def test_a_dead_store_is_one_line_naming_it_before_any_work(
+    tiny_params, tmp_path, monkeypatch, store
+):
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    uri = {
+        "server": f"http://127.0.0.1:{closed_port()}",
+        "damaged": f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}",
+        "read-only": f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}",
+    }[store]
+    (tmp_path / "store").mkdir()
+    if store == "damaged":
+        (tmp_path / "store" / "mlflow.db").write_bytes(b"not a database, a damaged copy " * 100)
+    if store == "read-only":
+        fill_disk(monkeypatch, tmp_path / "store", errno.EROFS)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    t0 = time.perf_counter()
+    result = CliRunner().invoke(main, ["train-teacher", *cli_overrides(tiny_params)])
+    line = error_line(result)
+    assert len(result.output.strip().splitlines()) == 1, "stopped before any work"
+    assert time.perf_counter() - t0 < 60, "MLflow's retries (minutes) were not waited for"
+    what = {
+        "server": f"MLflow tracking server {uri} does not answer (connection refused)",
+        "damaged": f"MLflow tracking store {uri}: it is not an SQLite database (damaged?)",
+        "read-only": f"MLflow tracking store {uri}: cannot write to {tmp_path / 'store'} (Read",
+    }[store]
+    assert line.startswith(what)
+    assert not Path("models").exists()

@@ -1,8 +1,12 @@
 """The whole pipeline on synthetic records, tracked in a private MLflow store."""
 
+from pathlib import Path
+
 import mlflow
+import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import PAPER_OPTIMISER, tiny_overrides, trained_once, use_copy_of
 from mlflow import MlflowClient
 
@@ -10,7 +14,7 @@ from sibeatgan.config import Params, with_overrides
 from sibeatgan.data.preprocess import run_preprocess
 from sibeatgan.io import read_json
 from sibeatgan.pipeline.layout import Layout
-from sibeatgan.pipeline.stages import HEADLINE, evaluate, train_model
+from sibeatgan.pipeline.stages import HEADLINE, evaluate, load_generator, train_model
 from sibeatgan.tracking.registry import promote
 
 
@@ -84,9 +88,38 @@ def test_mlflow_runs_hold_params_tags_epochs_and_artifacts(trained):
         assert f"plots/{role}_training.png" in plots
     assert client.get_run(student["run_id"]).data.tags["kd"] == "true"
     assert client.get_run(student["run_id"]).data.tags["teacher_run_id"] == teacher["run_id"]
-    model = mlflow.pytorch.load_model(student["model_uri"])
-    x = torch.zeros(2, 1, 320)
-    assert model(x).shape == x.shape
+    model = mlflow.pyfunc.load_model(student["model_uri"])
+    x = np.linspace(-1, 1, 2 * 320, dtype=np.float32).reshape(2, 1, 320)
+    with torch.no_grad():
+        expected = load_generator(Path("models/student"), role="student")(torch.from_numpy(x))
+    assert np.array_equal(model.predict(x), expected.numpy())
+
+
+class Planted:
+    """Unpickling this runs code: it creates `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+def test_the_registered_generator_loads_without_unpickling(trained, tmp_path):
+    """The registry's generator is a pyfunc model from code: its weights a state dict loaded
+    as plain tensors, no pickle (an mlflow.pytorch model is one: loading it can run code)."""
+    p, *_ = trained
+    uri = f"models:/{p.registry.model_name}@champion"
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "dl")))
+    flavors = yaml.safe_load((local / "MLmodel").read_text())["flavors"]
+    assert set(flavors) == {"python_function"} and "python_model" not in str(flavors)
+    pickles = [f for f in local.rglob("*") if f.suffix in {".pkl", ".pickle", ".pth"}]
+    assert not pickles and (local / "artifacts" / "G.pt").is_file()
+    marker = tmp_path / "ran"
+    torch.save({"weight": Planted(marker)}, local / "artifacts" / "G.pt")
+    with pytest.raises(Exception, match="G.pt holds objects other than tensors"):
+        mlflow.pyfunc.load_model(str(local))
+    assert not marker.exists()
 
 
 def test_registry_champion_and_decision(trained, tmp_path):

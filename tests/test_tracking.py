@@ -114,3 +114,13 @@ def test_an_experiment_another_process_creates_meanwhile_is_used(mlflow_store, m
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "raced")
     tracking.setup()
     assert raced and mlflow.get_experiment_by_name("raced").experiment_id == raced[0]
+
+
+def test_a_training_that_fails_ends_its_run_failed_saying_why(mlflow_store, tiny_params):
+    """Not RUNNING forever, nor FAILED without a word: the tag holds the error's line."""
+    why = "only 3 training beats, fewer than train.batch_size 16; use more records"
+    with pytest.raises(ValueError), tracking.training_run(tiny_params, "teacher") as run:
+        raise ValueError(f"{why}\nsecond line of detail")
+    ended = mlflow.MlflowClient().get_run(run.info.run_id)
+    assert ended.info.status == "FAILED" and ended.data.tags[tracking.FAILED_TAG] == why
+    assert mlflow.active_run() is None

@@ -12,7 +12,7 @@ import click
 
 from sibeatgan.config import ConfigError, Params, load_params, read_overrides
 from sibeatgan.data.fetch import DataError
-from sibeatgan.io import FolderBusyError
+from sibeatgan.io import FolderBusyError, OutputError, StoreError
 
 # errors whose message is the whole story: one line, exit 1, no traceback
 USER_ERRORS = (
@@ -21,6 +21,8 @@ USER_ERRORS = (
     FileNotFoundError,
     PermissionError,
     FolderBusyError,
+    OutputError,  # a full disk (or quota, or read-only file system), naming the file
+    StoreError,  # the MLflow tracking store failed, naming its URI
     ValueError,
 )
 
@@ -219,13 +221,15 @@ def promote(p: Params) -> None:
 
     from sibeatgan import tracking
     from sibeatgan.tracking import registry
+    from sibeatgan.tracking.store import store_errors
 
-    tracking.setup()
-    client = MlflowClient()
-    decision = registry.promote(
-        client, p.registry.model_name, p.registry.metric, tracking.teacher_config_key(p)
-    )
-    version = registry.follow_champion(client, p.registry.detector_name, decision)
+    with store_errors():
+        tracking.setup()
+        client = MlflowClient()
+        decision = registry.promote(
+            client, p.registry.model_name, p.registry.metric, tracking.teacher_config_key(p)
+        )
+        version = registry.follow_champion(client, p.registry.detector_name, decision)
     if version is not None:
         click.echo(f"{p.registry.detector_name}: champion -> v{version} (the same training run)")
 
@@ -260,12 +264,15 @@ def detect(
     params_path: str,
 ) -> None:
     """Score, flag and explain every beat of WFDB RECORDs (paths such as data/mitdb/100, any
-    sampling rate: resampled to 360 Hz). Beats come from the record's annotations (.atr) when
-    it has them, else from the QRS detector; filter, windows and normalisation are those of
-    the model's training. Writes OUT/<record>/: beats.csv (sample, time, score, flag, and the
-    reference label when annotated), summary.json (beats, flagged, per-class recall and the
-    N false-alarm rate when annotated) and report.html (the record with flagged beats marked,
-    and the top flagged beats with their reconstruction and per-tick error)."""
+    sampling rate from 100 to 20000 Hz: resampled to 360 Hz). Beats come from the record's
+    annotations (.atr) when it has them, else (and after annotations cut short) from the QRS
+    detector; filter, windows and normalisation are those of the model's training. Gaps
+    (missing values, a lead flat for 2 s or more) are left out and reported; the stretches
+    between them are analysed each on its own. Writes OUT/<record>/: beats.csv (sample, time,
+    score, flag, and the reference label when annotated), summary.json (beats, flagged, gaps,
+    per-class recall and the N false-alarm rate when annotated) and report.html (the record
+    with flagged beats and gaps marked, and the top flagged beats with their reconstruction
+    and per-tick error), for every record of the call or, when one fails, for none."""
     from sibeatgan.detection.model import champion_uri
     from sibeatgan.detection.run import detect as run_detect
 
@@ -278,6 +285,7 @@ def detect(
             lead,
             float(alarm_rate) if alarm_rate else None,
             echo=click.echo,
+            warn=functools.partial(click.echo, err=True),
         )
     except USER_ERRORS as err:
         raise click.ClickException(str(err)) from err

@@ -384,10 +384,55 @@ def validate(p: Params) -> Params:
     return p
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A key given twice in one mapping (raised while loading, turned into a ConfigError)."""
+
+    def __init__(self, key: str, first: int, again: int):
+        super().__init__(key)
+        self.key, self.first, self.again = key, first, again
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a key given twice in one mapping is an error: plain
+    YAML loading keeps the last value silently (`records: [100]` then `records: [119]` reads
+    119), and a section given twice silently loses the first."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_unique(node, "")
+        return super().construct_document(node)
+
+
+def _check_unique(node: yaml.Node, where: str) -> None:
+    """Raise _DuplicateKey for the first key given twice in a mapping under `node`, named with
+    its section (`preprocess.records`). Merge keys (`<<`) may repeat what they merge."""
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique(item, f"{where}[{i}]")
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+            continue
+        name = f"{where}.{key_node.value}" if where else str(key_node.value)
+        line = key_node.start_mark.line + 1
+        if name in seen:
+            kind = "section" if isinstance(value_node, yaml.MappingNode) else "key"
+            raise _DuplicateKey(f"{kind} {name}", seen[name], line)
+        seen[name] = line
+        _check_unique(value_node, name)
+
+
 def read_yaml(path: Path) -> Any:
-    """A YAML file; a syntax error is one line naming the file, line and problem."""
+    """A YAML file; a syntax error or a key given twice is one line naming the file, line and
+    problem."""
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # a SafeLoader: plain data
+    except _DuplicateKey as err:
+        raise ConfigError(
+            f"{path}: {err.key} is given twice (lines {err.first} and {err.again}); keep one "
+            "(YAML would silently use the last)"
+        ) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: {_yaml_problem(err)}; fix the YAML there") from None
     except OSError as err:
@@ -399,7 +444,12 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path} not found; run from the repository root or pass --params")
-    raw = read_yaml(path) or {}
+    raw = read_yaml(path)
+    if raw is None:  # an empty file (or only comments): not "every default" by accident
+        raise ConfigError(
+            f"{path} is empty (or holds only comments); write the parameters there (the "
+            "repository's params.yaml lists every one)"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections")
     raw = apply_overrides(raw, overrides or [])

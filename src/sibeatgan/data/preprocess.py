@@ -14,7 +14,14 @@ from tqdm import tqdm
 from sibeatgan.config import Params, short_hash
 from sibeatgan.data.beats import CLASSES, BeatSpec, RecordBeats, extract_beats, normalise
 from sibeatgan.data.split import SPLIT_NAMES, make_split
-from sibeatgan.io import ensure_writable, load_npy, read_json, save_npy, write_json
+from sibeatgan.io import (
+    ensure_writable,
+    exclusive_folder,
+    load_npy,
+    read_json,
+    save_npy,
+    write_json,
+)
 
 ARRAYS = ("beats", "classes", "records", "samples", "split")
 
@@ -66,9 +73,17 @@ def check_parts_disjoint(records: np.ndarray, samples: np.ndarray, split: np.nda
 
 
 def run_preprocess(p: Params, metrics_path: str | Path | None = None) -> dict:
-    mitdb_dir = Path(p.data.mitdb_dir)
-    check_records(mitdb_dir, p.preprocess.records)
+    """Write the prepared data of `p` (and the beat counts to `metrics_path`), holding the
+    prepared folder's lock: a training or evaluation reading it (or another preprocess) stops
+    this at once, naming its pid, and nothing is written."""
+    check_records(Path(p.data.mitdb_dir), p.preprocess.records)
     ensure_writable(p.data.prepared_dir, *([Path(metrics_path).parent] if metrics_path else []))
+    with exclusive_folder(Path(p.data.prepared_dir), "preprocess"):
+        return _preprocess_locked(p, metrics_path)
+
+
+def _preprocess_locked(p: Params, metrics_path: str | Path | None) -> dict:
+    mitdb_dir = Path(p.data.mitdb_dir)
     pp = p.preprocess
     job = partial(extract_beats, mitdb_dir, spec=BeatSpec.from_dict(p.to_dict()["preprocess"]))
     workers = max(1, min(pp.workers, len(pp.records)))
@@ -122,10 +137,19 @@ def load_prepared(prepared_dir: str | Path) -> Prepared:
 
 
 def ensure_prepared(p: Params, root: Path) -> Params:
-    """Prepared data for these params, made once per distinct preprocess/split config."""
+    """Prepared data for these params, made once per distinct preprocess/split config. Runs of
+    a grid starting at once wait for the one that makes them (and then use its data)."""
     prepared = root / "prepared" / prepared_key(p)
     p = dataclasses.replace(p, data=dataclasses.replace(p.data, prepared_dir=str(prepared)))
-    meta = prepared / "meta.json"
-    if not meta.exists() or read_json(meta).get("key") != prepared_key(p):
-        run_preprocess(p)
+    if not _made_for(prepared, p):
+        check_records(Path(p.data.mitdb_dir), p.preprocess.records)
+        ensure_writable(prepared)
+        with exclusive_folder(prepared, "preprocess", wait=True):
+            if not _made_for(prepared, p):  # made meanwhile by the run we waited for?
+                _preprocess_locked(p, None)
     return p
+
+
+def _made_for(prepared: Path, p: Params) -> bool:
+    meta = prepared / "meta.json"
+    return meta.exists() and read_json(meta).get("key") == prepared_key(p)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +10,6 @@ import mlflow
 import numpy as np
 import torch
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from sibeatgan import tracking
 from sibeatgan.config import (
@@ -26,19 +26,24 @@ from sibeatgan.evaluation.detector import DETECTOR_FILE, detector_meta, threshol
 from sibeatgan.evaluation.metrics import detection_report, pr_points, roc_points
 from sibeatgan.evaluation.scoring import pick_device, score
 from sibeatgan.io import (
+    OutputError,
+    StoreError,
     UnsafeFileError,
     ensure_writable,
     exclusive_folder,
+    first_line,
     load_state_dict,
     read_json,
     remove_stale_temporaries,
     save_state_dict,
+    shared_folder,
     write_csv,
     write_json,
 )
 from sibeatgan.models import Generator, build_models, count_params
 from sibeatgan.pipeline.layout import DEFAULT_LAYOUT, ROLES, Layout
 from sibeatgan.tracking import registry
+from sibeatgan.tracking.store import STORE_ERRORS, store_errors, translate
 from sibeatgan.training import state as train_state
 from sibeatgan.training.distill import Distiller
 from sibeatgan.training.loop import Checkpoint, FitData, Hooks, fit
@@ -150,10 +155,16 @@ def train_model(
     `resume` and the same params it continues from there, in the same MLflow run; without
     `resume` it is discarded. A stopped training of other params is refused (naming what
     differs) unless `replace_other`. One process at a time trains into a folder: a second one
-    stops at once."""
+    stops at once. The prepared data are locked for reading meanwhile: `preprocess` cannot
+    replace them under the training (nor start while it runs). A tracking store that cannot
+    be used stops it before any work."""
     out = layout.model_dir(role)
+    tracking.setup()
     ensure_writable(out, layout.metrics_dir, layout.plots_dir)
-    with exclusive_folder(out, f"{role} training"):
+    with (
+        exclusive_folder(out, f"{role} training"),
+        shared_folder(Path(p.data.prepared_dir), f"{role} training"),
+    ):
         resume = resume and not use_active_run
         return _train_locked(
             p, role, layout, teacher_dir, use_active_run, monitor, resume, replace_other
@@ -254,12 +265,12 @@ def _train_locked(
         mlflow.log_metrics(
             {k: float(v) for k, v in summary.items() if k not in ("role", "selection", "precision")}
         )
-        mlflow.log_artifact(str(out / "G.pt"), artifact_path="checkpoints")
-        mlflow.log_artifact(str(out / "D.pt"), artifact_path="checkpoints")
-        mlflow.log_artifact(str(out / DETECTOR_FILE), artifact_path="checkpoints")
-        mlflow.log_artifact(str(layout.plot(f"{role}_history.csv")))
+        tracking.log_file(out / "G.pt", artifact_path="checkpoints")
+        tracking.log_file(out / "D.pt", artifact_path="checkpoints")
+        tracking.log_file(out / DETECTOR_FILE, artifact_path="checkpoints")
+        tracking.log_file(layout.plot(f"{role}_history.csv"))
         tracking.log_figure_files([curves])
-        model_uri = tracking.log_generator(g, nc)
+        model_uri = tracking.log_generator(out, nc, p.model.nz, width)
         detector_uri = tracking.log_detector(out)
         info = {
             **summary,
@@ -274,7 +285,7 @@ def _train_locked(
             "data_key": prepared_key(p),
         }
         write_json(out / "fit.json", info)
-        mlflow.log_artifact(str(out / "fit.json"), artifact_path="checkpoints")
+        tracking.log_file(out / "fit.json", artifact_path="checkpoints")
         write_json(layout.metrics(f"{role}_train"), summary)
     state_path.unlink(missing_ok=True)  # the run is done: its products replace the state
     return {**info, "history": result.history}
@@ -350,20 +361,29 @@ HEADLINE = ("val_auc", "test_auc", "test_ap", "test_f1")
 
 
 def evaluate(p: Params, layout: Layout = DEFAULT_LAYOUT, roles: tuple[str, ...] = ROLES) -> dict:
-    """Test metrics of each model, curves for `dvc plots`, figures, and the registry update."""
+    """Test metrics of each model, curves for `dvc plots`, figures, and the registry update.
+    The models are checked, then the store (a dead one stops it before any work); the prepared
+    data are locked for reading while it runs. A failure to log to MLflow stops it (StoreError)
+    after the metrics files are written."""
+    with shared_folder(Path(p.data.prepared_dir), "evaluate"):
+        return _evaluate_locked(p, layout, roles)
+
+
+def _evaluate_locked(p: Params, layout: Layout, roles: tuple[str, ...]) -> dict:
     device = pick_device()
     generators = {}
     for role in roles:  # every model is checked and loaded before anything is written
         model_dir = layout.model_dir(role)
         check_model_data(model_dir, trained_model_info(model_dir, role), p, role)
         generators[role] = load_generator(model_dir, device, role)
+    tracking.setup()
     ensure_writable(layout.metrics_dir, layout.plots_dir)
     set_threads(p)
     data = load_checked(p)
     nc = p.data.channels
     val_x, val_cls = data.part(VAL, nc)
     test_x, test_cls = data.part(TEST, nc)
-    reports, curves = {}, {}
+    reports, curves, failures = {}, {}, []
     for role, g in generators.items():
         val_s = score(g, val_x, p.train.score_batch_size)
         test_s = score(g, test_x, p.train.score_batch_size)
@@ -382,20 +402,27 @@ def evaluate(p: Params, layout: Layout = DEFAULT_LAYOUT, roles: tuple[str, ...] 
         )
         reports[role] = report
         curves[role] = {"roc": roc, "pr": pr, "auc": report["test_auc"], "ap": report["test_ap"]}
-        _log_to_training_run(layout.model_dir(role), report, [hist])
+        failures.append(_log_to_training_run(layout.model_dir(role), report, [hist]))
     figure = figures.detection_curves(curves, layout.plot("roc_pr.png"))
     write_json(layout.metrics("evaluate_detail"), reports)
     for role in roles:
-        _log_to_training_run(layout.model_dir(role), {}, [figure])
+        failures.append(_log_to_training_run(layout.model_dir(role), {}, [figure]))
     decision = register_and_promote(p, layout, reports)
     # the headline `dvc metrics show` prints; everything else is in evaluate_detail.json
     headline = {role: {k: r[k] for k in HEADLINE} for role, r in reports.items()}
     write_json(layout.metrics("evaluate"), {**headline, "champion": decision["champion_role"]})
+    failed = [f for f in failures if f]
+    if failed:  # the files are right, but the runs lack their test figures: not a success
+        raise StoreError(
+            f"{failed[0]}; the metrics files are written: fix that, then run `sibeatgan "
+            "evaluate` again"
+        )
     return reports
 
 
-def _log_to_training_run(model_dir: Path, values: dict, figures: list[Path]) -> None:
-    """Add test figures and plots to the MLflow run that trained this model, if it exists."""
+def _log_to_training_run(model_dir: Path, values: dict, figures: list[Path]) -> str:
+    """Add test figures and plots to the MLflow run that trained this model; what failed
+    (one line), or "" when it worked."""
     run_id = read_json(model_dir / "fit.json").get("run_id")
     tracking.setup()
     metrics = {k: v for k, v in values.items() if v is not None}
@@ -404,15 +431,29 @@ def _log_to_training_run(model_dir: Path, values: dict, figures: list[Path]) -> 
         if active is not None and active.info.run_id == run_id:
             mlflow.log_metrics(metrics)
             tracking.log_figure_files(figures)
-            return
-        with mlflow.start_run(run_id=run_id, nested=active is not None):
+            return ""
+        mlflow.start_run(run_id=run_id, nested=active is not None)
+        try:
             mlflow.log_metrics(metrics)
             tracking.log_figure_files(figures)
-    except MlflowException as err:
-        print(f"warning: could not log to MLflow run {run_id} ({err}); metrics files are written")
+        finally:  # FINISHED, as it was: the training went well, whatever befell this logging
+            with contextlib.suppress(*STORE_ERRORS):
+                mlflow.end_run()
+    except (*STORE_ERRORS, StoreError, OSError) as err:
+        failure = translate(err)
+        if not isinstance(failure, StoreError | OutputError):
+            raise  # neither the store's failure nor a full disk
+        what = first_line(failure).split(";")[0]  # the fix is evaluate's (see there)
+        return f"could not log to MLflow run {run_id} of {model_dir}: {what}"
+    return ""
 
 
 def register_and_promote(p: Params, layout: Layout, reports: dict[str, dict]) -> dict:
+    with store_errors():
+        return _register_and_promote(p, layout, reports)
+
+
+def _register_and_promote(p: Params, layout: Layout, reports: dict[str, dict]) -> dict:
     tracking.setup()
     client = MlflowClient()
     name, detectors = p.registry.model_name, p.registry.detector_name

@@ -17,6 +17,7 @@ variant, not of the draw.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import subprocess
 import time
@@ -218,7 +219,8 @@ def selections(history: list[dict], val_auc_epoch: int) -> dict[str, dict]:
     for rule, epoch in picks.items():
         row = history[epoch - 1]
         out[rule] = {"epoch": epoch, "val_auc": row["val_auc"], "val_ap": row["val_ap"]}
-        out[rule].update({k: row[k] for k in REPORT_KEYS})
+        # a class absent from test has no recall: NaN in the curves, None (null) in JSON
+        out[rule].update({k: None if math.isnan(row[k]) else row[k] for k in REPORT_KEYS})
     return out
 
 

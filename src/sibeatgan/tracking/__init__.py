@@ -6,6 +6,7 @@ Default store: SQLite `mlflow.db` in the working directory (the repository root)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Iterator
@@ -18,17 +19,27 @@ import torch
 from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from mlflow.utils.async_logging.run_operations import RunOperations
 
 import sibeatgan
 from sibeatgan.config import ConfigError, Params, params_from_dict, role_train, short_hash
-from sibeatgan.io import ensure_writable
-from sibeatgan.models import Generator
+from sibeatgan.io import StoreError, ensure_writable, first_line
+from sibeatgan.tracking.server import redacted
+from sibeatgan.tracking.store import (
+    STORE_ERRORS,
+    check_server,
+    quiet_store_logs,
+    store_errors,
+    translate,
+)
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "sibeatgan"
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 STOPPED_TAG = "stopped_because"  # on a run whose process died; removed when it resumes
-_WRITABLE_STORES: set[str] = set()  # local stores whose folder was found writable
+FAILED_TAG = "failed_because"  # on a run that an error ended: the error's line
+_CHECKED_STORES: set[str] = set()  # stores found usable (a writable folder, a live server)
+_PENDING_LOGS: list[RunOperations] = []  # step losses logged in the background, not yet checked
 
 
 def store_lock_path(uri: str) -> Path | None:
@@ -38,13 +49,35 @@ def store_lock_path(uri: str) -> Path | None:
 
 
 def setup() -> str:
-    """Point MLflow at the project's store; inside `mlflow run` keep its experiment."""
+    """Point MLflow at the project's store; inside `mlflow run` keep its experiment. A store
+    that cannot be used (read-only, damaged, a server that does not answer) stops here, in one
+    line naming its URI."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-    if uri.startswith("sqlite:///") and uri not in _WRITABLE_STORES:
-        # a local store: stop now if its folder is read-only (checked once per process)
-        ensure_writable(Path(uri.removeprefix("sqlite:///")).parent)
-        _WRITABLE_STORES.add(uri)
+    quiet_store_logs()
+    if uri not in _CHECKED_STORES:  # once per process
+        _check_store(uri)
+        _CHECKED_STORES.add(uri)
     mlflow.set_tracking_uri(uri)
+    with store_errors():
+        _open_experiment(uri)
+    return uri
+
+
+def _check_store(uri: str) -> None:
+    """A local store's folder must be writable; a server must answer."""
+    if uri.startswith("sqlite:///"):
+        try:
+            ensure_writable(Path(uri.removeprefix("sqlite:///")).parent)
+        except PermissionError as err:  # "cannot write to FOLDER (why); <fix for outputs>"
+            raise StoreError(
+                f"MLflow tracking store {redacted(uri)}: {str(err).split(';')[0]}; make it "
+                "writable or point MLFLOW_TRACKING_URI at another store"
+            ) from None
+    check_server(uri)
+
+
+def _open_experiment(uri: str) -> None:
+    """Set the experiment (creating it and the store when needed), unless `mlflow run` has."""
     if not os.environ.get("MLFLOW_EXPERIMENT_ID") and mlflow.active_run() is None:
         # the first call creates a SQLite store by running its schema migrations, which collide
         # when two processes (two `study run` shells, `--jobs`) create the same store at once
@@ -61,7 +94,6 @@ def setup() -> str:
         # set_experiment also exports MLFLOW_EXPERIMENT_ID, which would pin every later call
         # in this process to this experiment; only `mlflow run` should set it
         os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-    return uri
 
 
 def _set_experiment(name: str):
@@ -134,25 +166,24 @@ def training_run(
 ) -> Iterator:
     """A run for one training: the active run itself when `use_active` (the run `mlflow run`
     made), a child of the active run when there is one, else a new top-level run. `run_id`
-    reopens a stopped run to resume it, if the store still has it."""
-    setup()
-    close_orphaned_runs()
+    reopens a stopped run to resume it, if the store still has it. A failure of the store, or
+    a full disk, is one line (StoreError, OutputError); the run ends FAILED, saying why."""
+    with store_errors():
+        setup()
+        close_orphaned_runs()
+        with _run_for(role, use_active, run_id) as run, _ended_as_it_ends():
+            yield _start(run, p, role, tags)
+
+
+def _run_for(role: str, use_active: bool, run_id: str | None):
+    """The run a training logs to, as a context that ends it (unless `mlflow run` made it)."""
     active = mlflow.active_run()
-    if use_active and active is None:
-        with mlflow.start_run() as run, _killed_on_interrupt():
-            yield _start(run, p, role, tags)  # resumes MLFLOW_RUN_ID when `mlflow run` set it
-        return
-    if use_active:
-        with _killed_on_interrupt():
-            yield _start(active, p, role, tags)
-        return
+    if use_active:  # a new run resumes MLFLOW_RUN_ID when `mlflow run` set it
+        return nullcontext(active) if active is not None else mlflow.start_run()
     nested = active is not None
     if run_id is not None and _run_exists(run_id):
-        start = mlflow.start_run(run_id=run_id, nested=nested)
-    else:
-        start = mlflow.start_run(run_name=role, nested=nested)
-    with start as run, _killed_on_interrupt():
-        yield _start(run, p, role, tags)
+        return mlflow.start_run(run_id=run_id, nested=nested)
+    return mlflow.start_run(run_name=role, nested=nested)
 
 
 def _run_exists(run_id: str) -> bool:
@@ -164,14 +195,34 @@ def _run_exists(run_id: str) -> bool:
 
 
 @contextmanager
-def _killed_on_interrupt() -> Iterator[None]:
+def _ended_as_it_ends() -> Iterator[None]:
     """End the active run as KILLED when Ctrl-C (or SIGTERM, see `cli.main`) stops training,
-    so the MLflow UI does not show it RUNNING forever."""
+    and as FAILED, tagged with the error's line (FAILED_TAG), when an error does (a full disk,
+    the store), so the MLflow UI does not show it RUNNING forever. The step losses logged in
+    the background are waited for first: their failure is the run's. A store too broken to
+    record the end leaves the run RUNNING, and the next training ends it (close_orphaned_runs)."""
     try:
         yield
+        wait_for_logging()
     except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
+        _end_active("KILLED")
         raise
+    except Exception as err:
+        failure = translate(err)  # while the run is active: it names the run's artifacts
+        _end_active("FAILED", first_line(failure))
+        if failure is err:
+            raise
+        raise failure from err
+
+
+def _end_active(status: str, why: str | None = None) -> None:
+    """End the active run as `status`, as far as the store lets (it may be what failed)."""
+    _PENDING_LOGS.clear()
+    if why:
+        with contextlib.suppress(*STORE_ERRORS):
+            mlflow.set_tag(FAILED_TAG, why[:1000])
+    with contextlib.suppress(*STORE_ERRORS):
+        mlflow.end_run(status)  # takes the run off the active stack even when the store fails
 
 
 def _process_alive(pid: int) -> bool:
@@ -186,7 +237,7 @@ def _process_alive(pid: int) -> bool:
 
 def close_orphaned_runs() -> list[str]:
     """End as KILLED the RUNNING runs this machine started whose process is gone (a closed
-    session, SIGKILL, a power cut: nothing ran `_killed_on_interrupt`), so `mlflow ui` does not
+    session, SIGKILL, a power cut: nothing ran `_ended_as_it_ends`), so `mlflow ui` does not
     show them running forever. Runs of other machines are left alone. A later `study run` that
     resumes one of them reopens it as RUNNING. Returns the run ids it ended."""
     runs = mlflow.search_runs(
@@ -224,38 +275,67 @@ EPOCH_PREFIX, STEP_PREFIX = "epoch/", "step/"
 
 
 def log_step(step: int, values: dict[str, float]) -> None:
-    """Step losses, as `step/loss_g` etc."""
-    mlflow.log_metrics(
-        {STEP_PREFIX + k: v for k, v in values.items()}, step=step, synchronous=False
+    """Step losses, as `step/loss_g` etc., logged in the background (checked each epoch)."""
+    _PENDING_LOGS.append(
+        mlflow.log_metrics(
+            {STEP_PREFIX + k: v for k, v in values.items()}, step=step, synchronous=False
+        )
     )
 
 
+def wait_for_logging() -> None:
+    """Wait for the step losses logged in the background; raise if logging any of them failed
+    (MLflow only logs such a failure)."""
+    pending = list(_PENDING_LOGS)
+    _PENDING_LOGS.clear()
+    for operations in pending:
+        if operations is not None:
+            operations.wait()
+
+
 def log_epoch(row: dict[str, float]) -> None:
-    """An epoch's row, as `epoch/val_auc` etc. at step = epoch."""
+    """An epoch's row, as `epoch/val_auc` etc. at step = epoch (after checking that the
+    epoch's step losses were logged)."""
+    wait_for_logging()
     epoch = int(row["epoch"])
     mlflow.log_metrics({EPOCH_PREFIX + k: v for k, v in row.items() if k != "epoch"}, step=epoch)
 
 
-def log_generator(g: Generator, nc: int) -> str:
-    """Log G as an MLflow PyTorch model with signature and input example; return its URI."""
-    g = g.cpu().eval()
+def log_generator(folder: Path, nc: int, nz: int, width: int) -> str:
+    """Log the generator in `folder` (G.pt) as an MLflow pyfunc model from code
+    (tracking/generator_model.py): its weights a state dict loaded as plain tensors, so loading
+    the model runs nothing from a file; with signature and input example; return its URI."""
+    from sibeatgan.tracking import generator_model
+
+    config = {"nc": nc, "nz": nz, "width": width}
+    weights = folder / "G.pt"
+    model = generator_model.GeneratorModel()
+    model.load(weights, config)
     example = np.zeros((2, nc, 320), dtype=np.float32)
-    with torch.no_grad():
-        output = g(torch.from_numpy(example)).numpy()
-    info = mlflow.pytorch.log_model(
-        g,
-        name="generator",
-        signature=infer_signature(example, output),
-        input_example=example,
-        code_paths=[str(Path(sibeatgan.__file__).parent)],
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
-    )
+    with store_errors():  # while the run is active: a full disk names its artifacts
+        info = mlflow.pyfunc.log_model(
+            name="generator",
+            python_model=generator_model.__file__,
+            artifacts={generator_model.WEIGHTS: str(weights)},
+            model_config=config,
+            signature=infer_signature(example, model.predict(None, example)),
+            input_example=example,
+            code_paths=[str(Path(sibeatgan.__file__).parent)],
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "mlflow"],
+        )
     return info.model_uri
+
+
+def log_file(path: Path, artifact_path: str | None = None) -> None:
+    """mlflow.log_artifact; a full disk under the artifacts (or a store's failure) is one line
+    naming where they go (said while the run is active: it knows the place)."""
+    with store_errors():
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
 def log_figure_files(paths: list[Path]) -> None:
     for path in paths:
-        mlflow.log_artifact(str(path), artifact_path="plots")
+        log_file(path, artifact_path="plots")
 
 
 def log_detector(folder: Path) -> str:
@@ -275,16 +355,17 @@ def log_detector(folder: Path) -> str:
         {k: v for k, v in output.items() if k != "threshold"},
         params={"threshold": detector_model.DEFAULT_THRESHOLD},
     )
-    info = mlflow.pyfunc.log_model(
-        name="detector",
-        python_model=detector_model.__file__,
-        artifacts={
-            "generator": str(folder / WEIGHTS_FILE),
-            "detector": str(folder / DETECTOR_FILE),
-        },
-        signature=signature,
-        input_example=example,
-        code_paths=[str(Path(sibeatgan.__file__).parent)],
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "mlflow"],
-    )
+    with store_errors():  # while the run is active: a full disk names its artifacts
+        info = mlflow.pyfunc.log_model(
+            name="detector",
+            python_model=detector_model.__file__,
+            artifacts={
+                "generator": str(folder / WEIGHTS_FILE),
+                "detector": str(folder / DETECTOR_FILE),
+            },
+            signature=signature,
+            input_example=example,
+            code_paths=[str(Path(sibeatgan.__file__).parent)],
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "mlflow"],
+        )
     return info.model_uri

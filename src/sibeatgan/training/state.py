@@ -55,8 +55,9 @@ def save(
         "torch_rng": torch.get_rng_state(),
         "meta": meta,
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # through a Python file, so that a full disk is an OSError with its errno
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 def read(path: Path) -> dict[str, Any]:
