@@ -684,6 +684,7 @@ def test_a_dead_store_is_one_line_naming_it_before_any_work(
     if store == "read-only":
         fill_disk(monkeypatch, tmp_path / "store", errno.EROFS)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("SIBEATGAN_SERVER_WAIT_S", "2")  # a restart's grace, shortened
     t0 = time.perf_counter()
     result = CliRunner().invoke(main, ["train-teacher", *cli_overrides(tiny_params)])
     line = error_line(result)

@@ -5,7 +5,9 @@ not be written (OutputError), and MLflow's own tracebacks of it stay off the scr
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
@@ -122,15 +124,29 @@ def quiet_store_logs() -> None:
             logger.addFilter(_OneLine())
 
 
+SERVER_WAIT_ENV = "SIBEATGAN_SERVER_WAIT_S"
+SERVER_WAIT_S = 60.0  # a server being restarted answers again well within this
+
+
 def check_server(uri: str) -> None:
-    """Stop at once when a tracking server does not answer: MLflow would retry each request
-    for minutes before failing (with a page of tracebacks). Any HTTP answer will do."""
+    """Stop early when a tracking server does not answer: MLflow would retry each request for
+    minutes before failing (with a page of tracebacks). A refused connection is tried again for
+    SERVER_WAIT_S seconds ($SIBEATGAN_SERVER_WAIT_S), so that a server being restarted (a
+    shared one, mid-grid) is waited for. Any HTTP answer will do."""
     if urlsplit(uri).scheme not in ("http", "https"):
         return
-    try:
-        requests.get(uri.rstrip("/") + "/health", timeout=(10, 60))
-    except requests.exceptions.RequestException as err:
-        why = "connection refused" if "refused" in str(err).lower() else type(err).__name__
+    deadline = time.monotonic() + float(os.environ.get(SERVER_WAIT_ENV, SERVER_WAIT_S))
+    while True:
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=(10, 60))
+            return
+        except requests.exceptions.ConnectionError as err:
+            if "refused" in str(err).lower() and time.monotonic() < deadline:
+                time.sleep(1.0)
+                continue
+            why = "connection refused" if "refused" in str(err).lower() else type(err).__name__
+        except requests.exceptions.RequestException as err:
+            why = type(err).__name__
         raise StoreError(
             f"MLflow tracking server {redacted(uri)} does not answer ({why}); start it "
             "(`sibeatgan server`) or point MLFLOW_TRACKING_URI at a running one"
