@@ -178,12 +178,14 @@ def test_served_champion_detector_answers_posted_beats(repro, project, tmp_path,
     from sibeatgan.detection.serve import post_beats, served
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
-    decision = json.loads((project / "metrics" / "promotion.json").read_text())
-    local = resolve_detector(str(project / "models" / decision["champion_role"]))
+    # the registry's champion, not models/<role>: `mlflow run` (an earlier test) registers a
+    # student of its own, and the alias may have moved to it since `dvc repro` promoted
+    uri = "models:/sibeatgan-detector@champion"
+    local = resolve_detector(uri)
     x, cls = load_prepared(project / "data" / "prepared").part(TEST, 1)
     pick = np.r_[np.flatnonzero(cls == 0)[:24], np.flatnonzero(cls > 0)[:8]]
     beats = x[pick, 0]
-    with served("models:/sibeatgan-detector@champion", tmp_path / "server.log", 180) as url:
+    with served(uri, tmp_path / "server.log", 180) as url:
         answer = post_beats(url, beats)
         strict = post_beats(url, beats, threshold="alarm_0.01")
     scores, heat = local.run(beats)

@@ -399,6 +399,32 @@ def decile_table(out: Path) -> str:
     return "\n".join(lines)
 
 
+SELECTIONS = (  # (label, the val column that picks the epoch, the test column then read)
+    ("eval mode, running statistics (ours)", "val_auc_eval", "test_auc_eval"),
+    ("the official's: train-mode val, test after a val pass", "val_auc_train", "test_auc_official"),
+    ("statistics recomputed on train beats", "val_auc_bn", "test_auc_bn"),
+    ("statistics recomputed on val N beats", "val_auc_valn", "test_auc_valn"),
+)
+
+
+def selection_table(out: Path) -> str:
+    """Per run and scoring mode: the epoch the val figure picks and the test AUC it then reads
+    (markdown); a mode a run did not record is left out."""
+    lines = ["| run | epochs | scoring and selection | picked epoch | val | test |"]
+    lines.append("|---|---|---|---|---|---|")
+    for path in sorted(out.glob("*.csv")):
+        rows = read_rows(path)
+        for label, val, test in SELECTIONS:
+            if val not in rows.dtype.names or not np.isfinite(rows[val]).any():
+                continue
+            i = int(np.nanargmax(rows[val]))
+            lines.append(
+                f"| {path.stem} | {len(rows)} | {label} | {int(rows['epoch'][i])} "
+                f"| {rows[val][i]:.4f} | {rows[test][i]:.4f} |"
+            )
+    return "\n".join(lines)
+
+
 def plot(out: Path) -> Path:
     import matplotlib
 
@@ -448,6 +474,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=WORK)
     if sys.argv[1:2] == ["report"]:
         print(decile_table(OUT))
+        print()
+        print(selection_table(OUT))
         print(plot(OUT))
         return
     args = ap.parse_args()
