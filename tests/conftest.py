@@ -195,14 +195,20 @@ def model_dir(prepared, tmp_path_factory) -> Path:
 
     from sibeatgan.data.preprocess import load_prepared
     from sibeatgan.data.split import VAL
+    from sibeatgan.evaluation.scores import Models
     from sibeatgan.io import save_state_dict
-    from sibeatgan.models import Generator
+    from sibeatgan.models import Discriminator, Generator
     from sibeatgan.pipeline.stages import write_detector
 
     folder = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
     g = Generator(1, prepared.model.nz, prepared.model.width).eval()
+    d = Discriminator(1, prepared.model.width).eval()
     save_state_dict(folder / "G.pt", g.state_dict())
+    save_state_dict(folder / "D.pt", d.state_dict())
     x, cls = load_prepared(prepared.data.prepared_dir).part(VAL, 1)
-    write_detector(folder, g, prepared.model.width, prepared, x, cls, role="teacher", run_id="r")
+    models = Models(g, d)
+    write_detector(
+        folder, models, prepared.model.width, prepared, x, cls, role="teacher", run_id="r"
+    )
     return folder

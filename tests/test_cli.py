@@ -77,3 +77,13 @@ def test_a_stopped_training_ends_its_mlflow_run_as_killed(mlflow_store, tmp_path
     assert done.returncode != 0 and "KeyboardInterrupt" in done.stderr
     run_id = done.stdout.split()[-1]
     assert MlflowClient(mlflow_store).get_run(run_id).info.status == "KILLED"
+
+
+def test_an_unknown_score_is_one_line_naming_the_known_ones(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  prepared_dir: {tmp_path / 'none'}\n")
+    args = ["train-teacher", "--params", str(params), "-S", "train.score=msee"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "unknown anomaly score 'msee'; known: mse, latent" in result.output
+    assert not (tmp_path / "none").exists()

@@ -5,6 +5,7 @@ nothing is written; no network is built at a size the weights do not match."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -227,3 +228,62 @@ def test_non_finite_beats_and_scores_are_refused_not_scored(tmp_path):
             p.mul_(1e30)  # weights that overflow on these beats, after loading
     with pytest.raises(DetectorError, match="scores of 3 of 3 beats are not finite"):
         detector.run(np.full((3, 320), 0.5, np.float32))
+
+
+# ------------------------------------------------------------------ the score a detector replays
+
+
+def _with_score(model_dir: Path, tmp_path: Path, score: dict, keep_d: bool = True) -> Path:
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    if not keep_d:
+        (folder / "D.pt").unlink()
+    meta = json.loads((folder / "detector.json").read_text())
+    (folder / "detector.json").write_text(json.dumps({**meta, "score": score}))
+    return folder
+
+
+def test_training_records_the_score_it_was_fitted_with(model_dir):
+    meta = json.loads((model_dir / "detector.json").read_text())
+    assert meta["score"] == {"name": "mse", "params": {}}
+
+
+def test_a_detector_replays_a_score_that_reads_d(model_dir, tmp_path):
+    """mse_dfeat's parameters in detector.json and D.pt beside G.pt: the detector scores as
+    the table does with those networks and parameters."""
+    from sibeatgan.evaluation import scores
+    from sibeatgan.models import Discriminator
+
+    params = {"weight": 0.3, "scale_mse": 0.01, "scale_dfeat": 0.5}
+    folder = _with_score(model_dir, tmp_path, {"name": "mse_dfeat", "params": params})
+    detector = load_detector(folder / "G.pt", folder / "detector.json")
+    assert isinstance(detector.d, Discriminator) and not detector.d.training
+    beats = np.random.default_rng(0).uniform(-1, 1, (6, 320)).astype(np.float32)
+    got, heat = detector.run(beats)
+    want, _ = scores.beat_scores(
+        "mse_dfeat", scores.Models(detector.g, detector.d), beats[:, None], params
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    plain = load_detector(model_dir / "G.pt", model_dir / "detector.json")
+    assert plain.d is None and not np.allclose(got, plain.run(beats)[0])
+
+
+@pytest.mark.parametrize(
+    ("score", "keep_d", "message"),
+    [
+        ({"name": "mse_dfeat", "params": {}}, True, "lacks its parameters"),
+        ({"name": "fancy", "params": {}}, True, "unknown anomaly score 'fancy'; known: mse"),
+        (
+            {"name": "mse_dfeat", "params": {"weight": "0.3", "scale_mse": 1, "scale_dfeat": 1}},
+            True,
+            "not finite numbers",
+        ),
+        ("mse", True, 'score is "mse"'),
+        ({"name": "dfeat", "params": {}}, False, "D.pt is missing; keep D.pt beside G.pt"),
+    ],
+)
+def test_a_damaged_score_entry_is_one_line(model_dir, tmp_path, score, keep_d, message):
+    folder = _with_score(model_dir, tmp_path, score, keep_d)
+    with pytest.raises(DetectorError) as err:
+        load_detector(folder / "G.pt", folder / "detector.json")
+    assert message in str(err.value) and "\n" not in str(err.value)

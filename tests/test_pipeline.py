@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from sibeatgan.config import Params, with_overrides
 from sibeatgan.data.preprocess import run_preprocess
+from sibeatgan.evaluation import scores
 from sibeatgan.io import read_json
 from sibeatgan.pipeline.layout import Layout
 from sibeatgan.pipeline.stages import HEADLINE, evaluate, load_generator, train_model
@@ -60,6 +61,11 @@ def test_checkpoints_metrics_and_plots(trained, tmp_path):
         for key in ("test_auc", "test_ap", "test_f1", "oracle_f1", "recall_V", "threshold"):
             assert key in detail[role]
         assert headline[role] == {k: detail[role][k] for k in HEADLINE}
+        # the score the detector replays, and every score of the table beside it
+        assert detail[role]["score"] == "mse"
+        table = {(r["score"], r["record_adaptive"]): r for r in detail[role]["scores"]}
+        assert set(table) == {(n, a) for n in scores.SCORES for a in (False, True)}
+        assert table["mse", False]["test_auc"] == pytest.approx(detail[role]["test_auc"])
     assert headline["champion"] in ("teacher", "student")
 
 

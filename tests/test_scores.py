@@ -121,3 +121,23 @@ def test_record_adaptive_scores_ignore_a_records_scale_and_offset(values, scale,
 def test_record_adaptive_needs_one_record_name_per_score():
     with pytest.raises(scores.ScoreError, match="3 scores but 2 record names"):
         scores.record_adaptive(np.ones(3), np.zeros(2))
+
+
+def test_the_score_table_compares_every_score_per_beat_and_record_adaptive(models, beats):
+    from sibeatgan.evaluation.metrics import auc_ap
+
+    labels = np.arange(40) % 3 == 0
+    records = np.repeat([100, 200], 20)
+    val = scores.Scored(beats[:40:2], labels[::2].astype(int), records[::2])
+    test = scores.Scored(beats[1::2], labels[1::2].astype(int), records[1::2])
+    rows = scores.score_table(models, val, test, batch_size=8)
+    assert [(r["score"], r["record_adaptive"]) for r in rows] == [
+        (name, adaptive) for name in scores.SCORES for adaptive in (False, True)
+    ]
+    mse = scores.beat_scores("mse", models, test.x)[0]
+    assert rows[0]["test_auc"] == pytest.approx(auc_ap(test.labels, mse)[0])
+    z = scores.record_adaptive(mse, test.records)
+    assert rows[1]["test_auc"] == pytest.approx(auc_ap(test.labels, z)[0])
+    assert rows[-1]["params"].keys() == {"weight", "scale_mse", "scale_dfeat"}
+    g_only = scores.score_table(scores.Models(models.g), val, test, batch_size=8)
+    assert {r["score"] for r in g_only} == set(scores.g_only_scores())

@@ -83,8 +83,8 @@ def train_recipe(
     g, d = g.to(device), d.to(device)
     t0 = time.perf_counter()
 
-    def monitor(generator) -> dict[str, float]:
-        auc, ap = auc_ap(test_y, score(generator, test_t, p.train.score_batch_size))
+    def monitor(models) -> dict[str, float]:
+        auc, ap = auc_ap(test_y, score(models.g, test_t, p.train.score_batch_size))
         return {"test_auc": auc, "test_ap": ap, "wall_s": time.perf_counter() - t0}
 
     rows: list[dict] = []

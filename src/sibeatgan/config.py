@@ -68,6 +68,7 @@ class TrainCfg:
     w_adv: float = 1.0
     d_reset_below: float = 5e-6
     selection: str = "val_auc"
+    score: str = "mse"
     augment_copies: int = 0
     log_every: int = 50
     score_batch_size: int = 1024
@@ -316,6 +317,10 @@ def validate(p: Params) -> Params:
         (t.log_every >= 1, "train.log_every must be >= 1 (steps between logged losses)"),
         (t.score_batch_size >= 1, "train.score_batch_size must be >= 1 (e.g. 1024)"),
         (t.threads >= 0, "train.threads must be >= 0 (0 = all cores)"),
+        (
+            isinstance(t.score, str) and t.score.isidentifier(),
+            "train.score must name an anomaly score (mse, latent, dfeat, mse_dfeat)",
+        ),
         (
             p.train.selection in {"val_auc", "last", "val_recon"},
             "train.selection must be val_auc, last or val_recon",

@@ -20,13 +20,14 @@ import torch
 
 from sibeatgan.config import BEAT_LENGTH, FS, QRS_DETECTORS
 from sibeatgan.data.beats import BeatSpec
+from sibeatgan.evaluation import scores
 from sibeatgan.evaluation.metrics import best_f1_threshold
-from sibeatgan.evaluation.scoring import score_and_heat
 from sibeatgan.io import load_state_dict, read_json
-from sibeatgan.models import Generator
+from sibeatgan.models import Discriminator, Generator
 
 DETECTOR_FILE = "detector.json"
 WEIGHTS_FILE = "G.pt"
+D_WEIGHTS_FILE = "D.pt"  # shipped with a detector whose score reads D's features
 DETECTOR_KIND = "sibeatgan-beat-detector"
 # false-alarm rates on val N beats that get a threshold of their own (`detect --alarm-rate`)
 ALARM_RATES = (0.01, 0.05)
@@ -147,7 +148,29 @@ def validate_meta(meta: Any, where: Path) -> dict:
     for name, value in meta["thresholds"].items():
         if not THRESHOLD.ok(value) or value < 0:
             _refuse(where, f"thresholds.{name}", value, THRESHOLD.accepts)
+    _check_score(where, meta.get("score", DEFAULT_SCORE))
     return meta
+
+
+# a detector.json without "score" (older models) scores as these were trained: mse
+DEFAULT_SCORE = {"name": "mse", "params": {}}
+
+
+def _check_score(where: Path, value: Any) -> None:
+    """detector.json's score: a name in the scores table and the parameters it was fitted
+    with on val (finite)."""
+    if not isinstance(value, dict) or not isinstance(value.get("params"), dict):
+        _refuse(where, "score", value, 'an object {"name": ..., "params": {...}}')
+    try:
+        scores.check_params(value.get("name"), value["params"])
+    except scores.ScoreError as err:
+        raise DetectorError(f"{where}: {err} ({FIX})") from None
+
+
+def meta_score(meta: dict) -> tuple[str, dict[str, float]]:
+    """The anomaly score a detector replays, and its parameters."""
+    entry = meta.get("score", DEFAULT_SCORE)
+    return entry["name"], dict(entry["params"])
 
 
 def alarm_key(rate: float) -> str:
@@ -167,9 +190,16 @@ def thresholds_on_val(val_classes: np.ndarray, val_scores: np.ndarray) -> dict[s
 
 
 def detector_meta(
-    nc: int, nz: int, width: int, preprocess: dict, thresholds: dict, **about: Any
+    nc: int,
+    nz: int,
+    width: int,
+    preprocess: dict,
+    thresholds: dict,
+    score: dict | None = None,
+    **about: Any,
 ) -> dict:
-    """The contents of detector.json; `about` adds provenance (role, run id, data key)."""
+    """The contents of detector.json; `score` is {"name", "params"} (default: mse); `about`
+    adds provenance (role, run id, data key)."""
     return {
         "kind": DETECTOR_KIND,
         "nc": nc,
@@ -179,6 +209,7 @@ def detector_meta(
         "beat_length": preprocess["before"] + preprocess["after"],
         "preprocess": dataclasses.asdict(BeatSpec.from_dict(preprocess)),  # what detect replays
         "thresholds": thresholds,
+        "score": score or DEFAULT_SCORE,
         **about,
     }
 
@@ -187,6 +218,11 @@ def detector_meta(
 class Detector:
     g: Generator
     meta: dict
+    d: Discriminator | None = None  # loaded only for a score that reads D's features
+
+    @property
+    def score_name(self) -> str:
+        return meta_score(self.meta)[0]
 
     @property
     def beat_length(self) -> int:
@@ -235,38 +271,65 @@ class Detector:
                 f"{bad:,} of {len(beats):,} beats hold NaN or infinite values (a gap in the "
                 "record?); beats must be finite, normalised to [-1, 1]"
             )
-        scores, heat = score_and_heat(self.g, beats, batch_size)
-        if not np.isfinite(scores).all():
+        name, params = meta_score(self.meta)
+        found, heat = scores.beat_scores(
+            name, scores.Models(self.g, self.d), beats, params, batch_size
+        )
+        if not np.isfinite(found).all():
             raise DetectorError(
-                f"the model's scores of {int((~np.isfinite(scores)).sum()):,} of {len(scores):,} "
+                f"the model's scores of {int((~np.isfinite(found)).sum()):,} of {len(found):,} "
                 "beats are not finite (weights that overflow on them); train the model again"
             )
-        return scores, heat
+        return found, heat
 
 
-def load_detector(weights: Path, meta_file: Path) -> Detector:
-    """A detector from its two files, each checked before use: detector.json against SCHEMA,
-    the weights (loaded as plain tensors: nothing runs) against the shapes of the network it
-    describes, before that network is built at its real size, and finite."""
+def load_detector(weights: Path, meta_file: Path, d_weights: Path | None = None) -> Detector:
+    """A detector from its files, each checked before use: detector.json against SCHEMA, the
+    weights (loaded as plain tensors: nothing runs) against the shapes of the network it
+    describes, before that network is built at its real size, and finite. D's weights
+    (`d_weights`, default D.pt beside G.pt) are read only when the score needs them."""
     meta = validate_meta(read_json(meta_file), meta_file)
     nc, nz, width = meta["nc"], meta["nz"], meta["width"]
-    expected = expected_state(nc, nz, width)
-    described = f"the network {meta_file.name} describes (nc {nc}, nz {nz}, width {width})"
-    _check_size(weights, expected, described)
-    state = load_state_dict(weights)
-    check_weights(state, expected, weights, described)
-    g = Generator(nc, nz, width)
-    g.load_state_dict(state)
-    detector = Detector(g.eval(), meta)
+    g = _checked_network(Generator, (nc, nz, width), weights, meta_file)
+    d = None
+    if scores.score_def(meta_score(meta)[0]).needs_d:
+        d = load_discriminator(d_weights or weights.parent / D_WEIGHTS_FILE, meta, meta_file)
+    detector = Detector(g.eval(), meta, d)
     _check_plain_beat(detector, weights)
     return detector
 
 
-def expected_state(nc: int, nz: int, width: int) -> dict[str, torch.Tensor]:
-    """Names, shapes and dtypes of G's parameters and buffers, on the meta device: nothing is
-    allocated, whatever the width."""
+def load_discriminator(d_weights: Path, meta: dict, meta_file: Path) -> Discriminator:
+    """D of the network `meta` describes, from `d_weights` checked as G's are (eval mode)."""
+    if not d_weights.is_file():
+        raise DetectorError(
+            f"{meta_file}: the score {meta_score(meta)[0]!r} reads D's features and "
+            f"{d_weights} is missing; keep {D_WEIGHTS_FILE} beside {WEIGHTS_FILE}"
+        )
+    d = _checked_network(Discriminator, (meta["nc"], meta["width"]), d_weights, meta_file)
+    return d.eval()
+
+
+def _checked_network(kind: type, shape: tuple[int, ...], weights: Path, meta_file: Path):
+    """`kind(*shape)` with the weights of `weights`, checked first (size, names, shapes, finite)."""
+    names = ("nc", "nz", "width") if kind is Generator else ("nc", "width")
+    what = "network" if kind is Generator else "discriminator"
+    sizes = ", ".join(f"{k} {v}" for k, v in zip(names, shape, strict=True))
+    described = f"the {what} {meta_file.name} describes ({sizes})"
+    expected = expected_state(kind, *shape)
+    _check_size(weights, expected, described)
+    state = load_state_dict(weights)
+    check_weights(state, expected, weights, described)
+    net = kind(*shape)
+    net.load_state_dict(state)
+    return net
+
+
+def expected_state(kind: type, *shape: int) -> dict[str, torch.Tensor]:
+    """Names, shapes and dtypes of a network's parameters and buffers, on the meta device:
+    nothing is allocated, whatever the width."""
     with torch.device("meta"):
-        return Generator(nc, nz, width).state_dict()
+        return kind(*shape).state_dict()
 
 
 def _check_size(weights: Path, expected: dict[str, torch.Tensor], described: str) -> None:

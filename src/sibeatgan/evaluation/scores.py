@@ -134,7 +134,7 @@ SCORES: dict[str, Score] = {
 def score_def(name: str, models: Models | None = None) -> Score:
     """The table's entry for `name`; one line naming the known scores if there is none, or if
     the score needs D and `models` has none."""
-    if name not in SCORES:
+    if not isinstance(name, str) or name not in SCORES:
         raise ScoreError(f"unknown anomaly score {name!r}; known: {', '.join(SCORES)}")
     entry = SCORES[name]
     if models is not None and entry.needs_d and models.d is None:
@@ -155,11 +155,11 @@ def check_params(name: str, params: Mapping[str, float]) -> Params:
     missing = [k for k in entry.params if k not in params]
     if missing:
         raise ScoreError(f"score {name!r} lacks its parameters {missing}; fit them on val")
-    out = {k: float(params[k]) for k in entry.params}
-    bad = [k for k, v in out.items() if not np.isfinite(v)]
+    number = lambda v: isinstance(v, int | float) and not isinstance(v, bool)  # noqa: E731
+    bad = [k for k in entry.params if not number(params[k]) or not np.isfinite(params[k])]
     if bad:
-        raise ScoreError(f"score {name!r}: parameters {bad} are not finite")
-    return out
+        raise ScoreError(f"score {name!r}: parameters {bad} are not finite numbers")
+    return {k: float(params[k]) for k in entry.params}
 
 
 @torch.no_grad()
@@ -212,6 +212,20 @@ def beat_scores(
     return combine(name, parts, params or {}), parts["heat"]
 
 
+def fitted_on_val(
+    name: str,
+    models: Models,
+    val_x: torch.Tensor | np.ndarray,
+    val_labels: np.ndarray,
+    batch_size: int = 1024,
+) -> tuple[Params, np.ndarray, np.ndarray]:
+    """Score `name` fitted on val: its parameters, the val beats' scores, and their mean squared
+    reconstruction error (the `val_recon` selection reads it whatever the score)."""
+    parts = score_parts(name, models, val_x, batch_size)
+    params = fit(name, parts, val_labels)
+    return params, combine(name, parts, params), parts["heat"].mean(1)
+
+
 # ------------------------------------------------------------------ record-adaptive scoring
 
 MAD_TO_SD = 1.4826  # the MAD of a normal distribution times this is its standard deviation
@@ -234,3 +248,44 @@ def record_adaptive(scores: np.ndarray, records: np.ndarray) -> np.ndarray:
         spread = spread if spread > 0 else max(abs(median) * 1e-6, 1e-12)
         out[mask] = (s - median) / spread
     return out.astype(np.float32)
+
+
+@dataclass
+class Scored:
+    """Beats of one part (val or test) with what the score table needs of them."""
+
+    x: torch.Tensor | np.ndarray
+    labels: np.ndarray  # 1 = abnormal
+    records: np.ndarray
+
+
+def score_table(models: Models, val: Scored, test: Scored, batch_size: int = 1024) -> list[dict]:
+    """Every score of the table that `models` can compute, fitted on val: val and test AUC per
+    beat and record-adaptive (each beat's robust z among its record's beats of the same part;
+    it uses other beats of the record, so it is never the published per-beat protocol)."""
+    rows, computed = [], {}
+    for name, entry in SCORES.items():
+        if entry.needs_d and models.d is None:
+            continue
+        if entry.parts not in computed:  # scores that share their parts compute them once
+            computed[entry.parts] = [
+                score_parts(name, models, part.x, batch_size) for part in (val, test)
+            ]
+        val_parts, test_parts = computed[entry.parts]
+        params = fit(name, val_parts, val.labels)
+        val_s = combine(name, val_parts, params)
+        test_s = combine(name, test_parts, params)
+        for adaptive in (False, True):
+            v, t = val_s, test_s
+            if adaptive:
+                v, t = record_adaptive(v, val.records), record_adaptive(t, test.records)
+            rows.append(
+                {
+                    "score": name,
+                    "record_adaptive": adaptive,
+                    "params": params,
+                    "val_auc": auc_ap(val.labels, v)[0],
+                    "test_auc": auc_ap(test.labels, t)[0],
+                }
+            )
+    return rows

@@ -21,10 +21,21 @@ from sibeatgan.config import (
 )
 from sibeatgan.data.preprocess import Prepared, load_prepared, prepared_key
 from sibeatgan.data.split import TEST, TRAIN, VAL
-from sibeatgan.evaluation import figures
-from sibeatgan.evaluation.detector import DETECTOR_FILE, detector_meta, thresholds_on_val
+from sibeatgan.evaluation import figures, scores
+from sibeatgan.evaluation.detector import (
+    D_WEIGHTS_FILE,
+    DETECTOR_FILE,
+    WEIGHTS_FILE,
+    Detector,
+    detector_meta,
+    load_detector,
+    load_discriminator,
+    meta_score,
+    thresholds_on_val,
+)
 from sibeatgan.evaluation.metrics import detection_report, pr_points, roc_points
-from sibeatgan.evaluation.scoring import pick_device, score
+from sibeatgan.evaluation.scores import Models
+from sibeatgan.evaluation.scoring import pick_device
 from sibeatgan.io import (
     OutputError,
     StoreError,
@@ -144,7 +155,7 @@ def train_model(
     layout: Layout = DEFAULT_LAYOUT,
     teacher_dir: Path | None = None,
     use_active_run: bool = False,
-    monitor: Callable[[Generator], dict[str, float]] | None = None,
+    monitor: Callable[[Models], dict[str, float]] | None = None,
     resume: bool = True,
     replace_other: bool = False,
 ) -> dict:
@@ -157,7 +168,8 @@ def train_model(
     differs) unless `replace_other`. One process at a time trains into a folder: a second one
     stops at once. The prepared data are locked for reading meanwhile: `preprocess` cannot
     replace them under the training (nor start while it runs). A tracking store that cannot
-    be used stops it before any work."""
+    be used stops it before any work, and so does an unknown `train.score`."""
+    scores.score_def(p.train.score)
     out = layout.model_dir(role)
     tracking.setup()
     ensure_writable(out, layout.metrics_dir, layout.plots_dir)
@@ -177,7 +189,7 @@ def _train_locked(
     layout: Layout,
     teacher_dir: Path | None,
     use_active_run: bool,
-    monitor: Callable[[Generator], dict[str, float]] | None,
+    monitor: Callable[[Models], dict[str, float]] | None,
     resume: bool,
     replace_other: bool,
 ) -> dict:
@@ -242,7 +254,8 @@ def _train_locked(
         d.load_state_dict(result.d_state)
         save_state_dict(out / "G.pt", result.g_state)
         save_state_dict(out / "D.pt", result.d_state)
-        write_detector(out, g, width, p, val_x, val_cls, role=role, run_id=run.info.run_id)
+        models = Models(g, d)
+        write_detector(out, models, width, p, val_x, val_cls, role=role, run_id=run.info.run_id)
         write_csv(
             layout.plot(f"{role}_history.csv"),
             {k: [r[k] for r in result.history] for k in result.history[0]},
@@ -293,16 +306,20 @@ def _train_locked(
 
 def write_detector(
     out: Path,
-    g: Generator,
+    models: Models,
     width: int,
     p: Params,
     val_x: np.ndarray,
     val_cls: np.ndarray,
     **about: str,
 ) -> None:
-    """detector.json beside G.pt: what `sibeatgan detect` and the served model need besides
-    the weights, with the flagging thresholds chosen on val now."""
-    val_scores = score(g, val_x, p.train.score_batch_size)
+    """detector.json beside G.pt (and D.pt): what `sibeatgan detect` and the served model need
+    besides the weights: the anomaly score with its parameters and the flagging thresholds,
+    both chosen on val now."""
+    name = p.train.score
+    params, val_scores, _ = scores.fitted_on_val(
+        name, models, val_x, (val_cls > 0).astype(int), p.train.score_batch_size
+    )
     thresholds = thresholds_on_val(val_cls, val_scores)
     meta = detector_meta(
         p.data.channels,
@@ -310,6 +327,7 @@ def write_detector(
         width,
         p.to_dict()["preprocess"],
         thresholds,
+        score={"name": name, "params": params},
         data_key=prepared_key(p),
         **about,
     )
@@ -371,11 +389,11 @@ def evaluate(p: Params, layout: Layout = DEFAULT_LAYOUT, roles: tuple[str, ...] 
 
 def _evaluate_locked(p: Params, layout: Layout, roles: tuple[str, ...]) -> dict:
     device = pick_device()
-    generators = {}
+    detectors = {}
     for role in roles:  # every model is checked and loaded before anything is written
         model_dir = layout.model_dir(role)
         check_model_data(model_dir, trained_model_info(model_dir, role), p, role)
-        generators[role] = load_generator(model_dir, device, role)
+        detectors[role] = load_detector(model_dir / WEIGHTS_FILE, model_dir / DETECTOR_FILE)
     tracking.setup()
     ensure_writable(layout.metrics_dir, layout.plots_dir)
     set_threads(p)
@@ -383,11 +401,17 @@ def _evaluate_locked(p: Params, layout: Layout, roles: tuple[str, ...]) -> dict:
     nc = p.data.channels
     val_x, val_cls = data.part(VAL, nc)
     test_x, test_cls = data.part(TEST, nc)
-    reports, curves, failures = {}, {}, []
-    for role, g in generators.items():
-        val_s = score(g, val_x, p.train.score_batch_size)
-        test_s = score(g, test_x, p.train.score_batch_size)
+    val = scores.Scored(val_x, (val_cls > 0).astype(int), data.records[data.split == VAL])
+    test = scores.Scored(test_x, (test_cls > 0).astype(int), data.records[data.split == TEST])
+    reports, curves, failures, tables = {}, {}, [], {}
+    for role, detector in detectors.items():
+        models = _models_on(detector, layout.model_dir(role), device)
+        name, params = meta_score(detector.meta)
+        bs = p.train.score_batch_size
+        val_s = scores.beat_scores(name, models, val_x, params, bs)[0]
+        test_s = scores.beat_scores(name, models, test_x, params, bs)[0]
         report = detection_report(val_cls, val_s, test_cls, test_s)
+        tables[role] = scores.score_table(models, val, test, bs)
         test_y = (test_cls > 0).astype(int)
         roc = roc_points(test_y, test_s, p.evaluate.curve_points)
         pr = pr_points(test_y, test_s, p.evaluate.curve_points)
@@ -404,7 +428,15 @@ def _evaluate_locked(p: Params, layout: Layout, roles: tuple[str, ...]) -> dict:
         curves[role] = {"roc": roc, "pr": pr, "auc": report["test_auc"], "ap": report["test_ap"]}
         failures.append(_log_to_training_run(layout.model_dir(role), report, [hist]))
     figure = figures.detection_curves(curves, layout.plot("roc_pr.png"))
-    write_json(layout.metrics("evaluate_detail"), reports)
+    detail = {
+        role: {
+            **r,
+            "score": meta_score(detectors[role].meta)[0],
+            "scores": _json_rows(tables[role]),
+        }
+        for role, r in reports.items()
+    }
+    write_json(layout.metrics("evaluate_detail"), detail)
     for role in roles:
         failures.append(_log_to_training_run(layout.model_dir(role), {}, [figure]))
     decision = register_and_promote(p, layout, reports)
@@ -418,6 +450,21 @@ def _evaluate_locked(p: Params, layout: Layout, roles: tuple[str, ...]) -> dict:
             "evaluate` again"
         )
     return reports
+
+
+def _models_on(detector: Detector, model_dir: Path, device: torch.device) -> Models:
+    """The detector's networks on `device`, with D (from D.pt, when the folder has it) even
+    when its own score reads G only: the score table compares every score."""
+    d = detector.d
+    if d is None and (model_dir / D_WEIGHTS_FILE).is_file():
+        d = load_discriminator(model_dir / D_WEIGHTS_FILE, detector.meta, model_dir / DETECTOR_FILE)
+    return Models(detector.g.to(device).eval(), d.to(device).eval() if d is not None else None)
+
+
+def _json_rows(rows: list[dict]) -> list[dict]:
+    """Score-table rows for JSON: an AUC that does not exist (one class only) is null."""
+    nan = lambda v: isinstance(v, float) and v != v  # noqa: E731
+    return [{k: None if nan(v) else v for k, v in row.items()} for row in rows]
 
 
 def _log_to_training_run(model_dir: Path, values: dict, figures: list[Path]) -> str:

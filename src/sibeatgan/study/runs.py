@@ -35,6 +35,7 @@ from sibeatgan.config import ConfigError, Params, apply_overrides, role_train, w
 from sibeatgan.data.fetch import ensure_records
 from sibeatgan.data.preprocess import Prepared, ensure_prepared
 from sibeatgan.data.split import TEST, VAL
+from sibeatgan.evaluation import scores
 from sibeatgan.evaluation.metrics import detection_report
 from sibeatgan.evaluation.scoring import score
 from sibeatgan.io import UnsafeFileError, load_state_dict, read_json, state_digest, write_json
@@ -195,14 +196,17 @@ def variant_params(base: Params, variant: str, seed: int, fold: int, split: str,
     return p
 
 
-def epoch_monitor(p: Params, data: Prepared) -> Callable[[Generator], dict[str, float]]:
-    """Per-epoch detection figures on val and test for the model being trained."""
+def epoch_monitor(p: Params, data: Prepared) -> Callable[[scores.Models], dict[str, float]]:
+    """Per-epoch detection figures on val and test for the model being trained, with the
+    run's anomaly score (`train.score`) fitted on val."""
     val_x, val_cls = data.part(VAL, p.data.channels)
     test_x, test_cls = data.part(TEST, p.data.channels)
+    name, bs = p.train.score, p.train.score_batch_size
 
-    def monitor(g: Generator) -> dict[str, float]:
-        bs = p.train.score_batch_size
-        report = detection_report(val_cls, score(g, val_x, bs), test_cls, score(g, test_x, bs))
+    def monitor(models: scores.Models) -> dict[str, float]:
+        params, val_s, _ = scores.fitted_on_val(name, models, val_x, val_cls > 0, bs)
+        test_s, _ = scores.beat_scores(name, models, test_x, params, bs)
+        report = detection_report(val_cls, val_s, test_cls, test_s)
         return {k: float("nan") if report[k] is None else float(report[k]) for k in REPORT_KEYS}
 
     return monitor

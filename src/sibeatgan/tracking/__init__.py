@@ -341,7 +341,12 @@ def log_figure_files(paths: list[Path]) -> None:
 def log_detector(folder: Path) -> str:
     """Log the detector in `folder` (G.pt + detector.json) as an MLflow pyfunc model from code
     (tracking/detector_model.py), with a signature that says what a beat is; return its URI."""
-    from sibeatgan.evaluation.detector import DETECTOR_FILE, WEIGHTS_FILE, load_detector
+    from sibeatgan.evaluation.detector import (
+        D_WEIGHTS_FILE,
+        DETECTOR_FILE,
+        WEIGHTS_FILE,
+        load_detector,
+    )
     from sibeatgan.tracking import detector_model
 
     detector = load_detector(folder / WEIGHTS_FILE, folder / DETECTOR_FILE)
@@ -362,6 +367,12 @@ def log_detector(folder: Path) -> str:
             artifacts={
                 "generator": str(folder / WEIGHTS_FILE),
                 "detector": str(folder / DETECTOR_FILE),
+                # D ships with a detector whose score reads D's features
+                **(
+                    {"discriminator": str(folder / D_WEIGHTS_FILE)}
+                    if detector.d is not None
+                    else {}
+                ),
             },
             signature=signature,
             input_example=example,

@@ -179,8 +179,11 @@ def _json(body: bytes) -> Any:
 
 class BeatDetectorModel(PythonModel):
     def load_context(self, context) -> None:
+        d_weights = context.artifacts.get("discriminator")
         self.detector: Detector = load_detector(
-            Path(context.artifacts["generator"]), Path(context.artifacts["detector"])
+            Path(context.artifacts["generator"]),
+            Path(context.artifacts["detector"]),
+            Path(d_weights) if d_weights else None,
         )
         if SERVER_APP in sys.modules:  # loaded by `mlflow models serve`, while it starts
             guard_scoring_server(self.detector)

@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from sibeatgan.config import TrainCfg
 from sibeatgan.data.augment import time_warp
+from sibeatgan.evaluation import scores
 from sibeatgan.evaluation.metrics import auc_ap
-from sibeatgan.evaluation.scoring import score
 from sibeatgan.models import Discriminator, Generator, init_weights
 from sibeatgan.training import state as train_state
 from sibeatgan.training.distill import Distiller
@@ -135,7 +135,7 @@ class Hooks:
 
     on_step: StepCallback | None = None
     on_epoch: EpochCallback | None = None
-    monitor: Callable[[Generator], dict[str, float]] | None = None
+    monitor: Callable[[scores.Models], dict[str, float]] | None = None
 
 
 @dataclass
@@ -194,6 +194,7 @@ def fit(
 ) -> FitResult:
     """Train G and D; score val each epoch (with the EMA of G when `cfg.ema` > 0); return the
     state dicts of the epoch chosen by `cfg.selection`."""
+    scores.score_def(cfg.score)  # an unknown score stops here, before any training
     hooks, checkpoint = hooks or Hooks(), checkpoint or Checkpoint()
     rng = np.random.default_rng([seed, 7])
     torch.manual_seed(seed)
@@ -361,18 +362,21 @@ def _validate(
     """The epoch's row: val AUC/AP and val-N error of the scored generator, time, mean losses."""
     n_batches = int(sums.pop("batches"))
     train_time = time.perf_counter() - t0
-    val_scores = score(game.scored, val_t, cfg.score_batch_size)
+    models = scores.Models(game.scored, game.d if scores.score_def(cfg.score).needs_d else None)
+    _, val_scores, val_recon = scores.fitted_on_val(
+        cfg.score, models, val_t, val_y, cfg.score_batch_size
+    )
     val_auc, val_ap = auc_ap(val_y, val_scores)
     return {
         "epoch": epoch,
         "val_auc": val_auc,
         "val_ap": val_ap,
-        "val_recon_n": float(val_scores[val_y == 0].mean()),
+        "val_recon_n": float(val_recon[val_y == 0].mean()),
         "epoch_time_s": time.perf_counter() - t0,
         "train_samples_per_s": n_batches * cfg.batch_size / train_time,
         "lr": game.sched_g.get_last_lr()[0],
         **{k: v / max(n_batches, 1) for k, v in sums.items()},
-        **(hooks.monitor(game.scored) if hooks.monitor else {}),
+        **(hooks.monitor(scores.Models(game.scored, game.d)) if hooks.monitor else {}),
     }
 
 
