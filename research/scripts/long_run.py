@@ -34,6 +34,8 @@ import argparse
 import copy
 import importlib
 import json
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -47,12 +49,11 @@ from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, TensorDataset
 
 from sibeatgan.config import load_params
+from sibeatgan.data.preprocess import load_prepared, prepared_key
 from sibeatgan.data.split import TEST, TRAIN, VAL
 from sibeatgan.evaluation.metrics import auc_ap
 from sibeatgan.io import atomic_path, read_json, write_csv, write_json
 from sibeatgan.models import build_models
-from sibeatgan.pipeline.stages import load_checked
-from sibeatgan.study.runs import git_commit
 from sibeatgan.training import loop
 from sibeatgan.training import state as train_state
 
@@ -71,6 +72,8 @@ SWITCHES = {
 }
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+DEVICE = torch.device("cpu")  # where the run trains and scores (--device)
+EAGER = "SIBEATGAN_CUDA_GRAPHS"  # "0": the loop's eager step on a GPU
 
 
 # ---------------------------------------------------------------- scoring of one epoch
@@ -83,8 +86,8 @@ def mse_scores(forward: Forward, x: torch.Tensor, batch: int, order=None) -> np.
     out = torch.empty(len(x))
     for start in range(0, len(x), batch):
         sel = idx[start : start + batch]
-        xb = x[sel]
-        out[sel] = (forward(xb) - xb).pow(2).flatten(1).mean(1)
+        xb = x[sel].to(DEVICE)
+        out[sel] = (forward(xb) - xb).pow(2).flatten(1).mean(1).cpu()
     return out.numpy()
 
 
@@ -126,7 +129,8 @@ def epoch_figures(
 
 def recompute_bn(g: torch.nn.Module, call: Forward, x: torch.Tensor) -> None:
     """Set g's BatchNorm running statistics to their averages over `x` (then eval mode)."""
-    update_bn(DataLoader(TensorDataset(x), batch_size=OFFICIAL_BATCH), _Unpack(g, call))
+    loader = DataLoader(TensorDataset(x), batch_size=OFFICIAL_BATCH)
+    update_bn(loader, _Unpack(g, call), device=DEVICE)
     g.eval()
 
 
@@ -155,7 +159,9 @@ def loss_figures(steps: list[dict[str, float]], resets: int) -> dict[str, float]
 
 def fold_sets(p, seed: int, limit: int = 0) -> dict:
     """Train, val and test beats of the prepared fold (the first `limit` of each: a smoke test)."""
-    data = load_checked(p)
+    data = load_prepared(p.data.prepared_dir)
+    if data.meta.get("key") != prepared_key(p):
+        raise SystemExit(f"{p.data.prepared_dir} was prepared with other params: preprocess")
     nc = p.data.channels
     cut = slice(None, limit or None)
     train_x, _ = data.part(TRAIN, nc)
@@ -234,10 +240,20 @@ def run_ours(args) -> None:
     p = load_params("params.yaml", overrides)
     torch.set_num_threads(max(p.train.threads, 1))
     apply_switches(args.switch)
+    # D's re-initialisations, counted where they happen (on a GPU the loop reads the step
+    # losses only every train.log_every steps, so they cannot be counted from on_step)
+    d_resets, reset_adam = [0], loop.reset_adam_state
+
+    def counted_reset(opt) -> None:
+        d_resets[-1] += 1
+        reset_adam(opt)
+
+    loop.reset_adam_state = counted_reset
     sets = fold_sets(p, p.seed, args.limit)
     start = _start(args, {"overrides": overrides, "switches": args.switch})
     rows = Rows(args.name, args.out, start)
     g, d = build_models(p.data.channels, p.model.nz, p.model.width, p.seed)
+    g, d = g.to(DEVICE), d.to(DEVICE)
     if "double_bn" in args.switch:
         for m in g.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -251,11 +267,12 @@ def run_ours(args) -> None:
     def on_step(step: int, losses: dict[str, float]) -> None:
         steps.append({k.removeprefix("loss_"): v for k, v in losses.items()})
 
-    def monitor(generator) -> dict[str, float]:
-        return epoch_figures(generator, lambda m, x: m(x), sets, rng)
+    def monitor(models) -> dict[str, float]:
+        return epoch_figures(models.g, lambda m, x: m(x), sets, rng)
 
     def on_epoch(row: dict) -> None:
-        resets = sum(s["d"] < p.train.d_reset_below for s in steps)
+        resets = d_resets.pop()
+        d_resets.append(0)
         out = {"epoch": row["epoch"], "epoch_time_s": row["epoch_time_s"]}
         ends = ("_eval", "_train", "_official", "_bn", "_valn", "_selfbn")
         out |= {k: row[k] for k in row if k.endswith(ends)}
@@ -292,7 +309,7 @@ def run_official(args) -> None:
     torch.set_num_threads(args.threads)
     p = load_params("params.yaml", list(args.set))
     sets = fold_sets(p, args.seed, args.limit)
-    device = torch.device("cpu")
+    device = DEVICE
     work = args.work / args.name
     opt = SimpleNamespace(
         nc=p.data.channels, nz=50, ndf=32, ngf=32, isize=320, ngpu=1, batchsize=OFFICIAL_BATCH,
@@ -449,12 +466,22 @@ def plot(out: Path) -> Path:
 # ---------------------------------------------------------------- command line
 
 
+def git_commit() -> str | None:
+    """HEAD (SIBEATGAN_COMMIT where the tree travelled without its .git), "-dirty" if changed."""
+    if os.environ.get("SIBEATGAN_COMMIT"):
+        return os.environ["SIBEATGAN_COMMIT"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "diff", "HEAD", "--quiet"], capture_output=True).returncode
+    return head.stdout.strip() + ("-dirty" if dirty else "") if head.returncode == 0 else None
+
+
 def _start(args, extra: dict) -> dict:
     words = sys.argv[1:]
     if "--code" in words:  # where the official code lies here is nobody's business
         words[words.index("--code") + 1] = "PATH"
     info = {"name": args.name, "loop": args.loop, "command": " ".join(words)}
     info |= {"commit": git_commit(), "threads": torch.get_num_threads(), **extra}
+    info["device"] = str(DEVICE) if DEVICE.type == "cpu" else torch.cuda.get_device_name(DEVICE)
     old = args.out / f"{args.name}.json"
     return {**(read_json(old) if old.exists() else {}), **info, "finished": False}
 
@@ -472,6 +499,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="only the first N beats of each part")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--work", type=Path, default=WORK)
+    ap.add_argument("--device", default="cpu", help="where to train and score (cpu, cuda)")
     if sys.argv[1:2] == ["report"]:
         print(decile_table(OUT))
         print()
@@ -481,7 +509,16 @@ def main() -> None:
     args = ap.parse_args()
     if args.loop == "official" and args.code is None:
         ap.error("official needs --code (the official experiments/ecg folder)")
-    (run_ours if args.loop == "ours" else run_official)(args)
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    try:
+        (run_ours if args.loop == "ours" else run_official)(args)
+    except RuntimeError as e:  # a failed CUDA-graph capture: again eagerly, in a fresh process
+        if args.loop != "ours" or DEVICE.type != "cuda" or os.environ.get(EAGER) == "0":
+            raise
+        print(f"{args.name}: the graphed step failed ({e}); starting again eagerly", flush=True)
+        os.environ[EAGER] = "0"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
 
 
 if __name__ == "__main__":
