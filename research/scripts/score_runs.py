@@ -1,0 +1,107 @@
+"""Every named score on a freshly trained teacher: one run of the default recipe (params.yaml),
+then the score table (`sibeatgan.evaluation.scores.score_table`: every score, fitted on val,
+per beat and record-adaptive, val and test AUC) on its selected weights.
+
+    python research/scripts/score_runs.py intra-fold3-seed0 --out DIR [--device cuda] [-S ...]
+    python research/scripts/score_runs.py inter-seed1 --out DIR
+
+Writes DIR/RUN.json (the split, fold, seed, selected epoch, per-epoch val AUC and the table's
+rows) and, with --keep-weights, DIR/RUN/G.pt and D.pt (state dicts). Prepared data go to
+DATA/prepared/<key> (one per preprocess/split config, made once even when runs start
+together). Imports no MLflow: it runs where only torch and the scientific stack are installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from sibeatgan.config import load_params, role_train
+from sibeatgan.data.preprocess import ensure_prepared, load_prepared
+from sibeatgan.data.split import TEST, TRAIN, VAL
+from sibeatgan.evaluation import scores
+from sibeatgan.io import save_state_dict, write_json
+from sibeatgan.models import build_models
+from sibeatgan.training.loop import Checkpoint, FitData, fit
+
+
+def run_overrides(run: str) -> list[str]:
+    """`intra-fold3-seed0` or `inter-seed1` as params overrides."""
+    words = run.split("-")
+    split = words[0]
+    if split not in ("intra", "inter"):
+        raise SystemExit(f"unknown run {run!r}: intra-foldN-seedS or inter-seedS")
+    fold = next((int(w[4:]) for w in words if w.startswith("fold")), 0)
+    seed = next((int(w[4:]) for w in words if w.startswith("seed")), 0)
+    return [f"data.split={split}", f"data.fold={fold}", f"seed={seed}"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--data", type=Path, default=Path("outputs/score-runs"))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--keep-weights", action="store_true")
+    ap.add_argument("-S", "--set", action="append", default=[], help="params override")
+    args = ap.parse_args()
+    p = load_params("params.yaml", [*run_overrides(args.run), *args.set])
+    if p.train.threads > 0:
+        torch.set_num_threads(p.train.threads)
+    t0 = time.perf_counter()
+    p = ensure_prepared(p, args.data)
+    data = load_prepared(p.data.prepared_dir)
+    nc = p.data.channels
+    train_x, _ = data.part(TRAIN, nc)
+    val_x, val_cls = data.part(VAL, nc)
+    test_x, test_cls = data.part(TEST, nc)
+    prep_s = time.perf_counter() - t0
+    device = torch.device(args.device)
+    g, d = build_models(nc, p.model.nz, p.model.width, p.seed)
+    g, d = g.to(device), d.to(device)
+    val_y = (val_cls > 0).astype(int)
+    result = fit(g, d, FitData(train_x, val_x, val_y), role_train(p, "teacher"), p.seed,
+                 checkpoint=Checkpoint(), desc=args.run)  # fmt: skip
+    g.load_state_dict(result.g_state)
+    d.load_state_dict(result.d_state)
+    g.eval(), d.eval()
+    models = scores.Models(g, d)
+    records = data.records
+    val = scores.Scored(torch.from_numpy(val_x), val_y, records[data.split == VAL])
+    test = scores.Scored(torch.from_numpy(test_x), (test_cls > 0).astype(int),
+                         records[data.split == TEST])  # fmt: skip
+    rows = scores.score_table(models, val, test, p.train.score_batch_size)
+    nan = lambda v: isinstance(v, float) and math.isnan(v)  # noqa: E731
+    out = {
+        "run": args.run,
+        "split": p.data.split,
+        "fold": p.data.fold,
+        "seed": p.seed,
+        "epochs": p.train.epochs,
+        "best_epoch": result.best_epoch,
+        "val_auc_per_epoch": [r["val_auc"] for r in result.history],
+        "d_resets": result.d_resets,
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "commit": os.environ.get("SIBEATGAN_COMMIT"),
+        "prepare_s": prep_s,
+        "train_s": result.train_time_s,
+        "rows": [{k: None if nan(v) else v for k, v in r.items()} for r in rows],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / f"{args.run}.json", out)
+    if args.keep_weights:
+        (args.out / args.run).mkdir(exist_ok=True)
+        save_state_dict(args.out / args.run / "G.pt", result.g_state)
+        save_state_dict(args.out / args.run / "D.pt", result.d_state)
+    best = {(r["score"], r["record_adaptive"]): r["test_auc"] for r in rows}
+    print(f"{args.run}: epoch {result.best_epoch}, mse {best[('mse', False)]:.4f}, "
+          f"mse adaptive {best[('mse', True)]:.4f}", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
