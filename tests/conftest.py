@@ -206,9 +206,11 @@ def model_dir(prepared, tmp_path_factory) -> Path:
     d = Discriminator(1, prepared.model.width).eval()
     save_state_dict(folder / "G.pt", g.state_dict())
     save_state_dict(folder / "D.pt", d.state_dict())
-    x, cls = load_prepared(prepared.data.prepared_dir).part(VAL, 1)
+    data = load_prepared(prepared.data.prepared_dir)
+    x, cls = data.part(VAL, 1)
+    records = data.records[data.split == VAL]
     models = Models(g, d)
     write_detector(
-        folder, models, prepared.model.width, prepared, x, cls, role="teacher", run_id="r"
+        folder, models, prepared.model.width, prepared, x, cls, records, role="teacher", run_id="r"
     )
     return folder

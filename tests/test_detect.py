@@ -18,7 +18,13 @@ from sibeatgan.cli import main
 from sibeatgan.data.preprocess import load_prepared
 from sibeatgan.detection.model import resolve_detector
 from sibeatgan.detection.records import read_for_detection
-from sibeatgan.evaluation.detector import ALARM_RATES, alarm_key, thresholds_on_val
+from sibeatgan.evaluation import scores as scores_mod
+from sibeatgan.evaluation.detector import (
+    ALARM_RATES,
+    adaptive_thresholds_on_val,
+    alarm_key,
+    thresholds_on_val,
+)
 from sibeatgan.io import read_json
 
 
@@ -38,12 +44,15 @@ def test_detect_beats_are_the_beats_preprocess_makes(prepared, model_dir, synthe
         np.testing.assert_array_equal(rec.beats.x, data.beats[mine][:, :1])
 
 
-@pytest.mark.parametrize("fs", [360, 250])
-def test_detect_writes_csv_summary_and_report(model_dir, tmp_path, fs):
+@pytest.mark.parametrize(("fs", "scoring"), [(360, "auto"), (250, "adaptive"), (360, "beat")])
+def test_detect_writes_csv_summary_and_report(model_dir, tmp_path, fs, scoring):
     symbols = synthetic_symbols(60, seed=5)
     samples = write_record(tmp_path / "in", "rec", symbols, seconds=61, seed=5, fs=fs)
     out = tmp_path / "out"
-    result = detect(str(tmp_path / "in" / "rec"), "--model", str(model_dir), "--out", str(out))
+    result = detect(
+        str(tmp_path / "in" / "rec"), "--model", str(model_dir), "--out", str(out),
+        "--scoring", scoring,
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "rec: 60 beats" in result.output and "recall" in result.output
     rows = list(csv.DictReader((out / "rec" / "beats.csv").open()))
@@ -55,12 +64,25 @@ def test_detect_writes_csv_summary_and_report(model_dir, tmp_path, fs):
     assert (
         summary["fs"] == fs and summary["beats"] == 60 and summary["beat_source"] == "annotations"
     )
+    scoring = "adaptive" if scoring == "auto" else scoring  # 60 beats: enough to adapt
+    assert summary["scoring"] == scoring
+    meta = read_json(model_dir / "detector.json")
+    units = meta["adaptive_thresholds"] if scoring == "adaptive" else meta["thresholds"]
+    name = "alarm_0.01" if scoring == "adaptive" else "val_f1"  # the defaults of each scoring
+    assert summary["threshold"] == {"name": name, "value": units[name]}
     flags = np.array([int(r["flag"]) for r in rows], bool)
     scores = np.array([float(r["score"]) for r in rows])
+    flagged_on = scores
+    if scoring == "adaptive":  # the robust z among the record's beats, computed here anew
+        median = np.median(scores)
+        flagged_on = (scores - median) / (1.4826 * np.median(np.abs(scores - median)))
+        np.testing.assert_allclose([float(r["z"]) for r in rows], flagged_on, rtol=1e-4, atol=1e-4)
+    else:
+        assert "z" not in rows[0]
     assert summary["flagged"] == flags.sum()
-    assert np.array_equal(flags, scores >= summary["threshold"]["value"] * (1 - 1e-5)) or (
-        np.abs(scores - summary["threshold"]["value"]).min() < 1e-6
-    )
+    value = summary["threshold"]["value"]
+    near = np.abs(flagged_on - value) < 1e-4  # a value at the threshold may round either way
+    assert np.array_equal(flags[~near], (flagged_on >= value)[~near])
     v = np.array([s == "V" for s in symbols])
     assert summary["classes"]["V"]["recall"] == pytest.approx(flags[v].mean())
     assert summary["classes"]["N"]["false_alarm_rate"] == pytest.approx(
@@ -68,6 +90,58 @@ def test_detect_writes_csv_summary_and_report(model_dir, tmp_path, fs):
     )
     page = (out / "rec" / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 2 and "Against the reference" in page
+    assert ("record-adaptive" in page) == (scoring == "adaptive")
+
+
+def test_adaptive_thresholds_mean_the_same_for_records_of_any_score_scale():
+    """The record-adaptive thresholds flag the asked share of val N whatever each record's
+    score level, which per-beat thresholds cannot: two patients, one scoring 10x the other."""
+    rng = np.random.default_rng(0)
+    cls = np.r_[np.zeros(4000, int), np.full(200, 2)]
+    records = np.r_[np.full(2000, 1), np.full(2000, 2), np.full(100, 1), np.full(100, 2)]
+    scale = np.where(records == 2, 10.0, 1.0)
+    scores = np.r_[rng.gamma(2, 1, 4000), rng.gamma(2, 1, 200) + 8] * scale
+    found = adaptive_thresholds_on_val(cls, scores, records)
+    z = scores_mod.record_adaptive(scores, records)
+    for rec in (1, 2):
+        normal = (cls == 0) & (records == rec)
+        assert np.mean(z[normal] >= found["alarm_0.05"]) == pytest.approx(0.05, abs=0.02)
+    per_beat = thresholds_on_val(cls, scores)
+    low = (cls == 0) & (records == 1)
+    assert np.mean(scores[low] >= per_beat["alarm_0.05"]) < 0.01, "per-beat units do not carry"
+
+
+def test_a_short_record_is_scored_per_beat_with_a_warning_unless_adaptive_is_asked(
+    model_dir, tmp_path
+):
+    write_record(tmp_path / "in", "short", ["N"] * 20, seconds=21, seed=4)
+    rec, out = str(tmp_path / "in" / "short"), tmp_path / "out"
+    result = detect(rec, "--model", str(model_dir), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "record short: scored per beat (its 20 beats are too few" in result.stderr
+    assert read_json(out / "short" / "summary.json")["scoring"] == "beat"
+    out2 = tmp_path / "out2"
+    result = detect(rec, "--model", str(model_dir), "--out", str(out2), "--scoring", "adaptive")
+    _one_line_and_nothing_written(result, out2, "record short has 20 beats", "at least 30")
+
+
+def test_a_detector_without_adaptive_thresholds_scores_per_beat_or_says_why_not(
+    model_dir, tmp_path, synthetic_mitdb
+):
+    old = tmp_path / "old"
+    shutil.copytree(model_dir, old)
+    meta = read_json(old / "detector.json")
+    del meta["adaptive_thresholds"]
+    (old / "detector.json").write_text(json.dumps(meta))
+    rec, out = str(synthetic_mitdb / "101"), tmp_path / "out"
+    result = detect(rec, "--model", str(old), "--out", str(out), "--scoring", "adaptive")
+    _one_line_and_nothing_written(result, out, "no record-adaptive thresholds", "--scoring beat")
+    result = detect(rec, "--model", str(old), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "no record-adaptive thresholds" in result.stderr
+    summary = read_json(out / "101" / "summary.json")
+    assert summary["scoring"] == "beat"
+    assert summary["threshold"]["value"] == meta["thresholds"]["val_f1"]
 
 
 def test_detect_without_annotations_finds_beats_with_the_qrs_detector(model_dir, tmp_path):
@@ -79,7 +153,7 @@ def test_detect_without_annotations_finds_beats_with_the_qrs_detector(model_dir,
     assert summary["beat_source"] == "QRS detector" and summary["classes"] is None
     assert 38 <= summary["beats"] <= 40
     header = (out / "plain" / "beats.csv").read_text().splitlines()[0]
-    assert header == "beat,sample,time_s,score,flag"
+    assert header == "beat,sample,time_s,score,z,flag"
 
 
 def test_alarm_rate_picks_the_val_false_alarm_threshold(model_dir, tmp_path, synthetic_mitdb):
@@ -91,7 +165,8 @@ def test_alarm_rate_picks_the_val_false_alarm_threshold(model_dir, tmp_path, syn
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = read_json(out / "101" / "summary.json")
-    assert summary["threshold"] == {"name": "alarm_0.05", "value": meta["thresholds"]["alarm_0.05"]}
+    value = meta["adaptive_thresholds"]["alarm_0.05"]  # detect scores record-adaptively by default
+    assert summary["threshold"] == {"name": "alarm_0.05", "value": value}
 
 
 def test_thresholds_on_val_flag_the_asked_share_of_val_n():

@@ -225,6 +225,37 @@ def test_mitbih_at_other_rates_gives_the_beats_of_360_hz(detector, tmp_path, fs)
     np.testing.assert_allclose(mine.times, theirs.times, atol=1.0 / fs + 1e-9)
 
 
+@pytest.mark.parametrize("annotated", [True, False])
+def test_record_119_with_a_nan_gap_keeps_its_beats_and_reports_the_gap(
+    detector, tmp_path, annotated
+):
+    """The issue's case: a 1.4 s NaN gap in record 119's MLII (30 minutes). Before, the QRS
+    detector found no peak in the whole record and every N beat was lost."""
+    if mitdb_dir() is None:
+        pytest.skip("needs MIT-BIH (MITDB_DIR)")
+    src = str(mitdb_dir() / "119")
+    rec = wfdb.rdrecord(src)
+    ann = wfdb.rdann(src, "atr")
+    labels = (ann.sample, ann.symbol) if annotated else (None, None)
+    sig = rec.p_signal.copy()
+    start = 600 * 360
+    sig[start : start + round(1.4 * 360), 0] = np.nan
+    mine = read_for_detection(str(write(tmp_path, "gap", sig, 360.0, *labels)), detector, "MLII")
+    clean = write(tmp_path, "clean", rec.p_signal, 360.0, *labels)
+    ref = read_for_detection(str(clean), detector, "MLII")
+    assert [(g["lead"], g["kind"]) for g in mine.gap_rows()] == [("MLII", "nan")]
+    gap = mine.gap_rows()[0]
+    assert gap["start_s"] == pytest.approx(600, abs=0.01)
+    assert gap["end_s"] - gap["start_s"] == pytest.approx(1.4, abs=0.01)
+    assert np.isfinite(mine.beats.x).all()
+    # every beat of the clean record is kept but those within a window of the gap
+    assert len(ref.beats.cls) > 1900
+    assert len(ref.beats.cls) - 6 <= len(mine.beats.cls) <= len(ref.beats.cls)
+    if annotated:
+        assert mine.beats_in_gaps == len(ref.beats.cls) - len(mine.beats.cls)
+        assert (mine.beats.cls == 0).sum() >= (ref.beats.cls == 0).sum() - 6
+
+
 @pytest.mark.parametrize(
     ("fs", "shown"), [("0", "0 Hz"), ("50", "50 Hz"), ("1000000", "1e+06 Hz"), ("0.001", "0.001")]
 )

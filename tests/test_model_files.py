@@ -97,6 +97,16 @@ META_FAULTS = {
     "threshold < 0": (_threshold("val_f1", -0.5), ["thresholds.val_f1 is -0.5", ">= 0"]),
     "threshold text": (_threshold("alarm_0.05", "0.1"), ["thresholds.alarm_0.05", "number"]),
     "no val_f1": (lambda m: m["thresholds"].pop("val_f1"), ["thresholds", "val_f1"]),
+    "adaptive NaN": (
+        _set("adaptive_thresholds", {"val_f1": float("nan")}),
+        ["adaptive_thresholds.val_f1 is NaN", "finite number (a robust z-score)"],
+    ),
+    "adaptive text": (
+        _set("adaptive_thresholds", {"val_f1": 1.0, "alarm_0.01": "3"}),
+        ["adaptive_thresholds.alarm_0.01", "finite number"],
+    ),
+    "adaptive list": (_set("adaptive_thresholds", [2.0]), ["adaptive_thresholds is [2.0]"]),
+    "adaptive no val_f1": (_set("adaptive_thresholds", {}), ["adaptive_thresholds is {}"]),
     "no nz": (lambda m: m.pop("nz"), ["nz is missing", "1-1024"]),
     "huge width": (_set("width", 20_000), ["width is 20000", "1-1024"]),
     "width true": (_set("width", True), ["width is true", "integer"]),

@@ -51,6 +51,9 @@ def test_checkpoints_metrics_and_plots(trained, tmp_path):
         detector = read_json(layout.model_dir(role) / "detector.json")
         assert detector["role"] == role and detector["preprocess"]["before"] == 140
         assert set(detector["thresholds"]) == {"val_f1", "alarm_0.01", "alarm_0.05"}
+        adaptive = detector["adaptive_thresholds"]  # robust z: val beats within their records
+        assert set(adaptive) == set(detector["thresholds"])
+        assert adaptive["alarm_0.05"] < adaptive["alarm_0.01"]
         assert layout.plot(f"{role}_history.csv").read_text().startswith("epoch,val_auc")
         assert layout.plot(f"{role}_roc.csv").read_text().startswith("fpr,tpr")
         assert layout.plot(f"{role}_scores.png").stat().st_size > 1000

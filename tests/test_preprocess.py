@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 
 from sibeatgan.config import with_overrides
-from sibeatgan.data.preprocess import ARRAYS, load_prepared, prepared_key, run_preprocess
-from sibeatgan.io import read_json
+from sibeatgan.data.preprocess import (
+    ARRAYS,
+    PreparedDataError,
+    load_prepared,
+    prepared_key,
+    run_preprocess,
+)
+from sibeatgan.io import read_json, save_npy, write_json
 
 
 def digests(folder):
@@ -50,3 +56,76 @@ def test_missing_record_is_a_clear_error(tiny_params):
 def test_load_prepared_without_data_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="sibeatgan preprocess"):
         load_prepared(tmp_path / "nothing")
+
+
+def _write_prepared(folder, **changes):
+    """A small valid prepared folder, with `changes` to its arrays."""
+    rng = np.random.default_rng(0)
+    n = 12
+    arrays = {
+        "beats": rng.uniform(-1, 1, (n, 2, 320)).astype(np.float32),
+        "classes": np.zeros(n, np.int8),
+        "records": np.full(n, 100, np.int16),
+        "samples": np.arange(n, dtype=np.int32) * 400,
+        "split": np.arange(n, dtype=np.int8) % 3,
+    }
+    for name, change in changes.items():
+        arrays[name] = change(arrays[name])
+    folder.mkdir()
+    for name, a in arrays.items():
+        save_npy(folder / f"{name}.npy", a)
+    write_json(folder / "meta.json", {"key": "x"})
+
+
+def _set(index, value):
+    def change(a):
+        a = a.copy()
+        a[index] = value
+        return a
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"beats": _set((3, 0, 10), np.nan)}, r"beats.npy holds 1 NaN or infinite"),
+        ({"beats": _set((0, 1, 0), np.inf)}, r"beats.npy holds 1 NaN or infinite"),
+        ({"beats": _set((5, 0, 7), 3.5)}, r"outside the \[-1, 1\] of normalised beats"),
+        ({"beats": lambda a: a[:, 0]}, r"beats.npy has shape \(12, 320\)"),
+        ({"beats": lambda a: a.astype(np.int32)}, r"dtype int32"),
+        ({"classes": lambda a: a[:-1]}, r"classes.npy has shape \(11,\) for 12 beats"),
+        ({"split": lambda a: np.concatenate([a, a])}, r"split.npy has shape \(24,\) for 12"),
+        ({"classes": _set(2, 9)}, r"classes.npy holds values outside 0-4"),
+        ({"split": _set(0, -1)}, r"split.npy holds values outside 0-2"),
+    ],
+)
+def test_damaged_prepared_arrays_are_one_line_naming_the_fix(tmp_path, changes, message):
+    folder = tmp_path / "prepared"
+    _write_prepared(folder, **changes)
+    with pytest.raises(PreparedDataError, match=message) as err:
+        load_prepared(folder)
+    assert "run `sibeatgan preprocess` again" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_valid_prepared_arrays_load(tmp_path):
+    _write_prepared(tmp_path / "prepared")
+    assert load_prepared(tmp_path / "prepared").beats.shape == (12, 2, 320)
+
+
+def test_preprocess_writes_nothing_non_finite(tiny_params, tmp_path, monkeypatch):
+    """A record whose signal holds NaN must not reach the prepared arrays."""
+    from sibeatgan.data import preprocess
+
+    real = preprocess.normalise
+
+    def with_nan(x):
+        out = real(x)
+        out[0, 0, 0] = np.nan
+        return out
+
+    monkeypatch.setattr(preprocess, "normalise", with_nan)
+    with pytest.raises(PreparedDataError, match="NaN or infinite"):
+        run_preprocess(tiny_params)
+    assert not (tmp_path / "prepared" / "beats.npy").exists()

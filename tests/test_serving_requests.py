@@ -31,16 +31,20 @@ from sibeatgan.tracking.detector_model import (
 )
 
 THRESHOLDS = {"val_f1": 0.05, "alarm_0.01": 0.2, "alarm_0.05": 0.1}
+ADAPTIVE = {"val_f1": 2.0, "alarm_0.01": 4.0, "alarm_0.05": 3.0}  # robust z units
 MARK = 0.123456789  # a value whose text must never come back in an error
 JSON = "application/json"
 
 
-def write_detector(folder: Path) -> Path:
+def write_detector(folder: Path, adaptive: dict | None = ADAPTIVE) -> Path:
     """A detector folder (untrained width-4 G, detector.json): serving mechanics only."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     save_state_dict(folder / "G.pt", Generator(1, 8, 4).eval().state_dict())
-    meta = detector_meta(1, 8, 4, Params().to_dict()["preprocess"], dict(THRESHOLDS), role="t")
+    preprocess = Params().to_dict()["preprocess"]
+    meta = detector_meta(
+        1, 8, 4, preprocess, dict(THRESHOLDS), adaptive_thresholds=adaptive, role="t"
+    )
     (folder / "detector.json").write_text(json.dumps(meta))
     return folder
 
@@ -169,6 +173,61 @@ def test_good_requests_are_scored_at_the_threshold_asked(server, model):
         assert answer["flag"] == [bool(s >= THRESHOLDS[name]) for s in scores]
 
 
+def test_record_adaptive_requests_flag_by_robust_z_among_the_beats_sent(server, model):
+    x = np.random.default_rng(1).uniform(-1, 1, (40, 320)).astype(np.float32)
+    x[:5] *= 0.2  # a few beats unlike the rest
+    scores, _ = model.detector.run(x)
+    z = scores_z(scores)
+    asked = [
+        ({"record_adaptive": True}, "alarm_0.01"),  # the default when adaptive
+        ({"record_adaptive": True, "threshold": "val_f1"}, "val_f1"),
+    ]
+    for params, name in asked:
+        response = post(server, json.dumps({"inputs": x.tolist(), "params": params}))
+        assert response.status_code == 200, response.text[:500]
+        answer = response.json()["predictions"]
+        np.testing.assert_allclose(answer["score"], scores, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(answer["z"], z, rtol=1e-4, atol=1e-4)
+        assert answer["threshold"] == {"name": name, "value": ADAPTIVE[name]}
+        assert answer["flag"] == [bool(v >= ADAPTIVE[name]) for v in answer["z"]]
+        assert answer["record_adaptive"] is True
+    plain = post(server, json.dumps({"inputs": x.tolist(), "params": {"record_adaptive": False}}))
+    assert "z" not in plain.json()["predictions"]
+    assert plain.json()["predictions"]["threshold"]["value"] == THRESHOLDS["val_f1"]
+
+
+def scores_z(scores: np.ndarray) -> np.ndarray:
+    """Robust z, computed here independently: (s - median) / (1.4826 MAD)."""
+    median = np.median(scores)
+    return (scores - median) / (1.4826 * np.median(np.abs(scores - median)))
+
+
+@pytest.mark.parametrize(
+    ("params", "n", "message"),
+    [
+        ({"record_adaptive": True}, 29, "has 29 beats; record-adaptive scoring needs at least 30"),
+        ({"record_adaptive": "yes"}, 40, "record_adaptive must be true or false"),
+        ({"record_adaptive": 1}, 40, "record_adaptive must be true or false"),
+    ],
+)
+def test_bad_record_adaptive_requests_are_one_line(model, params, n, message):
+    x = np.random.default_rng(2).uniform(-1, 1, (n, 320)).astype(np.float32)
+    with pytest.raises(RequestError, match=message) as err:
+        model.predict(None, x, params)
+    assert "\n" not in err.value.reason and err.value.status == 400
+
+
+def test_record_adaptive_needs_a_detector_with_adaptive_thresholds(tmp_path):
+    folder = write_detector(tmp_path / "old", adaptive=None)
+    old = BeatDetectorModel()
+    old.detector = load_detector(folder / "G.pt", folder / "detector.json")
+    x = np.random.default_rng(3).uniform(-1, 1, (40, 320)).astype(np.float32)
+    with pytest.raises(RequestError, match="no record-adaptive thresholds") as err:
+        old.predict(None, x, {"record_adaptive": True})
+    assert "\n" not in err.value.reason and err.value.status == 400
+    assert len(old.predict(None, x, {})["score"]) == 40, "per-beat scoring still works"
+
+
 def test_a_failing_model_is_a_500_without_its_trace(model, monkeypatch):
     """The guard in front of the scoring server: the model's own failure is logged, and
     answered without stack trace or input."""
@@ -185,6 +244,18 @@ def test_a_failing_model_is_a_500_without_its_trace(model, monkeypatch):
     assert "boom" not in answer.response and str(MARK)[:6] not in answer.response
     refused = scoring_server.invocations(b"[]", JSON, None, None)
     assert refused.status == 400 and "JSON object" in json.loads(refused.response)["message"]
+
+
+def test_fifty_thousand_beats_are_refused_before_any_is_scored(model, monkeypatch):
+    """The issue's request: 50,000 beats ran 60 s into a 504 at 1.7 GB."""
+    monkeypatch.setattr(model.detector, "run", lambda *a, **k: pytest.fail("scored"))
+    x = np.zeros((50_000, 320), np.float32)
+    with pytest.raises(RequestError, match="50,000 beats in the request; send 1 to 4,096"):
+        model.predict(None, x, {})
+    body = b'{"inputs": [' + b",".join([b"[" + b"0.1," * 319 + b"0.1]"] * 50_000) + b"]}"
+    with pytest.raises(RequestError, match="split it") as err:
+        check_request(body, JSON, model.detector)
+    assert err.value.status == 413
 
 
 def test_max_beats_are_accepted_and_one_more_refused(model):
@@ -216,13 +287,14 @@ def beat_inputs(draw) -> tuple[object, bool]:
     else:
         seed = draw(st.integers(0, 2**16))
         rows = np.random.default_rng(seed).uniform(-1, 1, (n, width)).tolist()
-    odd = []
+    cells = {}  # the odd value each cell ends with (a later draw may overwrite a cell)
     if n and width and n <= 7:
         for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2, 3]))):
             value = draw(st.sampled_from(ODD_VALUES) | st.floats(-1, 1) | st.floats(allow_nan=True))
             i, j = draw(st.integers(0, n - 1)), draw(st.integers(0, width - 1))
             rows[i][j] = value
-            odd.append(value)
+            cells[i, j] = value
+    odd = list(cells.values())
     ok_cells = all(
         isinstance(v, int | float) and not isinstance(v, bool) and abs(v) <= 1.001 for v in odd
     )  # abs(nan) <= 1.001 is False
@@ -334,4 +406,4 @@ def test_raw_requests_are_checked_as_the_server_reads_them(
     assert valid, "accepted an invalid request"
     event("accepted")
     assert checked.beats.dtype == np.float32 and checked.beats.shape == (len(x), 320)
-    assert checked.threshold == name
+    assert checked.flagging.threshold == name and not checked.flagging.adaptive

@@ -248,8 +248,19 @@ def promote(p: Params) -> None:
     "--alarm-rate",
     type=click.Choice(["0.01", "0.05"]),
     default=None,
-    help="Flag with the threshold that raised this false-alarm rate on val N beats, instead "
-    "of the threshold that maximised F1 on val.",
+    help="Flag with the threshold that raised this false-alarm rate on val N beats. Default: "
+    "0.01 when scoring record-adaptively, else the threshold that maximised F1 on val.",
+)
+@click.option(
+    "--scoring",
+    type=click.Choice(["auto", "adaptive", "beat"]),
+    default="auto",
+    show_default=True,
+    help="adaptive: flag a beat by its robust z-score among the record's beats (median and "
+    "MAD, no labels), with thresholds chosen on val in those units, which mean the same for "
+    "every patient (needs 30 beats or more); beat: by its score alone, in the units of the "
+    "training patients (the published protocol's); auto: adaptive where the record and the "
+    "model allow it, else per beat with a warning.",
 )
 @params_file_option(
     "Parameter file naming the registered detector (registry.detector_name); its defaults "
@@ -261,6 +272,7 @@ def detect(
     out: Path,
     lead: str,
     alarm_rate: str | None,
+    scoring: str,
     params_path: str,
 ) -> None:
     """Score, flag and explain every beat of WFDB RECORDs (paths such as data/mitdb/100, any
@@ -268,8 +280,11 @@ def detect(
     annotations (.atr) when it has them, else (and after annotations cut short) from the QRS
     detector; filter, windows and normalisation are those of the model's training. Gaps
     (missing values, a lead flat for 2 s or more) are left out and reported; the stretches
-    between them are analysed each on its own. Writes OUT/<record>/: beats.csv (sample, time,
-    score, flag, and the reference label when annotated), summary.json (beats, flagged, gaps,
+    between them are analysed each on its own. A beat is flagged by its robust z-score among
+    the record's beats (record-adaptive: the default for records of 30 beats or more) or by
+    its score (--scoring beat).
+    Writes OUT/<record>/: beats.csv (sample, time, score, z when adaptive, flag, and the
+    reference label when annotated), summary.json (beats, flagged, gaps,
     per-class recall and the N false-alarm rate when annotated) and report.html (the record
     with flagged beats and gaps marked, and the top flagged beats with their reconstruction
     and per-tick error), for every record of the call or, when one fails, for none."""
@@ -286,6 +301,7 @@ def detect(
             float(alarm_rate) if alarm_rate else None,
             echo=click.echo,
             warn=functools.partial(click.echo, err=True),
+            scoring=scoring,
         )
     except USER_ERRORS as err:
         raise click.ClickException(str(err)) from err

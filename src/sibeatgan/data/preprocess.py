@@ -102,7 +102,9 @@ def _preprocess_locked(p: Params, metrics_path: str | Path | None) -> dict:
     check_parts_disjoint(records, samples, split)
 
     out = Path(p.data.prepared_dir)
-    for name, arr in zip(ARRAYS, (beats, classes, records, samples, split), strict=True):
+    arrays = dict(zip(ARRAYS, (beats, classes, records, samples, split), strict=True))
+    check_prepared(arrays, out)  # nothing non-finite is written (a record with a NaN stretch)
+    for name, arr in arrays.items():
         save_npy(out / f"{name}.npy", arr)
     counts = {c: int(np.sum(classes == i)) for i, c in enumerate(CLASSES)}
     sizes = {
@@ -124,7 +126,41 @@ def _preprocess_locked(p: Params, metrics_path: str | Path | None) -> dict:
     return summary
 
 
+class PreparedDataError(ValueError):
+    """Prepared arrays that cannot be what `preprocess` wrote; the message names the fix."""
+
+
+def check_prepared(arrays: dict[str, np.ndarray], where: Path) -> None:
+    """Refuse arrays a training must not read: beats that are not [n, leads, L] floats in
+    [-1, 1] (normalised, finite), per-beat arrays of another length, unknown classes or parts."""
+    beats = arrays["beats"]
+    fix = f"the prepared data in {where} are damaged: run `sibeatgan preprocess` again"
+    if beats.ndim != 3 or beats.dtype.kind != "f" or len(beats) == 0:
+        raise PreparedDataError(
+            f"beats.npy has shape {beats.shape} and dtype {beats.dtype}, not n x leads x "
+            f"samples floats; {fix}"
+        )
+    bad = int(beats.size - np.count_nonzero(np.isfinite(beats)))
+    if bad:
+        raise PreparedDataError(f"beats.npy holds {bad} NaN or infinite values; {fix}")
+    if beats.min() < -1.0001 or beats.max() > 1.0001:
+        raise PreparedDataError(
+            f"beats.npy holds values in [{beats.min():.4g}, {beats.max():.4g}], outside the "
+            f"[-1, 1] of normalised beats; {fix}"
+        )
+    for name in ARRAYS[1:]:
+        a = arrays[name]
+        if a.shape != (len(beats),):
+            raise PreparedDataError(f"{name}.npy has shape {a.shape} for {len(beats)} beats; {fix}")
+    ranges = {"classes": len(CLASSES), "split": len(SPLIT_NAMES)}
+    for name, n in ranges.items():
+        a = arrays[name]
+        if a.dtype.kind not in "iu" or a.min() < 0 or a.max() >= n:
+            raise PreparedDataError(f"{name}.npy holds values outside 0-{n - 1}; {fix}")
+
+
 def load_prepared(prepared_dir: str | Path) -> Prepared:
+    """The prepared data of `prepared_dir`, checked (`check_prepared`) before any use."""
     d = Path(prepared_dir)
     missing = [n for n in ARRAYS if not (d / f"{n}.npy").exists()]
     if missing or not (d / "meta.json").exists():
@@ -133,6 +169,7 @@ def load_prepared(prepared_dir: str | Path) -> Prepared:
             "run `sibeatgan preprocess` (or `dvc repro preprocess`) first"
         )
     arrays = {n: load_npy(d / f"{n}.npy") for n in ARRAYS}
+    check_prepared(arrays, d)
     return Prepared(**arrays, meta=read_json(d / "meta.json"))
 
 

@@ -109,12 +109,17 @@ def explanation(beats: np.ndarray, recs: np.ndarray, heat: np.ndarray, titles: l
     return png(fig)
 
 
-def score_timeline(times: np.ndarray, scores: np.ndarray, flags: np.ndarray, threshold: float):
+def score_timeline(
+    times: np.ndarray, scores: np.ndarray, flags: np.ndarray, threshold: float, unit: str = ""
+):
+    """The flagged values per beat against time (a log axis for scores, linear for z)."""
     fig, ax = plt.subplots(figsize=(14, 2.2))
     ax.scatter(times[~flags], scores[~flags], s=3, color="grey", label="beat")
     ax.scatter(times[flags], scores[flags], s=5, color="red", label="flagged")
     ax.axhline(threshold, color="red", lw=0.8, ls="--", label="threshold")
-    ax.set(xlabel="time (s)", ylabel="anomaly score", yscale="log")
+    positive = bool((scores > 0).all()) and threshold > 0
+    ylabel = f"anomaly score{f' ({unit})' if unit else ''}"
+    ax.set(xlabel="time (s)", ylabel=ylabel, yscale="log" if positive else "linear")
     ax.legend(fontsize=7, loc="upper right")
     return png(fig)
 
@@ -155,6 +160,7 @@ def write_html(path: Path, summary: dict, images: dict[str, str], top_rows: list
         ["beats", f"{s['beats']} ({s['beat_source']})"],
         ["flagged", f"{s['flagged']} ({100 * s['flagged_fraction']:.1f}%)"],
         ["threshold", f"{s['threshold']['name']} = {s['threshold']['value']:.5g}"],
+        ["scoring", "record-adaptive (robust z)" if s.get("scoring") == "adaptive" else "per beat"],
         ["model", f"{s['model']['spec']} ({s['model'].get('role', '?')})"],
     ]
     classes = s.get("classes") or {}

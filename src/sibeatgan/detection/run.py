@@ -25,11 +25,12 @@ from tqdm import tqdm
 from sibeatgan.detection import report
 from sibeatgan.detection.model import resolve_detector
 from sibeatgan.detection.records import RecordError, RecordInput, class_figures, read_for_detection
-from sibeatgan.evaluation.detector import Detector, DetectorError
+from sibeatgan.evaluation.detector import MIN_ADAPTIVE_BEATS, Detector, DetectorError
 from sibeatgan.io import ensure_writable, exclusive_folder, write_csv, write_json
 
 SCORE_BATCH = 512
 STAGING_PREFIX = ".detect-staging-"  # a call's records until they are all written
+ADAPTIVE, PER_BEAT, AUTO = "adaptive", "beat", "auto"  # how detect flags: see `detect`
 
 
 def _stderr(line: str) -> None:
@@ -44,12 +45,17 @@ def detect(
     alarm_rate: float | None = None,
     echo: Callable[[str], None] = print,
     warn: Callable[[str], None] = _stderr,
+    scoring: str = AUTO,
 ) -> list[dict]:
     """Detect on every record; write OUT/<record>/{beats.csv, summary.json, report.html} for
-    all of them or none; return the summaries."""
+    all of them or none; return the summaries. `scoring`: ADAPTIVE flags a beat by its robust
+    z-score among its record's beats (a threshold in the same units for every patient),
+    PER_BEAT by its score alone (the published protocol's units), AUTO adaptively where the
+    detector and the record allow it, else per beat with a warning saying why."""
     started = time.perf_counter()
     detector = resolve_detector(model)
-    threshold = detector.threshold(alarm_rate)
+    if scoring != PER_BEAT:  # a detector or alarm rate that cannot: one line, before any work
+        detector.threshold(alarm_rate, adaptive=scoring == ADAPTIVE)
     inputs, seconds = [], []
     for spec in records:
         t0 = time.perf_counter()
@@ -63,15 +69,21 @@ def detect(
     scored = []
     for i, rec in enumerate(inputs):
         t0 = time.perf_counter()
-        scored.append(finite_scores(detector, rec, model))
+        found, heat = finite_scores(detector, rec, model)
+        mode = record_scoring(scoring, detector, rec.name, len(found), warn)
+        flagged_on = found
+        if mode == ADAPTIVE:
+            flagged_on = detector.record_adaptive(found, f"record {rec.name}")
+        threshold = detector.threshold(alarm_rate, adaptive=mode == ADAPTIVE)
+        scored.append(((threshold, mode), (found, flagged_on, heat)))
         seconds[i] += time.perf_counter() - t0 + setup_s / len(inputs)
     summaries = []
     with exclusive_folder(out, "detect"), staging(out) as stage:
-        for rec, (scores, heat), folder, spent in zip(
+        for rec, (flagging, values), folder, spent in zip(
             inputs, scored, folders, seconds, strict=True
         ):
             t0 = time.perf_counter()
-            summary = write_record(rec, detector, model, threshold, scores, heat, stage / folder)
+            summary = write_record(rec, detector, model, flagging, values, stage / folder)
             summary["folder"] = folder
             summary["time_s"] = round(spent + time.perf_counter() - t0, 3)
             write_json(stage / folder / "summary.json", summary)
@@ -80,6 +92,28 @@ def detect(
     for summary, folder in zip(summaries, folders, strict=True):
         echo(one_line(summary, out / folder))
     return summaries
+
+
+def record_scoring(
+    scoring: str, detector: Detector, name: str, n_beats: int, warn: Callable[[str], None]
+) -> str:
+    """ADAPTIVE or PER_BEAT for one record: AUTO is adaptive where the detector has the
+    thresholds and the record enough beats, else per beat, with a warning saying why."""
+    if scoring != AUTO:
+        return scoring
+    if not detector.adaptive:
+        warn(
+            f"warning: record {name}: scored per beat (this detector has no record-adaptive "
+            "thresholds: it was trained before they existed)"
+        )
+        return PER_BEAT
+    if n_beats < MIN_ADAPTIVE_BEATS:
+        warn(
+            f"warning: record {name}: scored per beat (its {n_beats} beats are too few for "
+            f"record-adaptive scoring, which needs {MIN_ADAPTIVE_BEATS})"
+        )
+        return PER_BEAT
+    return ADAPTIVE
 
 
 def output_folders(names: list[str]) -> list[str]:
@@ -187,14 +221,16 @@ def write_record(
     rec: RecordInput,
     detector: Detector,
     model: str,
-    threshold: tuple[str, float],
-    scores: np.ndarray,
-    heat: np.ndarray,
+    flagging: tuple[tuple[str, float], str],
+    scored: tuple[np.ndarray, np.ndarray, np.ndarray],
     folder: Path,
 ) -> dict:
-    """beats.csv and report.html of one record into `folder`; its summary (not yet written)."""
-    name, value = threshold
-    flags = scores >= value
+    """beats.csv and report.html of one record into `folder`; its summary (not yet written).
+    `flagging` is the threshold and the scoring (ADAPTIVE or PER_BEAT); `scored` the beats'
+    scores, the values the threshold flags (the scores, or their record-adaptive z) and heat."""
+    (name, value), scoring = flagging
+    scores, flagged_on, heat = scored
+    flags = flagged_on >= value
     times = rec.times
     labels = rec.labels
     table = {
@@ -202,17 +238,21 @@ def write_record(
         "sample": rec.beats.sample,
         "time_s": np.round(times, 4),
         "score": scores,
+        **({"z": flagged_on} if scoring == ADAPTIVE else {}),
         "flag": flags.astype(int),
     }
     if rec.annotated:
         table["label"] = labels
     write_csv(folder / "beats.csv", table)
-    summary = record_summary(rec, detector, model, threshold, flags)
+    summary = record_summary(rec, detector, model, (name, value), flags)
+    summary["scoring"] = scoring
     images = {
-        "timeline": report.score_timeline(times, scores, flags, value),
+        "timeline": report.score_timeline(
+            times, flagged_on, flags, value, "robust z in the record" if scoring == ADAPTIVE else ""
+        ),
         "strip": report.strip_chart(rec.signal, times, flags, labels, rec.left_out_s()),
     }
-    top = [int(i) for i in np.argsort(-scores) if flags[i]][: report.TOP_BEATS]
+    top = [int(i) for i in np.argsort(-flagged_on) if flags[i]][: report.TOP_BEATS]
     top_rows = []
     if top:
         with torch.no_grad():
@@ -267,6 +307,7 @@ def one_line(s: dict, folder: Path) -> str:
     line = (
         f"{s['record']}: {s['beats']} beats, {s['flagged']} flagged "
         f"({100 * s['flagged_fraction']:.1f}%) at {s['threshold']['name']}"
+        f"{' (record-adaptive)' if s.get('scoring') == ADAPTIVE else ''}"
     )
     if s["classes"]:
         recall = ", ".join(

@@ -31,6 +31,13 @@ D_WEIGHTS_FILE = "D.pt"  # shipped with a detector whose score reads D's feature
 DETECTOR_KIND = "sibeatgan-beat-detector"
 # false-alarm rates on val N beats that get a threshold of their own (`detect --alarm-rate`)
 ALARM_RATES = (0.01, 0.05)
+# the same thresholds on the record-adaptive scale (robust z among a record's beats; absent
+# from detectors trained before it existed)
+ADAPTIVE_THRESHOLDS = "adaptive_thresholds"
+# the false-alarm rate whose threshold record-adaptive flagging uses unless told otherwise
+ADAPTIVE_DEFAULT_RATE = 0.01
+# fewer beats than this give a record's median and MAD too loosely for record-adaptive scoring
+MIN_ADAPTIVE_BEATS = 30
 
 
 # the largest networks detector.json may describe (the committed models: nz 50, width 32)
@@ -101,6 +108,8 @@ PREPROCESS_SCHEMA: dict[str, Rule] = {
     ),
 }
 THRESHOLD = Rule(_is_number, "a finite number >= 0 (a mean squared error)")
+# record-adaptive thresholds are robust z-scores within a record: any finite number
+Z_THRESHOLD = Rule(_is_number, "a finite number (a robust z-score)")
 FIX = "the file was damaged or edited: restore it or train the model again"
 WEIGHTS_FIX = "the weights were damaged or edited: restore G.pt or train the model again"
 OTHER_MODEL = "the two files are of different models: keep G.pt and detector.json of one training"
@@ -148,6 +157,12 @@ def validate_meta(meta: Any, where: Path) -> dict:
     for name, value in meta["thresholds"].items():
         if not THRESHOLD.ok(value) or value < 0:
             _refuse(where, f"thresholds.{name}", value, THRESHOLD.accepts)
+    adaptive = meta.get(ADAPTIVE_THRESHOLDS, {"val_f1": 0.0})
+    if not isinstance(adaptive, dict) or "val_f1" not in adaptive:
+        _refuse(where, ADAPTIVE_THRESHOLDS, adaptive, "an object of named thresholds with val_f1")
+    for name, value in adaptive.items():
+        if not Z_THRESHOLD.ok(value):
+            _refuse(where, f"{ADAPTIVE_THRESHOLDS}.{name}", value, Z_THRESHOLD.accepts)
     _check_score(where, meta.get("score", DEFAULT_SCORE))
     return meta
 
@@ -189,6 +204,14 @@ def thresholds_on_val(val_classes: np.ndarray, val_scores: np.ndarray) -> dict[s
     return out
 
 
+def adaptive_thresholds_on_val(
+    val_classes: np.ndarray, val_scores: np.ndarray, val_records: np.ndarray
+) -> dict[str, float]:
+    """`thresholds_on_val` on the record-adaptive scale: each val beat's robust z among the
+    val beats of its own record. In these units a threshold means the same for every patient."""
+    return thresholds_on_val(val_classes, scores.record_adaptive(val_scores, val_records))
+
+
 def detector_meta(
     nc: int,
     nz: int,
@@ -196,10 +219,13 @@ def detector_meta(
     preprocess: dict,
     thresholds: dict,
     score: dict | None = None,
+    adaptive_thresholds: dict | None = None,
     **about: Any,
 ) -> dict:
-    """The contents of detector.json; `score` is {"name", "params"} (default: mse); `about`
-    adds provenance (role, run id, data key)."""
+    """The contents of detector.json; `score` is {"name", "params"} (default: mse);
+    `adaptive_thresholds` the record-adaptive ones; `about` adds provenance (role, run id,
+    data key)."""
+    extra = {ADAPTIVE_THRESHOLDS: adaptive_thresholds} if adaptive_thresholds else {}
     return {
         "kind": DETECTOR_KIND,
         "nc": nc,
@@ -210,6 +236,7 @@ def detector_meta(
         "preprocess": dataclasses.asdict(BeatSpec.from_dict(preprocess)),  # what detect replays
         "thresholds": thresholds,
         "score": score or DEFAULT_SCORE,
+        **extra,
         **about,
     }
 
@@ -237,14 +264,42 @@ class Detector:
         """One beat as the model takes it: (length,) for one lead, (leads, length) for more."""
         return (self.beat_length,) if self.nc == 1 else (self.nc, self.beat_length)
 
-    def threshold(self, alarm_rate: float | None = None) -> tuple[str, float]:
-        """The named threshold: val F1's, or the one for a false-alarm rate on val N."""
+    @property
+    def adaptive(self) -> bool:
+        """Whether this detector holds record-adaptive thresholds."""
+        return ADAPTIVE_THRESHOLDS in self.meta
+
+    def threshold(
+        self, alarm_rate: float | None = None, adaptive: bool = False
+    ) -> tuple[str, float]:
+        """The named threshold: the one for a false-alarm rate on val N, or by default val
+        F1's (per beat) or ADAPTIVE_DEFAULT_RATE's (record-adaptive: F1 on val depends on
+        val's share of abnormal beats, which a new record does not share; on DS2 records an
+        inter-patient model's val-F1 threshold flagged 66% of N beats, the 1% one 2.7%)."""
+        if alarm_rate is None and adaptive:
+            alarm_rate = ADAPTIVE_DEFAULT_RATE
         key = "val_f1" if alarm_rate is None else alarm_key(alarm_rate)
-        known = self.meta["thresholds"]
+        if adaptive and not self.adaptive:
+            raise DetectorError(
+                "this detector has no record-adaptive thresholds (it was trained before they "
+                "existed); train it again, or score per beat (detect --scoring beat)"
+            )
+        known = self.meta[ADAPTIVE_THRESHOLDS if adaptive else "thresholds"]
         if key not in known:
             rates = ", ".join(f"{r:g}" for r in ALARM_RATES)
             raise DetectorError(f"no threshold for alarm rate {alarm_rate:g}; use one of {rates}")
         return key, float(known[key])
+
+    @staticmethod
+    def record_adaptive(found: np.ndarray, what: str = "the record") -> np.ndarray:
+        """Each beat's robust z-score among `found`, the scores of one record's beats."""
+        if len(found) < MIN_ADAPTIVE_BEATS:
+            raise DetectorError(
+                f"{what} has {len(found)} beats; record-adaptive scoring needs at least "
+                f"{MIN_ADAPTIVE_BEATS} of one record (their median and spread are its "
+                "reference): send more beats, or score per beat"
+            )
+        return scores.record_adaptive(found, np.zeros(len(found), dtype=np.int8))
 
     def beats(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Beats as G takes them, [n, nc, length] float32, from [n, length] or [n, nc, length]."""

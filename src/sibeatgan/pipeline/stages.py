@@ -27,6 +27,7 @@ from sibeatgan.evaluation.detector import (
     DETECTOR_FILE,
     WEIGHTS_FILE,
     Detector,
+    adaptive_thresholds_on_val,
     detector_meta,
     load_detector,
     load_discriminator,
@@ -255,7 +256,10 @@ def _train_locked(
         save_state_dict(out / "G.pt", result.g_state)
         save_state_dict(out / "D.pt", result.d_state)
         models = Models(g, d)
-        write_detector(out, models, width, p, val_x, val_cls, role=role, run_id=run.info.run_id)
+        val_records = data.records[data.split == VAL]
+        write_detector(
+            out, models, width, p, val_x, val_cls, val_records, role=role, run_id=run.info.run_id
+        )
         write_csv(
             layout.plot(f"{role}_history.csv"),
             {k: [r[k] for r in result.history] for k in result.history[0]},
@@ -311,16 +315,18 @@ def write_detector(
     p: Params,
     val_x: np.ndarray,
     val_cls: np.ndarray,
+    val_records: np.ndarray,
     **about: str,
 ) -> None:
     """detector.json beside G.pt (and D.pt): what `sibeatgan detect` and the served model need
     besides the weights: the anomaly score with its parameters and the flagging thresholds,
-    both chosen on val now."""
+    per beat and record-adaptive, all chosen on val now."""
     name = p.train.score
     params, val_scores, _ = scores.fitted_on_val(
         name, models, val_x, (val_cls > 0).astype(int), p.train.score_batch_size
     )
     thresholds = thresholds_on_val(val_cls, val_scores)
+    adaptive = adaptive_thresholds_on_val(val_cls, val_scores, val_records)
     meta = detector_meta(
         p.data.channels,
         p.model.nz,
@@ -328,6 +334,7 @@ def write_detector(
         p.to_dict()["preprocess"],
         thresholds,
         score={"name": name, "params": params},
+        adaptive_thresholds=adaptive,
         data_key=prepared_key(p),
         **about,
     )

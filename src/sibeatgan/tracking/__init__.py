@@ -357,8 +357,8 @@ def log_detector(folder: Path) -> str:
     output = model.predict(None, example)
     signature = infer_signature(
         example,
-        {k: v for k, v in output.items() if k != "threshold"},
-        params={"threshold": detector_model.DEFAULT_THRESHOLD},
+        {k: v for k, v in output.items() if k not in ("threshold", "record_adaptive")},
+        params={"threshold": detector_model.DEFAULT_THRESHOLD, "record_adaptive": False},
     )
     with store_errors():  # while the run is active: a full disk names its artifacts
         info = mlflow.pyfunc.log_model(

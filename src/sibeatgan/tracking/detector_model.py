@@ -3,8 +3,11 @@ is this code plus its artifacts G.pt and detector.json, no pickle). Serve it wit
 `mlflow models serve -m models:/sibeatgan-detector@champion --env-manager local` and POST beats
 (n x 320 float32, windowed and normalised as `preprocess` makes them) to /invocations; the
 answer holds per beat the score, the flag and the 320-tick error heat. The `threshold` param
-picks the flagging threshold: val_f1 (default) or alarm_0.01 / alarm_0.05 (the false-alarm
-rate on val N beats).
+picks the flagging threshold: val_f1 or alarm_0.01 / alarm_0.05 (the false-alarm rate on val
+N beats); `default` (the default) is val_f1 per beat, alarm_0.01 record-adaptively. With
+`"record_adaptive": true` the beats are taken as one record's (30 or more) and each is flagged
+by its robust z-score among them (answered as `z`), against the same-named threshold in those
+units, which mean the same for every patient.
 
 Every request is checked before it is scored (`check_params`, `check_beats`): at most
 MAX_BEATS beats of the signature's shape, finite and in [-1, 1], known params and threshold
@@ -32,10 +35,17 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
-from sibeatgan.evaluation.detector import Detector, load_detector
+from sibeatgan.evaluation.detector import (
+    ADAPTIVE_THRESHOLDS,
+    Detector,
+    DetectorError,
+    load_detector,
+)
 
-DEFAULT_THRESHOLD = "val_f1"
-PARAMS = ("threshold",)  # the params a request may name
+# the threshold param's default (MLflow's scoring server fills it in from the signature): the
+# scoring's own default, val_f1 per beat and alarm_0.01 record-adaptively
+DEFAULT_THRESHOLD = "default"
+PARAMS = ("threshold", "record_adaptive")  # the params a request may name
 MAX_BEATS = 4096  # beats per request: a few seconds of scoring on 2 cores, a ~30 MB answer
 # bytes a request may take: a float32 in JSON with its separator takes at most ~26 characters
 BYTES_PER_VALUE = 32
@@ -65,23 +75,39 @@ def _named(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def check_params(params: Any, thresholds: dict[str, float]) -> str:
-    """The threshold name a request's params pick; RequestError for an unknown param or name."""
+class Flagging(NamedTuple):
+    threshold: str  # its name
+    adaptive: bool  # the beats are one record's, flagged by their robust z among them
+    value: float
+
+
+def check_params(params: Any, detector: Detector) -> Flagging:
+    """The threshold a request's params pick, per beat or record-adaptive; RequestError for an
+    unknown param or name, or for record-adaptive scoring the detector has no thresholds for."""
     if params is None:
         params = {}
     if not isinstance(params, dict):
-        raise RequestError(
-            f'params must be an object such as {{"threshold": "{DEFAULT_THRESHOLD}"}}'
-        )
+        raise RequestError('params must be an object such as {"threshold": "alarm_0.01"}')
     unknown = [k for k in params if k not in PARAMS]
     if unknown:
         raise RequestError(f"unknown param {_named(unknown[0])}; known: {', '.join(PARAMS)}")
+    adaptive = params.get("record_adaptive", False)
+    if not isinstance(adaptive, bool):
+        raise RequestError("record_adaptive must be true or false")
+    if adaptive and not detector.adaptive:
+        raise RequestError(
+            "this detector has no record-adaptive thresholds (trained before they existed); "
+            "send record_adaptive false, or train it again"
+        )
+    thresholds = detector.meta[ADAPTIVE_THRESHOLDS if adaptive else "thresholds"]
     name = params.get("threshold", DEFAULT_THRESHOLD)
+    if name == DEFAULT_THRESHOLD:
+        name = detector.threshold(adaptive=adaptive)[0]
     if not isinstance(name, str):
         raise RequestError(f"threshold must be a name, one of: {', '.join(thresholds)}")
     if name not in thresholds:
         raise RequestError(f"unknown threshold {_named(name)}; known: {', '.join(thresholds)}")
-    return name
+    return Flagging(name, adaptive, float(thresholds[name]))
 
 
 def check_beats(beats: Any, detector: Detector) -> np.ndarray:
@@ -137,7 +163,7 @@ def _refuse_beats(bad: np.ndarray, what: str) -> None:
 class Request(NamedTuple):
     payload: dict  # the request's JSON, parsed
     beats: np.ndarray
-    threshold: str
+    flagging: Flagging
 
 
 def check_request(body: bytes, content_type: str | None, detector: Detector) -> Request:
@@ -161,8 +187,8 @@ def check_request(body: bytes, content_type: str | None, detector: Detector) -> 
         what = f"unknown key {_named(unknown[0])}" if unknown else "no inputs"
         what = "both inputs and instances" if len(given) == 2 else what
         raise RequestError(f"{what} in the request; it takes inputs (or instances) and params")
-    name = check_params(payload.get("params"), detector.meta["thresholds"])
-    return Request(payload, check_beats(payload[given[0]], detector), name)
+    flagging = check_params(payload.get("params"), detector)
+    return Request(payload, check_beats(payload[given[0]], detector), flagging)
 
 
 def _json(body: bytes) -> Any:
@@ -191,14 +217,22 @@ class BeatDetectorModel(PythonModel):
     # no type hint on model_input: MLflow would read one as an input schema; the logged
     # signature (a float32 tensor of beats) is the schema
     def predict(self, context, model_input, params: dict | None = None) -> dict:
-        known = self.detector.meta["thresholds"]
-        name = check_params(params, known)
+        flagging = check_params(params, self.detector)
         scores, heat = self.detector.run(check_beats(model_input, self.detector))
+        answer = {"score": scores}
+        flagged_on = scores
+        if flagging.adaptive:
+            try:
+                flagged_on = self.detector.record_adaptive(scores, "the request")
+            except DetectorError as err:
+                raise RequestError(str(err)) from None
+            answer["z"] = flagged_on
         return {
-            "score": scores,
-            "flag": scores >= known[name],
+            **answer,
+            "flag": flagged_on >= flagging.value,
             "heat": heat,
-            "threshold": {"name": name, "value": float(known[name])},
+            "threshold": {"name": flagging.threshold, "value": flagging.value},
+            "record_adaptive": flagging.adaptive,
         }
 
 
