@@ -27,18 +27,16 @@ export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 MITDB_DIR=data/mitdb
 export PYTHONPATH="$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 export SIBEATGAN_COMMIT=${SIBEATGAN_COMMIT:-unknown}
 py=${PYTHON:-python3}
+# shellcheck source=research/scripts/gpu_lib.sh
+. research/scripts/gpu_lib.sh
 
 if [ "$mode" = "--cpu" ]; then
     device=cpu limit=(--limit 512) extra=(-S train.threads=1)
 else
     device=cuda limit=() extra=(-S train.threads=2 -S train.log_every=50)
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$res/env.txt"
-    nvidia-cuda-mps-control -d 2>/dev/null && echo "MPS on" | tee -a "$res/env.txt" \
-        || echo "no MPS" | tee -a "$res/env.txt"
-    $py -m pip install -q --no-index --no-deps --target /tmp/site "$gpu"/wfdb-*.whl || exit 1
+    gpu_setup "$gpu" "$res" || exit 1
 fi
 if [ ! -f data/prepared/meta.json ]; then
-    mkdir -p data && tar xJf "$gpu/mitdb.tar.xz" -C data || exit 1
     $py -c "from sibeatgan.config import load_params as l
 from sibeatgan.data.preprocess import run_preprocess as r
 print(r(l('params.yaml', ['preprocess.workers=16']), '$res/preprocess.json')['class_counts'])" \
@@ -72,17 +70,6 @@ fi
 trap 'kill "${pids[@]}" 2>/dev/null' EXIT
 
 pack() { tar czf "$out/rows.tmp" -C "$res" . && mv "$out/rows.tmp" "$out/rows.tar.gz"; }
-deadline=$(( t0 + budget ))
-while [ "$(date +%s)" -lt "$deadline" ]; do
-    alive=0
-    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ $alive = 1 ] || break
-    sleep 30
-    pack
-    tail -qn1 "$res"/*.log 2>/dev/null | cut -c1-160
-done
-kill "${pids[@]}" 2>/dev/null
-wait
-pack
+run_until $(( t0 + budget )) 30 "$res"
 echo "done after $(( $(date +%s) - t0 )) s"
 for f in "$res"/*.csv; do echo "$(basename "$f"): $(( $(wc -l <"$f") - 1 )) epochs"; done

@@ -25,6 +25,8 @@ export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 MITDB_DIR=data/mitdb
 export PYTHONPATH="$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 export SIBEATGAN_COMMIT=${SIBEATGAN_COMMIT:-unknown}
 py=${PYTHON:-python3}
+# shellcheck source=research/scripts/gpu_lib.sh
+. research/scripts/gpu_lib.sh
 
 if [ "$mode" = "--cpu" ]; then
     runs="intra-fold1-seed0"
@@ -34,10 +36,7 @@ else
     runs="intra-fold0-seed0 intra-fold1-seed0 intra-fold2-seed0 intra-fold3-seed0"
     runs+=" intra-fold4-seed0 inter-seed0 inter-seed1 inter-seed2"
     extra=(--device cuda -S train.threads=2 -S train.log_every=50 -S preprocess.workers=16)
-    nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$res/env.txt"
-    nvidia-cuda-mps-control -d 2>/dev/null && echo "MPS on" | tee -a "$res/env.txt"
-    $py -m pip install -q --no-index --no-deps --target /tmp/site "$gpu"/wfdb-*.whl || exit 1
-    if [ ! -d data/mitdb ]; then mkdir -p data && tar xJf "$gpu/mitdb.tar.xz" -C data || exit 1; fi
+    gpu_setup "$gpu" "$res" || exit 1
 fi
 echo "setup took $(( $(date +%s) - t0 )) s" | tee -a "$res/env.txt"
 
@@ -59,17 +58,6 @@ pack() {
             && tar czf "$out/$(basename "$w").tar.gz" -C "$res" "$(basename "$w")"
     done
 }
-deadline=$(( t0 + budget ))
-while [ "$(date +%s)" -lt "$deadline" ]; do
-    alive=0
-    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ $alive = 1 ] || break
-    sleep 20
-    pack
-    tail -qn1 "$res"/*.log 2>/dev/null | cut -c1-150
-done
-kill "${pids[@]}" 2>/dev/null
-wait
-pack
+run_until $(( t0 + budget )) 20 "$res"
 echo "done after $(( $(date +%s) - t0 )) s"
 ls "$res"/*.json 2>/dev/null
