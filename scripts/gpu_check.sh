@@ -59,7 +59,7 @@ trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT  # no run outlives the script
 for seed in $seeds; do
     # shellcheck disable=SC2086
     sibeatgan study run teacher --seeds "$seed" --runs "$runs" --work "$work" \
-        -S train.epochs="$epochs" -S train.ema=0 -S train.threads="$threads" \
+        -S train.epochs="$epochs" -S train.ema=0 -S runtime.threads="$threads" \
         ${GPU_CHECK_OVERRIDES:-} >"$out/seed$seed.log" 2>&1 &
     pids+=($!)
     if [ ${#pids[@]} -eq 1 ]; then  # the first run prepares the data; the others then find it

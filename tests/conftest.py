@@ -99,18 +99,27 @@ def tiny_overrides(mitdb: Path, prepared: Path | str) -> list[str]:
     """A fast pipeline on the synthetic records: tiny networks, 2 epochs of batch 16 for the
     teacher and 1 more for the student (which starts from the teacher, as by default)."""
     return [
-        f"data.mitdb_dir={mitdb}",
-        f"data.prepared_dir={prepared}",
+        f"runtime.mitdb_dir={mitdb}",
+        f"runtime.beats_dir={prepared}_beats",
+        f"runtime.prepared_dir={prepared}",
         "preprocess.records=[100, 101, 103]",
-        "preprocess.workers=1",
+        "runtime.workers=1",
         "model.width=4",
         "model.nz=8",
         "train.epochs=2",
         "student.epochs=1",
         "train.batch_size=16",
-        "train.log_every=2",
-        "train.threads=1",
+        "runtime.log_every=2",
+        "runtime.threads=1",
     ]
+
+
+def prepare(p: Params) -> None:
+    """The `preprocess` and `split` stages of `p`."""
+    from sibeatgan.data.preprocess import run_preprocess, run_split
+
+    run_preprocess(p)
+    run_split(p)
 
 
 def dead_pid() -> int:
@@ -180,11 +189,9 @@ def trained_once(root: Path) -> Iterator[None]:
 def prepared(synthetic_mitdb, tmp_path_factory):
     """The tiny params and their prepared data (the synthetic records preprocessed once per
     module that asks: the detect tests')."""
-    from sibeatgan.data.preprocess import run_preprocess
-
     folder = tmp_path_factory.mktemp("prepared")
     p = with_overrides(Params(), tiny_overrides(synthetic_mitdb, folder) + PAPER_OPTIMISER)
-    run_preprocess(p)
+    prepare(p)
     return p
 
 
@@ -193,12 +200,12 @@ def model_dir(prepared, tmp_path_factory) -> Path:
     """A detector folder as training leaves it (untrained weights: detection mechanics only)."""
     import torch
 
-    from sibeatgan.data.preprocess import load_prepared
+    from sibeatgan.data.preprocess import load_data
     from sibeatgan.data.split import VAL
     from sibeatgan.evaluation.scores import Models
     from sibeatgan.io import save_state_dict
     from sibeatgan.models import Discriminator, Generator
-    from sibeatgan.pipeline.stages import write_detector
+    from sibeatgan.pipeline.train import write_detector
 
     folder = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
@@ -206,7 +213,7 @@ def model_dir(prepared, tmp_path_factory) -> Path:
     d = Discriminator(1, prepared.model.width).eval()
     save_state_dict(folder / "G.pt", g.state_dict())
     save_state_dict(folder / "D.pt", d.state_dict())
-    data = load_prepared(prepared.data.prepared_dir)
+    data = load_data(prepared)
     x, cls = data.part(VAL, 1)
     records = data.records[data.split == VAL]
     models = Models(g, d)

@@ -45,14 +45,16 @@ def test_bad_override_is_one_clear_line(tmp_path):
 
 def test_missing_data_names_the_fix(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(f"data:\n  mitdb_dir: {tmp_path / 'none'}\n")
+    params.write_text(f"runtime:\n  mitdb_dir: {tmp_path / 'none'}\n")
     result = CliRunner().invoke(main, ["preprocess", "--params", str(params)])
     assert result.exit_code == 1 and "sibeatgan fetch-data" in result.output
 
 
 def test_training_without_prepared_data_names_the_fix(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(f"data:\n  prepared_dir: {tmp_path / 'none'}\n")
+    params.write_text(
+        f"runtime:\n  beats_dir: {tmp_path / 'none'}\n  prepared_dir: {tmp_path / 'none'}\n"
+    )
     result = CliRunner().invoke(main, ["train-teacher", "--params", str(params)])
     assert result.exit_code == 1 and "sibeatgan preprocess" in result.output
 
@@ -81,9 +83,35 @@ def test_a_stopped_training_ends_its_mlflow_run_as_killed(mlflow_store, tmp_path
 
 def test_an_unknown_score_is_one_line_naming_the_known_ones(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(f"data:\n  prepared_dir: {tmp_path / 'none'}\n")
+    params.write_text(
+        f"runtime:\n  beats_dir: {tmp_path / 'none'}\n  prepared_dir: {tmp_path / 'none'}\n"
+    )
     args = ["train-teacher", "--params", str(params), "-S", "train.score=msee"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "unknown anomaly score 'msee'; known: mse, latent" in result.output
     assert not (tmp_path / "none").exists()
+
+
+def test_mlproject_parameters_are_typed_with_the_params_yaml_defaults():
+    import yaml
+    from conftest import REPO
+
+    from sibeatgan.config import load_params
+
+    spec = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["main"]
+    p = load_params(REPO / "params.yaml")
+    expected = {
+        "kd": ("bool", p.student.kd),
+        "fd": ("bool", p.student.fd),
+        "teacher_epochs": ("int", p.train.epochs),
+        "student_epochs": ("int", p.student.epochs),
+        "fold": ("int", p.data.fold),
+        "seed": ("int", p.seed),
+    }
+    for name, (kind, default) in expected.items():
+        assert spec["parameters"][name] == {"type": kind, "default": default}, name
+        assert f"{{{name}}}" in spec["command"]
+    for option, value in (("--teacher-epochs", "twelve"), ("--kd", "maybe"), ("--fold", "7")):
+        result = CliRunner().invoke(main, ["run-experiment", option, value])
+        assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from conftest import synthetic_symbols, write_record
 
 from sibeatgan.cli import main
-from sibeatgan.data.preprocess import load_prepared
+from sibeatgan.data.preprocess import load_data
 from sibeatgan.detection.model import resolve_detector
 from sibeatgan.detection.records import read_for_detection
 from sibeatgan.evaluation import scores as scores_mod
@@ -33,7 +33,7 @@ def detect(*args: str) -> object:
 
 
 def test_detect_beats_are_the_beats_preprocess_makes(prepared, model_dir, synthetic_mitdb):
-    data = load_prepared(prepared.data.prepared_dir)
+    data = load_data(prepared)
     detector = resolve_detector(str(model_dir))
     for record in (100, 103):
         rec = read_for_detection(str(synthetic_mitdb / str(record)), detector, "MLII")

@@ -19,16 +19,24 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import dead_pid, tiny_overrides, trained_once, use_copy_of
+from conftest import dead_pid, prepare, tiny_overrides, trained_once, use_copy_of
 from disk_faults import DEV_FULL, closed_port, fill_disk, full_store, needs_dev_full
 
 from sibeatgan import io, tracking
 from sibeatgan.cli import main
 from sibeatgan.config import ConfigError, load_params, with_overrides
-from sibeatgan.data.preprocess import check_parts_disjoint, load_prepared, run_preprocess
+from sibeatgan.data.preprocess import (
+    check_parts_disjoint,
+    load_data,
+    load_prepared,
+    run_preprocess,
+    run_split,
+)
 from sibeatgan.io import FolderBusyError, UnsafeFileError, exclusive_folder, read_json
+from sibeatgan.pipeline.evaluate import evaluate
 from sibeatgan.pipeline.layout import Layout
-from sibeatgan.pipeline.stages import evaluate, load_generator, train_model
+from sibeatgan.pipeline.train import train_model
+from sibeatgan.pipeline.trained import load_generator
 from sibeatgan.tracking.registry import promote
 from sibeatgan.training import state as train_state
 
@@ -58,7 +66,7 @@ def pipeline(tmp_path_factory, synthetic_mitdb):
     root = tmp_path_factory.mktemp("trained")
     p = with_overrides(load_params(PARAMS), tiny_overrides(synthetic_mitdb, "prepared"))
     with trained_once(root):
-        run_preprocess(p)
+        prepare(p)
         train_model(p, "teacher")
         train_model(p, "student")
     return root, p
@@ -99,10 +107,10 @@ def test_planted_training_state_runs_nothing_and_is_set_aside(trained, tmp_path,
 
 
 def test_planted_prepared_array_runs_nothing_and_is_named(trained, tmp_path):
-    path = Path("prepared/classes.npy")
+    path = Path("prepared_beats/classes.npy")
     np.save(path, np.array([{"x": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(UnsafeFileError, match=str(path)):
-        load_prepared("prepared")
+        load_prepared("prepared_beats", "prepared")
 
 
 @pytest.mark.parametrize("content", [b"", b"hello, not a checkpoint\n", b"PK\x03\x04 cut"])
@@ -190,8 +198,8 @@ def test_cli_second_training_is_one_line(trained):
 
 def cli_overrides(p) -> list[str]:
     """-S arguments that reproduce the fixture's params from params.yaml on the command line."""
-    keys = ["data.mitdb_dir", "data.prepared_dir", "preprocess.workers", "model.width"]
-    keys += ["model.nz", "train.epochs", "train.batch_size", "train.threads"]
+    keys = ["runtime.mitdb_dir", "runtime.beats_dir", "runtime.prepared_dir", "runtime.workers"]
+    keys += ["model.width", "model.nz", "train.epochs", "train.batch_size", "runtime.threads"]
     flat = p.flat()
     out = [f"-S preprocess.records=[{','.join(map(str, p.preprocess.records))}]"]
     return [*" ".join(out).split(), *[a for k in keys for a in ("-S", f"{k}={flat[k]}")]] + [
@@ -207,7 +215,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def test_preprocess_is_refused_while_a_training_reads_the_prepared_data(trained):
     """`preprocess` in one shell while `dvc repro` trains in another used to swap
     data/prepared under the training: dvc.lock then recorded data it never saw."""
-    prepared = Path("prepared")
+    prepared = Path("prepared_beats")
     before = snapshot(prepared)
     holder = hold_lock(prepared.resolve(), "teacher training", "shared_folder")
     try:
@@ -220,7 +228,7 @@ def test_preprocess_is_refused_while_a_training_reads_the_prepared_data(trained)
     finally:
         stop(holder)
     assert result.exit_code == 1
-    assert f"prepared is in use by teacher training (pid {holder.pid})" in result.output
+    assert f"prepared_beats is in use by teacher training (pid {holder.pid})" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert snapshot(prepared) == before and not Path("m.json").exists(), "nothing written"
     assert info["best_epoch"] == 1
@@ -244,9 +252,9 @@ def test_a_training_holds_the_prepared_data_while_it_runs(trained, monkeypatch):
 
 
 def test_training_and_evaluate_are_refused_while_preprocess_writes(trained):
-    holder = hold_lock(Path("prepared").resolve(), "preprocess")
+    holder = hold_lock(Path("prepared_beats").resolve(), "preprocess")
     try:
-        busy = rf"prepared is in use by preprocess \(pid {holder.pid}\)"
+        busy = rf"prepared_beats is in use by preprocess \(pid {holder.pid}\)"
         for run in (lambda: train_model(trained, "teacher"), lambda: evaluate(trained)):
             with pytest.raises(FolderBusyError, match=busy):
                 run()
@@ -263,6 +271,7 @@ def test_runs_of_a_grid_wait_for_the_one_preprocessing_their_data(tiny_params, t
     from sibeatgan.data.preprocess import ensure_prepared, prepared_key
 
     folder = tmp_path / "work" / "prepared" / prepared_key(tiny_params)
+    folder.parent.mkdir(parents=True)
     holding, release = threading.Event(), threading.Event()
 
     def other_run():
@@ -278,15 +287,15 @@ def test_runs_of_a_grid_wait_for_the_one_preprocessing_their_data(tiny_params, t
     p = ensure_prepared(tiny_params, tmp_path / "work")
     waited = time.perf_counter() - t0
     thread.join()
-    assert waited >= 1.0 and load_prepared(p.data.prepared_dir).meta["key"] == prepared_key(p)
+    assert waited >= 1.0 and load_data(p).meta["key"] == prepared_key(p)
 
 
 # --- 3. Models know the data they were trained on --------------------------------------
 
 
 def other_fold(p):
-    q = with_overrides(p, ["data.fold=1", "data.prepared_dir=prepared1"])
-    run_preprocess(q)
+    q = with_overrides(p, ["data.fold=1", "runtime.prepared_dir=prepared1"])
+    run_split(q)
     return q
 
 
@@ -359,9 +368,10 @@ def test_a_beat_in_two_parts_is_refused(tiny_params):
     twice = dataclasses.replace(
         tiny_params, preprocess=dataclasses.replace(tiny_params.preprocess, records=[100, 100])
     )
+    run_preprocess(twice)
     with pytest.raises(ValueError, match="fall in two split parts"):
-        run_preprocess(twice)
-    assert not Path(twice.data.prepared_dir, "split.npy").exists(), "nothing written"
+        run_split(twice)
+    assert not Path(twice.runtime.prepared_dir, "split.npy").exists(), "nothing written"
 
 
 # --- Bad input: one line ----------------------------------------------------------------
@@ -385,10 +395,10 @@ def test_malformed_override_is_one_line(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "override, named",
     [
-        ("train.log_every=0", "train.log_every"),
+        ("runtime.log_every=0", "runtime.log_every"),
         ("model.width=0", "model.width"),
         ("model.nz=0", "model.nz"),
-        ("train.score_batch_size=0", "train.score_batch_size"),
+        ("runtime.score_batch_size=0", "runtime.score_batch_size"),
         ("train.lr=inf", "train.lr"),
         ("train.lr=nan", "train.lr"),
         ("train.augment_copies=-1", "train.augment_copies"),
@@ -397,8 +407,8 @@ def test_malformed_override_is_one_line(tmp_path, monkeypatch):
         ("preprocess.band_hz=[45, 3]", "preprocess.band_hz"),
         ("preprocess.band_hz=[3, 200]", "preprocess.band_hz"),
         ("preprocess.taps=0", "preprocess.taps"),
-        ("train.threads=-1", "train.threads"),
-        ("preprocess.workers=0", "preprocess.workers"),
+        ("runtime.threads=-1", "runtime.threads"),
+        ("runtime.workers=0", "runtime.workers"),
         ("train.beta2=1", "train.beta1 and train.beta2"),
         ("seed=-1", "seed"),
         ("evaluate.curve_points=1", "evaluate.curve_points"),
@@ -610,13 +620,13 @@ def test_a_full_disk_under_mlflow_artifacts_stops_training_in_one_line(trained, 
 
 @needs_dev_full
 def test_preprocess_on_a_full_disk_is_one_line_and_keeps_the_data(trained, monkeypatch):
-    before = snapshot(Path("prepared"))
-    fill_disk(monkeypatch, Path("prepared"))
+    before = snapshot(Path("prepared_beats"))
+    fill_disk(monkeypatch, Path("prepared_beats"))
     result = CliRunner().invoke(
         main, ["preprocess", "--metrics", "m.json", *cli_overrides(trained)]
     )
-    assert error_line(result).startswith("cannot write prepared/beats.npy: no space left")
-    assert snapshot(Path("prepared")) == before
+    assert error_line(result).startswith("cannot write prepared_beats/beats.npy: no space left")
+    assert snapshot(Path("prepared_beats")) == before
 
 
 def test_a_store_filling_up_mid_training_is_one_line_naming_it(
@@ -624,7 +634,7 @@ def test_a_store_filling_up_mid_training_is_one_line_naming_it(
 ):
     """SQLite's "database or disk is full" after the first epoch: it surfaces (from the step
     losses logged in the background) at the next epoch, as one line naming the store."""
-    run_preprocess(tiny_params)
+    prepare(tiny_params)
     original = tracking.log_epoch
     with full_store() as store:
 

@@ -144,7 +144,7 @@ def test_mlflow_run_as_typed_reuses_the_dvc_teacher(repro, project):
     from mlflow import MlflowClient
 
     records = ",".join(map(str, RECORDS))
-    args = f"mlflow run . --env-manager local -P kd=true -P epochs=1 -P records={records}".split()
+    args = f"mlflow run . --env-manager local -P kd=true -P teacher_epochs=1 -P student_epochs=1 -P records={records}".split()
     result = run(args, project, MITDB_DIR=str(mitdb_dir()))
     assert "reusing run" in result.stdout + result.stderr
     run_id = re.search(r"Run \(ID '(\w+)'\) succeeded", result.stdout + result.stderr).group(1)
@@ -182,7 +182,7 @@ def test_served_champion_detector_answers_posted_beats(repro, project, tmp_path,
     # student of its own, and the alias may have moved to it since `dvc repro` promoted
     uri = "models:/sibeatgan-detector@champion"
     local = resolve_detector(uri)
-    x, cls = load_prepared(project / "data" / "prepared").part(TEST, 1)
+    x, cls = load_prepared(project / "data/beats", project / "data/prepared").part(TEST, 1)
     pick = np.r_[np.flatnonzero(cls == 0)[:24], np.flatnonzero(cls > 0)[:8]]
     beats = x[pick, 0]
     with served(uri, tmp_path / "server.log", 180) as url:

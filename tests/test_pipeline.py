@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import PAPER_OPTIMISER, tiny_overrides, trained_once, use_copy_of
+from conftest import PAPER_OPTIMISER, prepare, tiny_overrides, trained_once, use_copy_of
 from mlflow import MlflowClient
 
 from sibeatgan.config import Params, with_overrides
-from sibeatgan.data.preprocess import run_preprocess
 from sibeatgan.evaluation import scores
 from sibeatgan.io import read_json
+from sibeatgan.pipeline.evaluate import HEADLINE, evaluate
 from sibeatgan.pipeline.layout import Layout
-from sibeatgan.pipeline.stages import HEADLINE, evaluate, load_generator, train_model
+from sibeatgan.pipeline.train import train_model
+from sibeatgan.pipeline.trained import load_generator
 from sibeatgan.tracking.registry import promote
 
 
@@ -26,7 +27,7 @@ def pipeline(tmp_path_factory, synthetic_mitdb):
     p = with_overrides(Params(), tiny_overrides(synthetic_mitdb, "prepared"))
     p = with_overrides(p, PAPER_OPTIMISER)
     with trained_once(root):
-        run_preprocess(p)
+        prepare(p)
         teacher = train_model(p, "teacher")
         student = train_model(p, "student")
         reports = evaluate(p)
@@ -172,7 +173,7 @@ def test_student_is_promoted_only_when_it_beats_the_teacher(trained):
 
 
 def test_compact_student_from_scratch(tiny_params, mlflow_store):
-    run_preprocess(tiny_params)
+    prepare(tiny_params)
     train_model(tiny_params, "teacher")
     p = with_overrides(
         tiny_params,
@@ -190,7 +191,7 @@ def test_compact_student_from_scratch(tiny_params, mlflow_store):
 
 
 def test_prepared_data_of_other_params_is_refused(tiny_params, mlflow_store):
-    run_preprocess(tiny_params)
+    prepare(tiny_params)
     p = with_overrides(tiny_params, ["data.fold=1"])
     with pytest.raises(ValueError, match="rerun `sibeatgan preprocess`"):
         train_model(p, "teacher")

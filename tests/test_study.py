@@ -120,7 +120,7 @@ def test_a_summary_counts_as_done_only_for_the_same_recipe(tiny_params):
 
     kd, teacher = summary("kd", tiny_params), summary("teacher", tiny_params)
     assert summary_is_current(kd, tiny_params) and summary_is_current(teacher, tiny_params)
-    threads = with_overrides(tiny_params, ["train.threads=1"])
+    threads = with_overrides(tiny_params, ["runtime.threads=1"])
     assert summary_is_current(kd, threads), "threads are not part of the recipe"
     lr = with_overrides(tiny_params, ["train.lr=0.5"])
     assert not summary_is_current(kd, lr) and not summary_is_current(teacher, lr)

@@ -21,7 +21,7 @@ def toy_data(n=96, seed=0):
 
 
 def cfg(**kw):
-    base = dict(epochs=2, batch_size=16, log_every=1, threads=1, lr=1e-4)
+    base = dict(epochs=2, batch_size=16, lr=1e-4)
     base |= dict(ema=0.0, lr_schedule="constant", warmup_steps=0)  # the paper's optimiser
     return TrainCfg(**{**base, **kw})
 
@@ -76,7 +76,7 @@ def test_fit_logs_each_epoch_and_keeps_the_best():
     g, d = build_models(1, 8, 4, 0)
     train_x, val_x, val_y = toy_data()
     epochs, steps = [], []
-    hooks = Hooks(on_step=lambda s, v: steps.append((s, v)), on_epoch=epochs.append)
+    hooks = Hooks(on_step=lambda s, v: steps.append((s, v)), on_epoch=epochs.append, log_every=1)
     result = fit(g, d, FitData(train_x, val_x, val_y), cfg(epochs=3), seed=0, hooks=hooks)
     assert [r["epoch"] for r in epochs] == [1, 2, 3]
     assert len(steps) == 3 * (len(train_x) // 16)
@@ -250,8 +250,9 @@ def _fit_reading_every(interval: int, monkeypatch, **kw):
     train_x, val_x, val_y = toy_data()
     g, d = build_models(1, 8, 4, 0)
     steps: list[tuple[int, dict]] = []
-    result = fit(g, d, FitData(train_x, val_x, val_y), cfg(**kw), seed=0,
-                 hooks=Hooks(on_step=lambda s, v: steps.append((s, v))))  # fmt: skip
+    log_every = kw.pop("log_every")
+    hooks = Hooks(on_step=lambda s, v: steps.append((s, v)), log_every=log_every)
+    result = fit(g, d, FitData(train_x, val_x, val_y), cfg(**kw), seed=0, hooks=hooks)
     return result, steps
 
 
@@ -361,8 +362,9 @@ def test_a_graphed_fit_trains_as_the_eager_one_does(monkeypatch):
         train_x, val_x, val_y = toy_data()
         g, d = build_models(1, 8, 4, 0)
         g, d = g.cuda(), d.cuda()
-        kw = dict(epochs=2, log_every=2, d_reset_below=0.5)
-        results.append(fit(g, d, FitData(train_x, val_x, val_y), cfg(**kw), seed=0))
+        kw = dict(epochs=2, d_reset_below=0.5)
+        hooks = Hooks(log_every=2)
+        results.append(fit(g, d, FitData(train_x, val_x, val_y), cfg(**kw), seed=0, hooks=hooks))
     graphed, eager = results
     assert graphed.d_resets > 0 and eager.d_resets > 0
     for a, b in zip(graphed.history, eager.history, strict=True):

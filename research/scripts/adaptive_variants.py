@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from sibeatgan.config import load_params
-from sibeatgan.data.preprocess import ensure_prepared, load_prepared
+from sibeatgan.data.preprocess import ensure_prepared, load_data
 from sibeatgan.data.split import TEST, VAL
 from sibeatgan.evaluation import scores
 from sibeatgan.evaluation.metrics import auc_ap
@@ -57,7 +57,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     p = ensure_prepared(load_params("params.yaml", ["data.split=inter"]), args.data)
-    data = load_prepared(p.data.prepared_dir)
+    data = load_data(p)
     g, _ = build_models(p.data.channels, p.model.nz, p.model.width, p.seed)
     g.load_state_dict(load_state_dict(args.weights / "G.pt"))
     parts = {}

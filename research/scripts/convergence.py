@@ -28,7 +28,7 @@ from sibeatgan.evaluation.metrics import auc_ap
 from sibeatgan.evaluation.scoring import pick_device, score
 from sibeatgan.io import read_json, write_csv, write_json, write_text
 from sibeatgan.models import build_models
-from sibeatgan.pipeline.stages import load_checked, set_threads
+from sibeatgan.pipeline.trained import load_checked, set_threads
 from sibeatgan.study.runs import git_commit
 from sibeatgan.training.loop import FitData, Hooks, fit
 
@@ -84,7 +84,7 @@ def train_recipe(
     t0 = time.perf_counter()
 
     def monitor(models) -> dict[str, float]:
-        auc, ap = auc_ap(test_y, score(models.g, test_t, p.train.score_batch_size))
+        auc, ap = auc_ap(test_y, score(models.g, test_t, p.runtime.score_batch_size))
         return {"test_auc": auc, "test_ap": ap, "wall_s": time.perf_counter() - t0}
 
     rows: list[dict] = []

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from sibeatgan.config import load_params
-from sibeatgan.data.preprocess import ensure_prepared, load_prepared
+from sibeatgan.data.preprocess import ensure_prepared, load_data
 from sibeatgan.data.split import DS2, VAL
 from sibeatgan.detection.run import detect
 from sibeatgan.evaluation.scores import Models
 from sibeatgan.io import load_state_dict, write_json
 from sibeatgan.models import build_models
-from sibeatgan.pipeline.stages import write_detector
+from sibeatgan.pipeline.train import write_detector
 
 SETTINGS = [  # (scoring, alarm rate)
     ("adaptive", None), ("adaptive", 0.01), ("adaptive", 0.05),
@@ -37,7 +37,7 @@ SETTINGS = [  # (scoring, alarm rate)
 
 def write_model(weights: Path, p) -> None:
     """detector.json for the weights in `weights`, fitted on the val set of their split."""
-    data = load_prepared(p.data.prepared_dir)
+    data = load_data(p)
     val_x, val_cls = data.part(VAL, p.data.channels)
     g, d = build_models(p.data.channels, p.model.nz, p.model.width, p.seed)
     g.load_state_dict(load_state_dict(weights / "G.pt"))
@@ -85,7 +85,7 @@ def main() -> None:
     p = load_params("params.yaml", ["data.split=inter", *args.set])
     p = ensure_prepared(p, args.data)
     write_model(args.weights, p)
-    mitdb = Path(p.data.mitdb_dir)
+    mitdb = Path(p.runtime.mitdb_dir)
     records = [str(mitdb / r) for r in args.records.split(",")]
     table = []
     for scoring, rate in SETTINGS:

@@ -20,7 +20,7 @@ from sibeatgan.data.preprocess import load_prepared
 from sibeatgan.data.split import TEST, VAL
 from sibeatgan.evaluation.metrics import auc_ap
 from sibeatgan.evaluation.scoring import score
-from sibeatgan.pipeline.stages import load_generator
+from sibeatgan.pipeline.trained import load_generator
 
 
 def standardised(val: np.ndarray, test: np.ndarray, normal: np.ndarray, log: bool):
@@ -30,10 +30,11 @@ def standardised(val: np.ndarray, test: np.ndarray, normal: np.ndarray, log: boo
 
 
 @click.command(help=__doc__)
+@click.argument("beats", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("prepared", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("models", nargs=-1, type=click.Path(exists=True, path_type=Path))
-def main(prepared: Path, models: tuple[Path, ...]) -> None:
-    data = load_prepared(prepared)
+def main(beats: Path, prepared: Path, models: tuple[Path, ...]) -> None:
+    data = load_prepared(beats, prepared)
     xv, cv = data.part(VAL, 1)
     xt, ct = data.part(TEST, 1)
     yv, yt = (cv > 0).astype(int), (ct > 0).astype(int)

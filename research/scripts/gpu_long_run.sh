@@ -31,15 +31,15 @@ py=${PYTHON:-python3}
 . research/scripts/gpu_lib.sh
 
 if [ "$mode" = "--cpu" ]; then
-    device=cpu limit=(--limit 512) extra=(-S train.threads=1)
+    device=cpu limit=(--limit 512) extra=(-S runtime.threads=1)
 else
-    device=cuda limit=() extra=(-S train.threads=2 -S train.log_every=50)
+    device=cuda limit=() extra=(-S runtime.threads=2 -S runtime.log_every=50)
     gpu_setup "$gpu" "$res" || exit 1
 fi
 if [ ! -f data/prepared/meta.json ]; then
     $py -c "from sibeatgan.config import load_params as l
 from sibeatgan.data.preprocess import run_preprocess as r
-print(r(l('params.yaml', ['preprocess.workers=16']), '$res/preprocess.json')['class_counts'])" \
+print(r(l('params.yaml', ['runtime.workers=16']), '$res/preprocess.json')['class_counts'])" \
         || exit 1
 fi
 echo "setup took $(( $(date +%s) - t0 )) s" | tee -a "$res/env.txt"

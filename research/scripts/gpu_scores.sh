@@ -30,12 +30,12 @@ py=${PYTHON:-python3}
 
 if [ "$mode" = "--cpu" ]; then
     runs="intra-fold1-seed0"
-    extra=(--device cpu -S train.threads=1 -S train.epochs=1 -S preprocess.workers=2
+    extra=(--device cpu -S runtime.threads=1 -S train.epochs=1 -S runtime.workers=2
            -S "preprocess.records=[100,101,103,105,106]")
 else
     runs="intra-fold0-seed0 intra-fold1-seed0 intra-fold2-seed0 intra-fold3-seed0"
     runs+=" intra-fold4-seed0 inter-seed0 inter-seed1 inter-seed2"
-    extra=(--device cuda -S train.threads=2 -S train.log_every=50 -S preprocess.workers=16)
+    extra=(--device cuda -S runtime.threads=2 -S runtime.log_every=50 -S runtime.workers=16)
     gpu_setup "$gpu" "$res" || exit 1
 fi
 echo "setup took $(( $(date +%s) - t0 )) s" | tee -a "$res/env.txt"

@@ -18,7 +18,7 @@ same figures for either loop, each computed on the weights of that epoch:
 - step-loss quantiles of the epoch (D, G, and G's reconstruction and adversarial terms) and
   the number of D re-initialisations.
 
-    python research/scripts/long_run.py ours NAME --epochs 40 -S train.threads=1 [-S ...]
+    python research/scripts/long_run.py ours NAME --epochs 40 -S runtime.threads=1 [-S ...]
     python research/scripts/long_run.py official NAME --code PATH --epochs 40 --threads 1
 
 `official` imports the unmodified official code from PATH (`experiments/ecg` of the public
@@ -49,7 +49,7 @@ from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, TensorDataset
 
 from sibeatgan.config import load_params
-from sibeatgan.data.preprocess import load_prepared, prepared_key
+from sibeatgan.data.preprocess import load_data, prepared_key
 from sibeatgan.data.split import TEST, TRAIN, VAL
 from sibeatgan.evaluation.metrics import auc_ap
 from sibeatgan.io import atomic_path, read_json, write_csv, write_json
@@ -159,9 +159,9 @@ def loss_figures(steps: list[dict[str, float]], resets: int) -> dict[str, float]
 
 def fold_sets(p, seed: int, limit: int = 0) -> dict:
     """Train, val and test beats of the prepared fold (the first `limit` of each: a smoke test)."""
-    data = load_prepared(p.data.prepared_dir)
+    data = load_data(p)
     if data.meta.get("key") != prepared_key(p):
-        raise SystemExit(f"{p.data.prepared_dir} was prepared with other params: preprocess")
+        raise SystemExit(f"{p.runtime.prepared_dir} was prepared with other params: preprocess")
     nc = p.data.channels
     cut = slice(None, limit or None)
     train_x, _ = data.part(TRAIN, nc)
@@ -233,15 +233,15 @@ def run_ours(args) -> None:
         "train.batch_size=64",
         "train.lr=0.0001",
         "train.precision=fp32",
-        "train.log_every=1",
+        "runtime.log_every=1",
         f"train.epochs={args.epochs}",
         *args.set,
     ]
     p = load_params("params.yaml", overrides)
-    torch.set_num_threads(max(p.train.threads, 1))
+    torch.set_num_threads(max(p.runtime.threads, 1))
     apply_switches(args.switch)
     # D's re-initialisations, counted where they happen (on a GPU the loop reads the step
-    # losses only every train.log_every steps, so they cannot be counted from on_step)
+    # losses only every runtime.log_every steps, so they cannot be counted from on_step)
     d_resets, reset_adam = [0], loop.reset_adam_state
 
     def counted_reset(opt) -> None:
@@ -289,7 +289,7 @@ def run_ours(args) -> None:
         loop.FitData(sets["train"], val_x.numpy(), val_y),
         p.train,
         p.seed,
-        hooks=loop.Hooks(on_step=on_step, on_epoch=on_epoch, monitor=monitor),
+        hooks=loop.Hooks(on_step, on_epoch, monitor, log_every=p.runtime.log_every),
         checkpoint=loop.Checkpoint(state_path, {"name": args.name}, resume),
         desc=args.name,
     )

@@ -32,7 +32,7 @@ from sibeatgan.evaluation.metrics import auc_ap
 from sibeatgan.evaluation.scoring import score
 from sibeatgan.io import read_json, write_json
 from sibeatgan.models import Generator
-from sibeatgan.pipeline.stages import load_generator
+from sibeatgan.pipeline.trained import load_generator
 from sibeatgan.training import state as train_state
 
 PUBLISHED_N = 86_717  # protocol section 2: N beats of the published preprocessed set
@@ -57,7 +57,7 @@ def confirmed_n(mitdb: Path, record: int, p, tolerances: dict[str, int]) -> dict
     type=click.Path(path_type=Path, file_okay=False, exists=True),
     default=None,
     envvar="MITDB_DIR",
-    help="Folder of the MIT-BIH records. Default: $MITDB_DIR, else data.mitdb_dir of params.yaml.",
+    help="Folder of the MIT-BIH records. Default: $MITDB_DIR, else runtime.mitdb_dir.",
 )
 @click.option("--xqrs-tolerance", default=10, show_default=True, help="XQRS: max distance.")
 @click.option(
@@ -77,7 +77,7 @@ def confirmed_n(mitdb: Path, record: int, p, tolerances: dict[str, int]) -> dict
     "--prepared",
     type=click.Path(path_type=Path, file_okay=False, exists=True),
     default=None,
-    help="The prepared XQRS data set the --model was trained on.",
+    help="The prepared XQRS data set the --model was trained on (a study's WORK/prepared/KEY).",
 )
 @click.option("--json", "json_out", type=click.Path(path_type=Path), required=True)
 def main(
@@ -91,7 +91,7 @@ def main(
     if (model is None) != (prepared is None):
         raise click.UsageError("--model and --prepared go together")
     p = load_params()
-    mitdb = mitdb or Path(p.data.mitdb_dir)
+    mitdb = mitdb or Path(p.runtime.mitdb_dir)
     tolerances = {"xqrs": xqrs_tolerance, "hamilton": hamilton_tolerance}
     per_record, only_xqrs = {}, set()
     for record in tqdm(p.preprocess.records, desc="records", unit="rec"):
@@ -144,7 +144,9 @@ def scored_generator(model: Path) -> tuple[Generator, int]:
 def rescore(model: Path, prepared: Path, only_xqrs: set[tuple[int, int]]) -> dict:
     """Test AUC/AP of `model` on the prepared test part, with and without the N beats that
     only XQRS confirms."""
-    data = load_prepared(prepared)
+    # a study's WORK/prepared/KEY; its beats are WORK/beats/BEATS_KEY (ensure_prepared)
+    beats = prepared.parent.parent / "beats" / read_json(prepared / "meta.json")["beats_key"]
+    data = load_prepared(beats, prepared)
     test = data.split == TEST
     g, nc = scored_generator(model)
     x = data.beats[test, :nc]

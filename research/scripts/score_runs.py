@@ -3,12 +3,14 @@ then the score table (`sibeatgan.evaluation.scores.score_table`: every score, fi
 per beat and record-adaptive, val and test AUC) on its selected weights.
 
     python research/scripts/score_runs.py intra-fold3-seed0 --out DIR [--device cuda] [-S ...]
-    python research/scripts/score_runs.py inter-seed1 --out DIR
+    python research/scripts/score_runs.py inter-seed1 --out DIR --state STATE_DIR
 
 Writes DIR/RUN.json (the split, fold, seed, selected epoch, per-epoch val AUC and the table's
 rows) and, with --keep-weights, DIR/RUN/G.pt and D.pt (state dicts). Prepared data go to
 DATA/prepared/<key> (one per preprocess/split config, made once even when runs start
-together). Imports no MLflow: it runs where only torch and the scientific stack are installed.
+together). With --state, the training state is written to STATE_DIR/RUN/train_state.pt after
+every epoch and a stopped run continues from it (the same run name and overrides only).
+Imports no MLflow: it runs where only torch and the scientific stack are installed.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from pathlib import Path
 
 import torch
 
-from sibeatgan.config import load_params, role_train
-from sibeatgan.data.preprocess import ensure_prepared, load_prepared
+from sibeatgan.config import MOVED_KNOBS, load_params, role_train
+from sibeatgan.data.preprocess import ensure_prepared, load_data
 from sibeatgan.data.split import TEST, TRAIN, VAL
 from sibeatgan.evaluation import scores
 from sibeatgan.io import save_state_dict, write_json
 from sibeatgan.models import build_models
+from sibeatgan.training import state as train_state
 from sibeatgan.training.loop import Checkpoint, FitData, fit
 
 
@@ -41,6 +44,29 @@ def run_overrides(run: str) -> list[str]:
     return [f"data.split={split}", f"data.fold={fold}", f"seed={seed}"]
 
 
+def recipe_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that change a run (runtime settings, under their old names too, do not)."""
+    runtime = ("runtime.", *MOVED_KNOBS)
+    return [o for o in overrides if not o.split("=", 1)[0].startswith(runtime)]
+
+
+def resumable(state_dir: Path | None, run: str, overrides: list[str]) -> Checkpoint:
+    """A checkpoint under STATE/RUN that resumes a stopped run of the same name and overrides."""
+    if state_dir is None:
+        return Checkpoint()
+    path = state_dir / run / train_state.FILENAME
+    meta = {"run": run, "overrides": recipe_overrides(overrides)}
+    state = train_state.read(path) if path.exists() else None
+    if state is not None:
+        state["meta"]["overrides"] = recipe_overrides(state["meta"]["overrides"])
+    if state is not None and state["meta"] != meta:
+        raise SystemExit(f"{path} was trained as {state['meta']}, not {meta}; remove it")
+    if state is not None:
+        print(f"{run}: resuming after epoch {state['progress']['epoch']}", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Checkpoint(path=path, meta=meta, resume_from=state)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run")
@@ -48,14 +74,15 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("outputs/score-runs"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--keep-weights", action="store_true")
+    ap.add_argument("--state", type=Path, help="resumable training state under STATE/RUN/")
     ap.add_argument("-S", "--set", action="append", default=[], help="params override")
     args = ap.parse_args()
     p = load_params("params.yaml", [*run_overrides(args.run), *args.set])
-    if p.train.threads > 0:
-        torch.set_num_threads(p.train.threads)
+    if p.runtime.threads > 0:
+        torch.set_num_threads(p.runtime.threads)
     t0 = time.perf_counter()
     p = ensure_prepared(p, args.data)
-    data = load_prepared(p.data.prepared_dir)
+    data = load_data(p)
     nc = p.data.channels
     train_x, _ = data.part(TRAIN, nc)
     val_x, val_cls = data.part(VAL, nc)
@@ -65,8 +92,10 @@ def main() -> None:
     g, d = build_models(nc, p.model.nz, p.model.width, p.seed)
     g, d = g.to(device), d.to(device)
     val_y = (val_cls > 0).astype(int)
-    result = fit(g, d, FitData(train_x, val_x, val_y), role_train(p, "teacher"), p.seed,
-                 checkpoint=Checkpoint(), desc=args.run)  # fmt: skip
+    checkpoint = resumable(args.state, args.run, args.set)
+    fit_data = FitData(train_x, val_x, val_y, p.runtime.score_batch_size)
+    result = fit(g, d, fit_data, role_train(p, "teacher"), p.seed,
+                 checkpoint=checkpoint, desc=args.run)  # fmt: skip
     g.load_state_dict(result.g_state)
     d.load_state_dict(result.d_state)
     g.eval(), d.eval()
@@ -75,7 +104,7 @@ def main() -> None:
     val = scores.Scored(torch.from_numpy(val_x), val_y, records[data.split == VAL])
     test = scores.Scored(torch.from_numpy(test_x), (test_cls > 0).astype(int),
                          records[data.split == TEST])  # fmt: skip
-    rows = scores.score_table(models, val, test, p.train.score_batch_size)
+    rows = scores.score_table(models, val, test, p.runtime.score_batch_size)
     nan = lambda v: isinstance(v, float) and math.isnan(v)  # noqa: E731
     out = {
         "run": args.run,

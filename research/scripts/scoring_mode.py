@@ -40,7 +40,7 @@ from sibeatgan.evaluation.scoring import beat_scores, score
 from sibeatgan.io import write_json, write_text
 from sibeatgan.models import Generator
 from sibeatgan.pipeline.layout import Layout
-from sibeatgan.pipeline.stages import load_generator
+from sibeatgan.pipeline.trained import load_generator
 from sibeatgan.study.report import load_summaries
 from sibeatgan.study.runs import VARIANTS, run_name
 
@@ -68,9 +68,9 @@ def train_mode_scores(g: Generator, x: torch.Tensor, order: np.ndarray) -> np.nd
 
 
 @functools.cache
-def test_set(prepared_dir: str, channels: int) -> tuple[torch.Tensor, np.ndarray]:
+def test_set(beats_dir: str, prepared_dir: str, channels: int) -> tuple[torch.Tensor, np.ndarray]:
     """Test beats and classes, read once per prepared folder (runs of a fold share one)."""
-    x, cls = load_prepared(prepared_dir).part(TEST, channels)
+    x, cls = load_prepared(beats_dir, prepared_dir).part(TEST, channels)
     return torch.from_numpy(np.ascontiguousarray(x)), cls
 
 
@@ -89,7 +89,7 @@ def rescore(summary: dict, work: Path) -> dict:
             f" {summary['seed']} --force`"
         )
     g = load_generator(model_dir)
-    x, cls = test_set(p.data.prepared_dir, p.data.channels)
+    x, cls = test_set(p.runtime.beats_dir, p.runtime.prepared_dir, p.data.channels)
     y = (cls > 0).astype(int)
     picked = summary["selection"]["val_auc"]
     aucs = {"eval": auc_ap(y, score(g, x))[0]}

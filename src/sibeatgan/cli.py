@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import functools
 import os
-import signal
 import sys
 from pathlib import Path
 
 import click
 
-from sibeatgan.config import ConfigError, Params, load_params, read_overrides
+from sibeatgan.config import Params, load_params, read_overrides
 from sibeatgan.data.fetch import DataError
-from sibeatgan.io import FolderBusyError, OutputError, StoreError
+from sibeatgan.stages.entry import USER_ERRORS as STAGE_ERRORS
+from sibeatgan.stages.entry import stop_on_sigterm
 
 # errors whose message is the whole story: one line, exit 1, no traceback
-USER_ERRORS = (
-    ConfigError,
-    DataError,
-    FileNotFoundError,
-    PermissionError,
-    FolderBusyError,
-    OutputError,  # a full disk (or quota, or read-only file system), naming the file
-    StoreError,  # the MLflow tracking store failed, naming its URI
-    ValueError,
-)
+USER_ERRORS = (*STAGE_ERRORS, DataError)
 
 
 STUDY_RECIPE = "recipe.yaml"
@@ -99,14 +90,9 @@ def folder_option(name: str, dest: str, default: str, help: str):
 def main() -> None:
     """SI-BeatGAN: unsupervised ECG arrhythmia detection on MIT-BIH with a BeatGAN teacher and
     a distilled student, tracked with MLflow. The stages run in order with `dvc repro`:
-    preprocess -> train-teacher -> train-student -> evaluate. Every knob is in params.yaml."""
-    signal.signal(signal.SIGTERM, _interrupt)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM (`kill`, a scheduler's stop) stops like Ctrl-C: MLflow runs end as KILLED and
-    no output is left half-written (outputs are written atomically)."""
-    raise KeyboardInterrupt(f"stopped by signal {signum}")
+    preprocess -> split -> train-teacher -> train-student -> evaluate. Every knob is in
+    params.yaml."""
+    stop_on_sigterm()
 
 
 @main.command("fetch-data")
@@ -122,7 +108,7 @@ def _interrupt(signum: int, frame: object) -> None:
     "--dest",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Where the records go. Default: data.mitdb_dir of params.yaml (data/mitdb).",
+    help="Where the records go. Default: runtime.mitdb_dir of params.yaml (data/mitdb).",
 )
 @with_params
 def fetch_data(p: Params, source: Path | None, dest: Path | None) -> None:
@@ -131,7 +117,7 @@ def fetch_data(p: Params, source: Path | None, dest: Path | None) -> None:
     new copy is verified."""
     env = os.environ.get("MITDB_DIR")
     source = source or (Path(env) if env else None)
-    dest = dest or Path(p.data.mitdb_dir)
+    dest = dest or Path(p.runtime.mitdb_dir)
     from sibeatgan.data.fetch import commit_to_dvc, fetch
 
     result = fetch(dest, source)
@@ -146,16 +132,32 @@ def fetch_data(p: Params, source: Path | None, dest: Path | None) -> None:
     "--metrics",
     default="metrics/preprocess.json",
     show_default=True,
-    help="Where to write the per-class and per-split beat counts.",
+    help="Where to write the per-class beat counts.",
 )
 @with_params
 def preprocess(p: Params, metrics: str) -> None:
-    """Extract beats (both leads, 320 samples around each R), normalise them, and split them
-    into train / val / test for data.fold. Same params, same bytes."""
-    from sibeatgan.data.preprocess import run_preprocess
+    """Extract the beats of every record (both leads, 320 samples around each R), normalise
+    them and label them, into runtime.beats_dir. Same params, same bytes."""
+    from sibeatgan.stages import preprocess as stage
 
-    summary = run_preprocess(p, metrics)
-    click.echo(f"beats per class: {summary['class_counts']}  -> {p.data.prepared_dir}")
+    click.echo(stage.run(p, metrics))
+
+
+@main.command()
+@click.option(
+    "--metrics",
+    default="metrics/split.json",
+    show_default=True,
+    help="Where to write the per-part, per-class beat counts.",
+)
+@with_params
+def split(p: Params, metrics: str) -> None:
+    """Assign the preprocessed beats to train / val / test for data.split (intra or inter),
+    data.fold and data.split_seed, into runtime.prepared_dir. Changing the fold reruns only
+    this and what follows."""
+    from sibeatgan.stages import split as stage
+
+    click.echo(stage.run(p, metrics))
 
 
 FRESH = click.option(
@@ -172,10 +174,9 @@ FRESH = click.option(
 def train_teacher(p: Params, fresh: bool) -> None:
     """Train the BeatGAN teacher; keep G and D of the epoch chosen by train.selection. A
     stopped training of the same params resumes after its last finished epoch."""
-    from sibeatgan.pipeline.stages import train_model
+    from sibeatgan.stages import train_teacher as stage
 
-    info = train_model(p, "teacher", resume=not fresh)
-    click.echo(f"teacher: best val AUC {info['best_val_auc']:.4f} (MLflow run {info['run_id']})")
+    click.echo(stage.run(p, resume=not fresh))
 
 
 @main.command("train-student")
@@ -190,10 +191,9 @@ def train_teacher(p: Params, fresh: bool) -> None:
 def train_student(p: Params, teacher_dir: Path | None, fresh: bool) -> None:
     """Train the student with the frozen teacher's guidance (student.kd, student.fd). A
     stopped training of the same params resumes after its last finished epoch."""
-    from sibeatgan.pipeline.stages import train_model
+    from sibeatgan.stages import train_student as stage
 
-    info = train_model(p, "student", teacher_dir=teacher_dir, resume=not fresh)
-    click.echo(f"student: best val AUC {info['best_val_auc']:.4f} (MLflow run {info['run_id']})")
+    click.echo(stage.run(p, teacher_dir=teacher_dir, resume=not fresh))
 
 
 @main.command()
@@ -201,14 +201,9 @@ def train_student(p: Params, teacher_dir: Path | None, fresh: bool) -> None:
 def evaluate(p: Params) -> None:
     """Score teacher and student on the test set: AUC, AP, F1 and per-class recall at the
     val-chosen threshold, oracle F1; ROC/PR curves; register both and choose the champion."""
-    from sibeatgan.pipeline.stages import evaluate as run_evaluate
+    from sibeatgan.stages import evaluate as stage
 
-    reports = run_evaluate(p)
-    for role, r in reports.items():
-        click.echo(
-            f"{role:8s} test AUC {r['test_auc']:.4f}  AP {r['test_ap']:.4f}  "
-            f"F1@val-threshold {r['test_f1']:.4f}"
-        )
+    click.echo(stage.run(p))
 
 
 @main.command()
@@ -350,7 +345,7 @@ def bench(p: Params, steps: int, warmup: int, json_path: str | None) -> None:
     the peak."""
     from sibeatgan.bench import run_bench
     from sibeatgan.io import write_json
-    from sibeatgan.pipeline.stages import set_threads
+    from sibeatgan.pipeline.trained import set_threads
 
     set_threads(p)
     precision = p.train.precision if p.train.precision != "auto" else "fp32"
@@ -388,25 +383,6 @@ def bench_step(device: str, batch: int, steps: int, json_path: str | None) -> No
     if json_path:
         write_json(json_path, out)
         click.echo(f"figures written to {json_path}")
-
-
-def _optional_int(ctx, param, value: str | None) -> int | None:
-    """MLproject passes every parameter, empty when unset: empty means "keep params.yaml"."""
-    if value is None or str(value).strip() == "":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not an integer") from None
-
-
-def _optional_bool(ctx, param, value: str | None) -> bool | None:
-    if value is None or str(value).strip() == "":
-        return None
-    try:
-        return click.BOOL.convert(value, param, ctx)
-    except click.BadParameter:
-        raise click.BadParameter(f"{value!r} is not true or false") from None
 
 
 @main.command()
@@ -465,14 +441,13 @@ def server(
 
 
 @main.command("run-experiment")
-@click.option("--kd", callback=_optional_bool, help="Score distillation on/off (true/false).")
-@click.option("--fd", callback=_optional_bool, help="Feature distillation on/off (true/false).")
-@click.option("--epochs", callback=_optional_int, help="Epochs for teacher and student.")
-@click.option("--fold", callback=_optional_int, help="Test fold 0-4.")
+@click.option("--kd", type=bool, help="Score distillation on/off (student.kd).")
+@click.option("--fd", type=bool, help="Feature distillation on/off (student.fd).")
+@click.option("--teacher-epochs", type=click.IntRange(min=1), help="The teacher's train.epochs.")
+@click.option("--student-epochs", type=click.IntRange(min=1), help="The student's student.epochs.")
+@click.option("--fold", type=click.IntRange(0, 4), help="Test fold 0-4 (data.fold).")
 @click.option(
-    "--seed",
-    callback=_optional_int,
-    help="Seed for initial weights and batch order (data.split_seed draws the split).",
+    "--seed", type=click.IntRange(min=0), help="Seed for initial weights and batch order."
 )
 @click.option("--records", default="", help="Comma-separated record numbers; empty = params.yaml.")
 @click.option(
@@ -486,19 +461,29 @@ def server(
 )
 @with_params
 def run_experiment(
-    p: Params, kd, fd, epochs, fold, seed, records: str, more_overrides: str, output: Path
+    p: Params,
+    kd: bool | None,
+    fd: bool | None,
+    teacher_epochs: int | None,
+    student_epochs: int | None,
+    fold: int | None,
+    seed: int | None,
+    records: str,
+    more_overrides: str,
+    output: Path,
 ) -> None:
     """Student training with the teacher's guidance, all under one MLflow run: the entry point
     of `mlflow run .`. The teacher is reused from the tracking store when one of the same fold
-    and config exists, else trained first (as a child run)."""
+    and config exists, else trained first (as a child run). An option not given keeps
+    params.yaml's value."""
     from sibeatgan.config import with_overrides
     from sibeatgan.pipeline.experiment import run_experiment as run
 
     chosen = {
         "student.kd": kd,
         "student.fd": fd,
-        "train.epochs": epochs,
-        "student.epochs": epochs,
+        "train.epochs": teacher_epochs,
+        "student.epochs": student_epochs,
         "data.fold": fold,
         "seed": seed,
     }
@@ -603,7 +588,7 @@ def study_list(p: Params, runs_dir: Path, work: Path) -> None:
     show_default=True,
     type=click.IntRange(min=1),
     help="Runs trained at once on a local Ray cluster, each in its own process with its share "
-    "of the CPU threads (unless -S train.threads says otherwise) and a log in WORK/logs/; a "
+    "of the CPU threads (unless -S runtime.threads says otherwise) and a log in WORK/logs/; a "
     "student waits for its seed's teacher, and a run that fails is reported while the others "
     "go on.",
 )
@@ -613,7 +598,7 @@ def study_list(p: Params, runs_dir: Path, work: Path) -> None:
     metavar="ADDRESS",
     default=None,
     help="Run the grid on an existing Ray cluster (e.g. ray://head:10001, or auto for the "
-    "cluster this machine is part of): each run a task with -S train.threads CPUs (default 1) "
+    "cluster this machine is part of): each run a task with -S runtime.threads CPUs (default 1) "
     "and a GPU share where the cluster has GPUs. Every node needs the project at the same "
     "path and a tracking server it reaches (MLFLOW_TRACKING_URI); see docs/scale-out.md.",
 )

@@ -32,8 +32,6 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataCfg:
-    mitdb_dir: str = "data/mitdb"
-    prepared_dir: str = "data/prepared"
     fold: int = 0
     split: str = "intra"
     split_seed: int = 0  # draws the split; fixed while `seed` (init, batch order) varies
@@ -49,7 +47,6 @@ class PreprocessCfg:
     after: int = 180
     qrs_tolerance: int = 10
     qrs_detector: str = "xqrs"
-    workers: int = 2
 
 
 @dataclass
@@ -70,9 +67,6 @@ class TrainCfg:
     selection: str = "val_auc"
     score: str = "mse"
     augment_copies: int = 0
-    log_every: int = 50
-    score_batch_size: int = 1024
-    threads: int = 0
     precision: str = "fp32"
     ema: float = 0.999
     lr_schedule: str = "constant"
@@ -82,7 +76,7 @@ class TrainCfg:
 
 @dataclass
 class StudentCfg:
-    epochs: int = 4  # 0 = train.epochs
+    epochs: int = 4  # the student's own budget
     kd: bool = True
     fd: bool = False
     temperature: float = 4.0
@@ -116,6 +110,20 @@ class RegistryCfg:
 
 
 @dataclass
+class RuntimeCfg:
+    """How and where this machine runs the recipe: no stage declares these, no run's recipe
+    holds them, and changing one reruns nothing."""
+
+    threads: int = 0  # torch CPU threads; 0 = all cores
+    workers: int = 2  # records preprocessed in parallel
+    log_every: int = 50  # steps between logged step losses
+    score_batch_size: int = 1024  # beats per scoring batch
+    mitdb_dir: str = "data/mitdb"
+    beats_dir: str = "data/beats"
+    prepared_dir: str = "data/prepared"
+
+
+@dataclass
 class Params:
     seed: int = 0
     data: DataCfg = field(default_factory=DataCfg)
@@ -125,6 +133,7 @@ class Params:
     student: StudentCfg = field(default_factory=StudentCfg)
     evaluate: EvaluateCfg = field(default_factory=EvaluateCfg)
     registry: RegistryCfg = field(default_factory=RegistryCfg)
+    runtime: RuntimeCfg = field(default_factory=RuntimeCfg)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -194,6 +203,12 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     defaults = cls()
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(raw) - names
+    moved = sorted(f"{where}{k}" for k in unknown if f"{where}{k}" in MOVED_KNOBS)
+    if moved:
+        raise ConfigError(
+            f"{moved[0]} is now {MOVED_KNOBS[moved[0]]} (a runtime setting, not part of the "
+            "recipe); write it under that name"
+        )
     if unknown:
         raise ConfigError(
             f"unknown parameter(s) {', '.join(sorted(f'{where}{k}' for k in unknown))}; "
@@ -295,7 +310,7 @@ def validate(p: Params) -> Params:
             "the networks' beat length (e.g. 140 and 180)",
         ),
         (0 <= pp.qrs_tolerance <= 100, "preprocess.qrs_tolerance must be 0-100 samples (e.g. 10)"),
-        (pp.workers >= 1, "preprocess.workers must be >= 1"),
+        (p.runtime.workers >= 1, "runtime.workers must be >= 1"),
         (p.model.nz >= 1, "model.nz must be >= 1 (e.g. 50)"),
         (p.model.width >= 1, "model.width must be >= 1 (e.g. 32)"),
         (
@@ -303,7 +318,7 @@ def validate(p: Params) -> Params:
             f"preprocess.qrs_detector must be {' or '.join(QRS_DETECTORS)}",
         ),
         (p.train.epochs >= 1, "train.epochs must be at least 1"),
-        (p.student.epochs >= 0, "student.epochs must be >= 0 (0 = train.epochs)"),
+        (p.student.epochs >= 1, "student.epochs must be at least 1 (the student's epochs)"),
         (p.train.batch_size >= 2, "train.batch_size must be at least 2 (BatchNorm)"),
         (_finite(t.lr) and t.lr > 0, "train.lr must be a positive finite number (e.g. 1e-4)"),
         (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)"),
@@ -314,9 +329,9 @@ def validate(p: Params) -> Params:
         (t.d_reset_below >= 0, "train.d_reset_below must be >= 0 (0 = never reset D)"),
         (0 <= t.lr_min_ratio <= 1, "train.lr_min_ratio must be in [0, 1]"),
         (t.augment_copies >= 0, "train.augment_copies must be >= 0 (0 = off; BeatGAN_aug: 2)"),
-        (t.log_every >= 1, "train.log_every must be >= 1 (steps between logged losses)"),
-        (t.score_batch_size >= 1, "train.score_batch_size must be >= 1 (e.g. 1024)"),
-        (t.threads >= 0, "train.threads must be >= 0 (0 = all cores)"),
+        (p.runtime.log_every >= 1, "runtime.log_every must be >= 1 (steps between logged losses)"),
+        (p.runtime.score_batch_size >= 1, "runtime.score_batch_size must be >= 1 (e.g. 1024)"),
+        (p.runtime.threads >= 0, "runtime.threads must be >= 0 (0 = all cores)"),
         (
             isinstance(t.score, str) and t.score.isidentifier(),
             "train.score must name an anomaly score (mse, latent, dfeat, mse_dfeat)",
@@ -499,6 +514,30 @@ ADDED_KNOBS: dict[str, dict[str, Any]] = {
 }
 
 
+# Settings that moved out of the recipe into `runtime:` (old name -> new name): params written
+# by earlier runs hold them under the old name.
+MOVED_KNOBS: dict[str, str] = {
+    "train.threads": "runtime.threads",
+    "train.log_every": "runtime.log_every",
+    "train.score_batch_size": "runtime.score_batch_size",
+    "preprocess.workers": "runtime.workers",
+    "data.mitdb_dir": "runtime.mitdb_dir",
+    "data.prepared_dir": "runtime.prepared_dir",
+}
+
+
+def _with_moved(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` with settings written under their old names moved to their new ones."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for old, new in MOVED_KNOBS.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        section = out.get(old_section)
+        if isinstance(section, dict) and old_key in section:
+            value = section.pop(old_key)
+            out.setdefault(new_section, {}).setdefault(new_key, value)
+    return out
+
+
 def _with_added(raw: dict[str, Any]) -> dict[str, Any]:
     """`raw` with the knobs it predates set to the value that trained as it did."""
     out = dict(raw)
@@ -520,18 +559,28 @@ def _without_removed(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _student_epochs_explicit(raw: dict[str, Any]) -> dict[str, Any]:
+    """`student.epochs: 0` once meant "train.epochs"; runs written then read as that number."""
+    student, train = raw.get("student"), raw.get("train")
+    if not isinstance(student, dict) or student.get("epochs") != 0:
+        return raw
+    epochs = train.get("epochs", TrainCfg.epochs) if isinstance(train, dict) else TrainCfg.epochs
+    return {**raw, "student": {**student, "epochs": epochs}}
+
+
 def params_from_dict(raw: dict[str, Any]) -> Params:
     """Params from a dict written by an earlier run; keys added since take the value that
     trains as the run did (ADDED_KNOBS, else the default), knobs removed since are dropped
-    where they were off."""
-    return validate(_build(Params, _with_added(_without_removed(raw)), ""))
+    where they were off, settings moved to `runtime` are read there."""
+    raw = _with_added(_without_removed(_with_moved(raw)))
+    return validate(_build(Params, _student_epochs_explicit(raw), ""))
 
 
 def role_train(p: Params, role: str) -> TrainCfg:
-    """The training settings of `role`: the student's own epochs (student.epochs, 0 = the
-    teacher's) on top of train.*."""
-    epochs = p.student.epochs if role == "student" else 0
-    return dataclasses.replace(p.train, epochs=epochs or p.train.epochs)
+    """The training settings of `role`: the student's own epochs (student.epochs) on top of
+    train.*."""
+    epochs = p.student.epochs if role == "student" else p.train.epochs
+    return dataclasses.replace(p.train, epochs=epochs)
 
 
 def with_overrides(p: Params, overrides: list[str]) -> Params:

@@ -245,7 +245,7 @@ def ensure_writable(*folders: str | Path) -> None:
         except OSError as err:
             raise PermissionError(
                 f"cannot write to {folder} ({err.strerror or err}); run from a writable copy of "
-                "the repository, or point the outputs elsewhere (data.prepared_dir, --work)"
+                "the repository, or point the outputs elsewhere (runtime.*_dir, --work)"
             ) from None
 
 

@@ -145,7 +145,7 @@ def _download(staging: Path, names: list[str]) -> None:
 
 def ensure_records(p: Params) -> None:
     """Fetch the records from MITDB_DIR when the data folder lacks some of them."""
-    folder = Path(p.data.mitdb_dir)
+    folder = Path(p.runtime.mitdb_dir)
     if all((folder / f"{r}.hea").exists() for r in p.preprocess.records):
         return
     source = os.environ.get("MITDB_DIR")

@@ -15,8 +15,9 @@ from sibeatgan import tracking
 from sibeatgan.config import Params
 from sibeatgan.data.fetch import ensure_records
 from sibeatgan.data.preprocess import ensure_prepared
+from sibeatgan.pipeline.evaluate import evaluate
 from sibeatgan.pipeline.layout import Layout
-from sibeatgan.pipeline.stages import evaluate, train_model
+from sibeatgan.pipeline.train import train_model
 
 
 def find_teacher(p: Params, dest: Path) -> bool:

@@ -113,10 +113,10 @@ def run_tasks(
     from sibeatgan.study import cluster
 
     # each run its share of a local cluster's cores; one thread a run on a cluster unless -S
-    # train.threads says otherwise
+    # runtime.threads says otherwise
     local_share = max(1, (os.cpu_count() or 1) // jobs) if ray_address is None else 1
-    threads = base.train.threads or local_share
-    base = with_overrides(base, [f"train.threads={threads}"])
+    threads = base.runtime.threads or local_share
+    base = with_overrides(base, [f"runtime.threads={threads}"])
     logs = where.work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(tasks), desc=f"study runs on Ray ({jobs} at once)", unit="run")

@@ -41,7 +41,8 @@ from sibeatgan.evaluation.scoring import score
 from sibeatgan.io import UnsafeFileError, load_state_dict, read_json, state_digest, write_json
 from sibeatgan.models import Generator, conv_macs
 from sibeatgan.pipeline.layout import Layout
-from sibeatgan.pipeline.stages import load_checked, load_generator, train_model
+from sibeatgan.pipeline.train import train_model
+from sibeatgan.pipeline.trained import load_checked, load_generator
 from sibeatgan.training import state as train_state
 
 STUDY_EXPERIMENT = "sibeatgan-study"
@@ -201,7 +202,7 @@ def epoch_monitor(p: Params, data: Prepared) -> Callable[[scores.Models], dict[s
     run's anomaly score (`train.score`) fitted on val."""
     val_x, val_cls = data.part(VAL, p.data.channels)
     test_x, test_cls = data.part(TEST, p.data.channels)
-    name, bs = p.train.score, p.train.score_batch_size
+    name, bs = p.train.score, p.runtime.score_batch_size
 
     def monitor(models: scores.Models) -> dict[str, float]:
         params, val_s, _ = scores.fitted_on_val(name, models, val_x, val_cls > 0, bs)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from sibeatgan.config import TrainCfg
+from sibeatgan.config import RuntimeCfg, TrainCfg
 from sibeatgan.data.augment import time_warp
 from sibeatgan.evaluation import scores
 from sibeatgan.evaluation.metrics import auc_ap
@@ -126,6 +126,7 @@ class FitData:
     train_x: np.ndarray
     val_x: np.ndarray
     val_y: np.ndarray
+    score_batch_size: int = RuntimeCfg.score_batch_size  # beats per scoring batch
 
 
 @dataclass
@@ -136,6 +137,7 @@ class Hooks:
     on_step: StepCallback | None = None
     on_epoch: EpochCallback | None = None
     monitor: Callable[[scores.Models], dict[str, float]] | None = None
+    log_every: int = RuntimeCfg.log_every
 
 
 @dataclass
@@ -198,7 +200,7 @@ def fit(
     hooks, checkpoint = hooks or Hooks(), checkpoint or Checkpoint()
     rng = np.random.default_rng([seed, 7])
     torch.manual_seed(seed)
-    game = new_game(g, d, len(data.train_x), cfg, distiller)
+    game = new_game(g, d, len(data.train_x), cfg, distiller, log_every=hooks.log_every)
     progress = Progress()
     if checkpoint.resume_from is not None:
         progress = train_state.restore(checkpoint.resume_from, game.parts(), rng)
@@ -215,7 +217,7 @@ def fit(
         t0 = time.perf_counter()
         epoch_data = _epoch_data(base, data.train_x, cfg, rng)
         sums = _train_epoch(game, epoch_data, cfg, rng, progress, hooks, f"{desc} epoch {epoch}")
-        row = _validate(game, val_t, data.val_y, cfg, epoch, sums, t0, hooks)
+        row = _validate(game, val_t, data, cfg, epoch, sums, t0, hooks)
         _keep_if_selected(row, game, progress, cfg.selection)
         _end_epoch(row, game, progress, rng, checkpoint, hooks, desc, t0)
     return FitResult(
@@ -231,10 +233,10 @@ def fit(
     )
 
 
-def sync_interval(device: torch.device, cfg: TrainCfg) -> int:
+def sync_interval(device: torch.device, log_every: int) -> int:
     """How many steps pass between two reads of the losses: every step on the CPU (free there,
     and D is reset at the very step its loss collapses), every `log_every` on an accelerator."""
-    return 1 if device.type == "cpu" else cfg.log_every
+    return 1 if device.type == "cpu" else log_every
 
 
 def new_game(
@@ -244,6 +246,7 @@ def new_game(
     cfg: TrainCfg,
     distiller: Distiller | None,
     graphs: bool = True,
+    log_every: int = RuntimeCfg.log_every,
 ) -> _Game:
     """Optimisers, per-step schedules over the whole run, G's average, the precision, and the
     step: a CUDA graph where one can be captured (training.graphs) and `graphs` allows it,
@@ -274,7 +277,7 @@ def new_game(
             tqdm.write(f"training eagerly: {'; '.join(blockers)}")
     step = eager if blockers else GraphedStep(eager)
     return _Game(g, d, opt_g, opt_d, sched_g, sched_d, ema, distiller, amp,
-                 sync_interval(device, cfg), step, graphed=not blockers)  # fmt: skip
+                 sync_interval(device, log_every), step, graphed=not blockers)  # fmt: skip
 
 
 def _keep_capturable(game: _Game) -> None:
@@ -308,7 +311,7 @@ def _train_epoch(
         after_step(game, losses, cfg, progress)
         for k, v in losses.items():
             sums[k] = sums[k] + v.double() if k in sums else v.double()
-        if progress.step % cfg.log_every == 0:
+        if progress.step % hooks.log_every == 0:
             read = read_losses(losses)
             if hooks.on_step:
                 hooks.on_step(progress.step, {f"loss_{k}": v for k, v in read.items()})
@@ -352,7 +355,7 @@ def after_step(
 def _validate(
     game: _Game,
     val_t: torch.Tensor,
-    val_y: np.ndarray,
+    data: FitData,
     cfg: TrainCfg,
     epoch: int,
     sums: dict[str, float],
@@ -363,8 +366,9 @@ def _validate(
     n_batches = int(sums.pop("batches"))
     train_time = time.perf_counter() - t0
     models = scores.Models(game.scored, game.d if scores.score_def(cfg.score).needs_d else None)
+    val_y = data.val_y
     _, val_scores, val_recon = scores.fitted_on_val(
-        cfg.score, models, val_t, val_y, cfg.score_batch_size
+        cfg.score, models, val_t, val_y, data.score_batch_size
     )
     val_auc, val_ap = auc_ap(val_y, val_scores)
     return {
