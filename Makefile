@@ -8,6 +8,11 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 setup: $(VENV)/.installed
 
+# the scale-out extra (Ray, psycopg): what the tests of `study run --jobs` and `sibeatgan server` need
+$(VENV)/.installed-scale: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[dev,scale]'
+	touch $@
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -24,7 +29,7 @@ repro: setup
 	dvc repro
 
 ## Unit tests; the integration tests also run when MITDB_DIR points at the records.
-test: setup
+test: setup $(VENV)/.installed-scale
 	ruff check src tests research
 	ruff format --check src tests research
 	pytest -q -ra

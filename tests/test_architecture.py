@@ -19,6 +19,7 @@ LAYERS = [
     ("sibeatgan.training",),
     ("sibeatgan.tracking",),
     ("sibeatgan.pipeline",),
+    ("sibeatgan.stages",),
     ("sibeatgan.detection",),
     ("sibeatgan.study",),
     ("sibeatgan.kernels", "sibeatgan.bench"),

@@ -115,3 +115,16 @@ def test_mlproject_parameters_are_typed_with_the_params_yaml_defaults():
     for option, value in (("--teacher-epochs", "twelve"), ("--kd", "maybe"), ("--fold", "7")):
         result = CliRunner().invoke(main, ["run-experiment", option, value])
         assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output
+
+
+def test_mlflow_run_environment_is_derived_from_pyproject():
+    """python_env.yaml installs the project (its dependencies from pyproject.toml) after the
+    torch build `make setup` pins: no second hand-kept list of packages."""
+    import re
+
+    import yaml
+    from conftest import REPO
+
+    env = yaml.safe_load((REPO / "python_env.yaml").read_text())
+    pin = re.search(r"pip install --quiet (torch==[\d.]+)", (REPO / "Makefile").read_text())
+    assert env["dependencies"] == [pin.group(1), "."]

@@ -117,6 +117,45 @@ def test_second_repro_runs_nothing(repro, project):
     assert "Running stage" not in again.stdout, again.stdout
 
 
+def dvc_changed(project: Path) -> set[str]:
+    """The stages `dvc status` reports changed."""
+    status = json.loads(run(["dvc", "status", "--json"], project).stdout or "{}")
+    return {name.split(":")[-1] for name in status}
+
+
+def edited(path: Path, old: str, new: str):
+    """A context in which `path` has `old` replaced by `new` (restored after)."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def context():
+        text = path.read_text()
+        assert old in text, f"{old!r} not in {path}"
+        path.write_text(text.replace(old, new, 1))
+        try:
+            yield
+        finally:
+            path.write_text(text)
+
+    return context()
+
+
+def test_a_help_text_or_a_runtime_setting_reruns_nothing(repro, project):
+    assert dvc_changed(project) == set()
+    with edited(project / "src/sibeatgan/cli.py", "Train the BeatGAN teacher", "Train a teacher"):
+        assert dvc_changed(project) == set(), "a help text is in no stage's deps"
+    with edited(project / "params.yaml", "threads: 0", "threads: 1"):
+        assert dvc_changed(project) == set(), "runtime settings are in no stage's params"
+
+
+def test_code_and_knobs_rerun_the_stages_that_use_them(repro, project):
+    with edited(project / "src/sibeatgan/training/loop.py", '"""', '"""Edited. '):
+        assert dvc_changed(project) == {"train_teacher", "train_student"}
+    with edited(project / "params.yaml", "fold: 0", "fold: 1"):
+        changed = dvc_changed(project)
+    assert changed == {"split", "train_teacher", "train_student", "evaluate"}, changed
+
+
 def test_mlflow_store_holds_runs_and_champion(repro, project):
     import mlflow
     from mlflow import MlflowClient
@@ -144,7 +183,8 @@ def test_mlflow_run_as_typed_reuses_the_dvc_teacher(repro, project):
     from mlflow import MlflowClient
 
     records = ",".join(map(str, RECORDS))
-    args = f"mlflow run . --env-manager local -P kd=true -P teacher_epochs=1 -P student_epochs=1 -P records={records}".split()
+    args = "mlflow run . --env-manager local -P kd=true -P teacher_epochs=1 -P student_epochs=1"
+    args = [*args.split(), "-P", f"records={records}"]
     result = run(args, project, MITDB_DIR=str(mitdb_dir()))
     assert "reusing run" in result.stdout + result.stderr
     run_id = re.search(r"Run \(ID '(\w+)'\) succeeded", result.stdout + result.stderr).group(1)
@@ -205,7 +245,7 @@ def test_detect_with_the_champion_on_a_record(repro, project, monkeypatch):
     result = run(["sibeatgan", "detect", record, "--out", "detections"], project)
     assert "232:" in result.stdout and "recall" in result.stdout
     summary = json.loads((project / "detections" / "232" / "summary.json").read_text())
-    kept = np.load(project / "data" / "prepared" / "records.npy") == 232
+    kept = np.load(project / "data" / "beats" / "records.npy") == 232
     assert summary["beats"] == int(kept.sum()) and summary["model"]["spec"].startswith("models:/")
 
 
@@ -228,7 +268,7 @@ def test_dvc_push_and_pull_round_trip_to_a_fresh_clone(repro, project, tmp_path)
     run(["dvc", "remote", "add", "--default", "storage", str(remote)], project)
     pushed = run(["dvc", "push"], project).stdout
     assert re.search(r"\d+ files? pushed", pushed), pushed
-    cached = ["data/mitdb", "data/prepared", "models/teacher", "models/student"]  # DVC's outs
+    cached = ["data/mitdb", "data/beats", "data/prepared", "models/teacher", "models/student"]
     clone = tmp_path / "clone"
     for name in [*project_files(), "dvc.lock", ".dvc/config"]:  # what a git clone would hold
         if (project / name).is_file():

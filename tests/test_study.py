@@ -38,7 +38,7 @@ from sibeatgan.study.runs import (
 @pytest.fixture
 def tiny_params(tiny_params):
     """The tiny pipeline under the study's recipe: a student trains its teacher's epochs."""
-    return with_overrides(tiny_params, ["student.epochs=0"])
+    return with_overrides(tiny_params, [f"student.epochs={tiny_params.train.epochs}"])
 
 
 def test_student_run_trains_its_teacher_first_then_reuses_it(tiny_params, mlflow_store, tmp_path):

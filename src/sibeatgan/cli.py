@@ -127,13 +127,14 @@ def fetch_data(p: Params, source: Path | None, dest: Path | None) -> None:
         click.echo(f"{dest}: in DVC's cache, matching {tracked_by}")
 
 
+def metrics_option(default: str, what: str):
+    return click.option(
+        "--metrics", default=default, show_default=True, help=f"Where to write {what}."
+    )
+
+
 @main.command()
-@click.option(
-    "--metrics",
-    default="metrics/preprocess.json",
-    show_default=True,
-    help="Where to write the per-class beat counts.",
-)
+@metrics_option("metrics/preprocess.json", "the per-class beat counts")
 @with_params
 def preprocess(p: Params, metrics: str) -> None:
     """Extract the beats of every record (both leads, 320 samples around each R), normalise
@@ -144,12 +145,7 @@ def preprocess(p: Params, metrics: str) -> None:
 
 
 @main.command()
-@click.option(
-    "--metrics",
-    default="metrics/split.json",
-    show_default=True,
-    help="Where to write the per-part, per-class beat counts.",
-)
+@metrics_option("metrics/split.json", "the per-part, per-class beat counts")
 @with_params
 def split(p: Params, metrics: str) -> None:
     """Assign the preprocessed beats to train / val / test for data.split (intra or inter),

@@ -510,7 +510,7 @@ REMOVED_KNOBS: dict[str, dict[str, Any]] = {
 # Knobs added after runs were written, with the value that trains as those runs did (where it
 # differs from today's default): a run's params without the knob read as that value.
 ADDED_KNOBS: dict[str, dict[str, Any]] = {
-    "student": {"epochs": 0},
+    "student": {"epochs": 0},  # 0 then meant train.epochs (see _student_epochs_explicit)
 }
 
 

@@ -11,6 +11,7 @@ log file; a stopped run resumes like any stopped run.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections.abc import Callable
@@ -110,6 +111,11 @@ def run_tasks(
         for task in tasks:
             _report(echo, task, where, _train(base, task, where, force))
         return []
+    if importlib.util.find_spec("ray") is None:
+        raise ValueError(
+            "--jobs above 1 and --ray run the grid on Ray, which is not installed: pip install "
+            "-e '.[scale]' (or run one run at a time without --jobs)"
+        )
     from sibeatgan.study import cluster
 
     # each run its share of a local cluster's cores; one thread a run on a cluster unless -S

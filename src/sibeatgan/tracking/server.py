@@ -39,7 +39,8 @@ def check_backend(uri: str) -> None:
     driver = DRIVERS[scheme]
     if driver and importlib.util.find_spec(driver) is None:
         raise ValueError(
-            f"backend store {redacted(uri)} needs the {driver} package: pip install it"
+            f"backend store {redacted(uri)} needs the {driver} package: pip install -e "
+            "'.[scale]' (or pip install it)"
         )
 
 
