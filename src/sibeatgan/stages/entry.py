@@ -38,8 +38,17 @@ def stage_command(run: Callable[[Params], str], doc: str) -> click.Command:
     line it returns."""
 
     @click.command(help=doc, context_settings={"help_option_names": ["-h", "--help"]})
-    @click.option("--params", "params_path", default="params.yaml", show_default=True)
-    @click.option("-S", "--set", "overrides", multiple=True, metavar="KEY=VALUE")
+    @click.option(
+        "--params", "params_path", default="params.yaml", show_default=True, help="Parameter file."
+    )
+    @click.option(
+        "-S",
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override one parameter, e.g. -S data.fold=1 (repeatable).",
+    )
     def command(params_path: str, overrides: tuple[str, ...]) -> None:
         stop_on_sigterm()
         try:
