@@ -123,6 +123,8 @@ def main() -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / f"{args.run}.json", out)
+    if checkpoint.path is not None:  # the run is done: its table replaces the state
+        checkpoint.path.unlink(missing_ok=True)
     if args.keep_weights:
         (args.out / args.run).mkdir(exist_ok=True)
         save_state_dict(args.out / args.run / "G.pt", result.g_state)
