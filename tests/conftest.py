@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 from collections.abc import Iterator
@@ -221,3 +222,17 @@ def model_dir(prepared, tmp_path_factory) -> Path:
         folder, models, prepared.model.width, prepared, x, cls, records, role="teacher", run_id="r"
     )
     return folder
+
+
+def sibeatgan_imports(path: Path) -> set[str]:
+    """The dotted names a source file imports from sibeatgan, anywhere in it (function-level
+    imports too): each module, and for `from M import n` also `M.n` (a submodule of M, or a
+    name defined in it)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    return {n for n in names if n == "sibeatgan" or n.startswith("sibeatgan.")}

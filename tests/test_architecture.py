@@ -3,10 +3,10 @@ study depends on the pipeline and never the reverse."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
+from conftest import sibeatgan_imports
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sibeatgan"
 
@@ -42,17 +42,8 @@ def module_name(path: Path) -> str:
 
 
 def imported(path: Path) -> set[str]:
-    """The sibeatgan modules a file imports, anywhere in it (function-level imports too)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            base = node.module
-            names.add(base)
-            if base == "sibeatgan":  # from sibeatgan import tracking
-                names |= {f"sibeatgan.{a.name}" for a in node.names}
-    return {n for n in names if n.startswith("sibeatgan.")}
+    """The sibeatgan modules (and names in them) a file imports, anywhere in it."""
+    return {n for n in sibeatgan_imports(path) if n.startswith("sibeatgan.")}
 
 
 MODULES = sorted(p for p in PACKAGE.rglob("*.py"))

@@ -3,14 +3,13 @@ modules its entry module imports (directly or not), and its params are every key
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, sibeatgan_imports
 
 from sibeatgan import config
 
@@ -32,20 +31,11 @@ def module_file(name: str) -> Path | None:
 
 
 def imported_modules(path: Path) -> set[str]:
-    """Every sibeatgan module a file imports, at the top or inside a function, with the
-    packages on the way (importing a.b.c runs a/__init__ and a/b/__init__)."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names |= {f"{node.module}.{a.name}" for a in node.names}
+    """Every sibeatgan module a file imports, with the packages on the way (importing a.b.c
+    runs a/__init__ and a/b/__init__)."""
     out = set()
-    for name in names:
+    for name in sibeatgan_imports(path):
         parts = name.split(".")
-        if parts[0] != "sibeatgan":
-            continue
         out |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
     return {n for n in out if module_file(n) is not None}
 

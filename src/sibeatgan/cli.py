@@ -11,25 +11,15 @@ import click
 
 from sibeatgan.config import Params, load_params, read_overrides
 from sibeatgan.data.fetch import DataError
+from sibeatgan.pipeline.layout import DEFAULT_LAYOUT
 from sibeatgan.stages.entry import USER_ERRORS as STAGE_ERRORS
-from sibeatgan.stages.entry import stop_on_sigterm
+from sibeatgan.stages.entry import overrides_option, params_file_option, stop_on_sigterm
 
 # errors whose message is the whole story: one line, exit 1, no traceback
 USER_ERRORS = (*STAGE_ERRORS, DataError)
 
 
 STUDY_RECIPE = "recipe.yaml"
-
-
-def params_file_option(help: str):
-    return click.option(
-        "--params",
-        "params_path",
-        default="params.yaml",
-        show_default=True,
-        type=click.Path(dir_okay=False),
-        help=help,
-    )
 
 
 json_option = click.option(
@@ -46,15 +36,8 @@ def _params_options(study: bool):
     overrides in the summaries folder's recipe.yaml (--runs) come first, then -S."""
 
     def decorate(func):
-        @params_file_option("Parameter file to read.")
-        @click.option(
-            "-S",
-            "--set",
-            "overrides",
-            multiple=True,
-            metavar="KEY=VALUE",
-            help="Override one parameter, e.g. -S train.epochs=5 -S student.kd=false (repeatable).",
-        )
+        @params_file_option()
+        @overrides_option
         @functools.wraps(func)
         def wrapper(params_path: str, overrides: tuple[str, ...], **kwargs):
             try:
@@ -127,14 +110,16 @@ def fetch_data(p: Params, source: Path | None, dest: Path | None) -> None:
         click.echo(f"{dest}: in DVC's cache, matching {tracked_by}")
 
 
-def metrics_option(default: str, what: str):
+def metrics_option(stage: str, what: str):
+    """--metrics, defaulting to the stage's metrics file of the pipeline's layout."""
+    default = str(DEFAULT_LAYOUT.metrics(stage))
     return click.option(
         "--metrics", default=default, show_default=True, help=f"Where to write {what}."
     )
 
 
 @main.command()
-@metrics_option("metrics/preprocess.json", "the per-class beat counts")
+@metrics_option("preprocess", "the per-class beat counts")
 @with_params
 def preprocess(p: Params, metrics: str) -> None:
     """Extract the beats of every record (both leads, 320 samples around each R), normalise
@@ -145,7 +130,7 @@ def preprocess(p: Params, metrics: str) -> None:
 
 
 @main.command()
-@metrics_option("metrics/split.json", "the per-part, per-class beat counts")
+@metrics_option("split", "the per-part, per-class beat counts")
 @with_params
 def split(p: Params, metrics: str) -> None:
     """Assign the preprocessed beats to train / val / test for data.split (intra or inter),

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -258,16 +258,20 @@ def ensure_prepared(p: Params, root: Path) -> Params:
     p = dataclasses.replace(p, runtime=runtime)
     if not _made_for(beats, beats_key(p)):
         check_records(Path(p.runtime.mitdb_dir), p.preprocess.records)
-        ensure_writable(beats)
-        with exclusive_folder(beats, "preprocess", wait=True):
-            if not _made_for(beats, beats_key(p)):  # made meanwhile by the run we waited for?
-                _preprocess_locked(p, None)
-    if not _made_for(prepared, prepared_key(p)):
-        ensure_writable(prepared)
-        with exclusive_folder(prepared, "split", wait=True):
-            if not _made_for(prepared, prepared_key(p)):
-                _split_locked(p, None)
+    _make_once(beats, beats_key(p), "preprocess", lambda: _preprocess_locked(p, None))
+    _make_once(prepared, prepared_key(p), "split", lambda: _split_locked(p, None))
     return p
+
+
+def _make_once(folder: Path, key: str, what: str, make: Callable[[], object]) -> None:
+    """`make` the contents of `folder` unless they are there for `key`; a process that finds
+    another making them waits for it, then uses what it made."""
+    if _made_for(folder, key):
+        return
+    ensure_writable(folder)
+    with exclusive_folder(folder, what, wait=True):
+        if not _made_for(folder, key):  # made meanwhile by the run we waited for?
+            make()
 
 
 def _made_for(folder: Path, key: str) -> bool:

@@ -259,19 +259,38 @@ class Scored:
     records: np.ndarray
 
 
-def score_table(models: Models, val: Scored, test: Scored, batch_size: int = 1024) -> list[dict]:
-    """Every score of the table that `models` can compute, fitted on val: val and test AUC per
-    beat and record-adaptive (each beat's robust z among its record's beats of the same part;
-    it uses other beats of the record, so it is never the published per-beat protocol)."""
-    rows, computed = [], {}
+def table_parts(
+    models: Models, val: Scored, test: Scored, batch_size: int = 1024
+) -> dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """The val and test parts of every score of the table that `models` can compute, by score
+    name; scores that share their parts compute them once."""
+    out, by_parts = {}, {}
     for name, entry in SCORES.items():
         if entry.needs_d and models.d is None:
             continue
-        if entry.parts not in computed:  # scores that share their parts compute them once
-            computed[entry.parts] = [
+        if entry.parts not in by_parts:
+            by_parts[entry.parts] = tuple(
                 score_parts(name, models, part.x, batch_size) for part in (val, test)
-            ]
-        val_parts, test_parts = computed[entry.parts]
+            )
+        out[name] = by_parts[entry.parts]
+    return out
+
+
+def score_table(
+    models: Models,
+    val: Scored,
+    test: Scored,
+    batch_size: int = 1024,
+    parts: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] | None = None,
+) -> list[dict]:
+    """Every score of the table that `models` can compute, fitted on val: val and test AUC per
+    beat and record-adaptive (each beat's robust z among its record's beats of the same part;
+    it uses other beats of the record, so it is never the published per-beat protocol).
+    `parts`: those `table_parts` computed already."""
+    rows = []
+    for name, (val_parts, test_parts) in (
+        parts or table_parts(models, val, test, batch_size)
+    ).items():
         params = fit(name, val_parts, val.labels)
         val_s = combine(name, val_parts, params)
         test_s = combine(name, test_parts, params)

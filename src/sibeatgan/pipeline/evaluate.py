@@ -77,11 +77,12 @@ def _evaluate_locked(p: Params, layout: Layout, roles: tuple[str, ...]) -> dict:
     for role, detector in detectors.items():
         models = _models_on(detector, layout.model_dir(role), device)
         name, params = meta_score(detector.meta)
-        bs = p.runtime.score_batch_size
-        val_s = scores.beat_scores(name, models, val_x, params, bs)[0]
-        test_s = scores.beat_scores(name, models, test_x, params, bs)[0]
+        # every score's parts once: the detector's own score (with its params from training)
+        # and the table of every score read the same
+        parts = scores.table_parts(models, val, test, p.runtime.score_batch_size)
+        val_s, test_s = (scores.combine(name, part, params) for part in parts[name])
         report = detection_report(val_cls, val_s, test_cls, test_s)
-        tables[role] = scores.score_table(models, val, test, bs)
+        tables[role] = scores.score_table(models, val, test, parts=parts)
         test_y = (test_cls > 0).astype(int)
         roc = roc_points(test_y, test_s, p.evaluate.curve_points)
         pr = pr_points(test_y, test_s, p.evaluate.curve_points)

@@ -33,22 +33,34 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
+def params_file_option(help: str = "Parameter file to read."):
+    return click.option(
+        "--params",
+        "params_path",
+        default="params.yaml",
+        show_default=True,
+        type=click.Path(dir_okay=False),
+        help=help,
+    )
+
+
+overrides_option = click.option(
+    "-S",
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override one parameter, e.g. -S train.epochs=5 -S student.kd=false (repeatable).",
+)
+
+
 def stage_command(run: Callable[[Params], str], doc: str) -> click.Command:
     """A command that reads params.yaml (with -S overrides), runs the stage and prints the
     line it returns."""
 
     @click.command(help=doc, context_settings={"help_option_names": ["-h", "--help"]})
-    @click.option(
-        "--params", "params_path", default="params.yaml", show_default=True, help="Parameter file."
-    )
-    @click.option(
-        "-S",
-        "--set",
-        "overrides",
-        multiple=True,
-        metavar="KEY=VALUE",
-        help="Override one parameter, e.g. -S data.fold=1 (repeatable).",
-    )
+    @params_file_option()
+    @overrides_option
     def command(params_path: str, overrides: tuple[str, ...]) -> None:
         stop_on_sigterm()
         try:
