@@ -299,7 +299,7 @@ class Detector:
                 f"{MIN_ADAPTIVE_BEATS} of one record (their median and spread are its "
                 "reference): send more beats, or score per beat"
             )
-        return scores.record_adaptive(found, np.zeros(len(found), dtype=np.int8))
+        return scores.robust_z(found).astype(np.float32)
 
     def beats(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Beats as G takes them, [n, nc, length] float32, from [n, length] or [n, nc, length]."""

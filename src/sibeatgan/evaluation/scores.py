@@ -242,12 +242,17 @@ def record_adaptive(scores: np.ndarray, records: np.ndarray) -> np.ndarray:
     out = np.empty_like(scores)
     for rec in np.unique(records):
         mask = records == rec
-        s = scores[mask]
-        median = np.median(s)
-        spread = MAD_TO_SD * np.median(np.abs(s - median))
-        spread = spread if spread > 0 else max(abs(median) * 1e-6, 1e-12)
-        out[mask] = (s - median) / spread
+        out[mask] = robust_z(scores[mask])
     return out.astype(np.float32)
+
+
+def robust_z(scores: np.ndarray) -> np.ndarray:
+    """The robust z-scores of one record's beats (see `record_adaptive`), in float64."""
+    s = np.asarray(scores, dtype=np.float64)
+    median = np.median(s)
+    spread = MAD_TO_SD * np.median(np.abs(s - median))
+    spread = spread if spread > 0 else max(abs(median) * 1e-6, 1e-12)
+    return (s - median) / spread
 
 
 @dataclass
