@@ -40,6 +40,7 @@ def write_record(
     seed: int = 0,
     fs: int = FS,
     annotations: bool = True,
+    annotator: str = "atr",
 ) -> np.ndarray:
     """Write `name`.hea/.dat/.atr: one beat a second (N narrow, others wide and inverted),
     with the annotation at each R peak (no .atr without `annotations`), sampled at `fs`.
@@ -56,7 +57,7 @@ def write_record(
             amp = -1.0 if sym == "V" else 0.9
             mlii += _beat(n, s, 10 * k, amp) + _beat(n, s + 100 * k, 25 * k, 0.25)
     other = 0.5 * mlii + 0.02 * rng.standard_normal(n)
-    cols = [mlii, other] if lead_names[0] == "MLII" else [other, mlii]
+    cols = [other, mlii] if lead_names[1] == "MLII" else [mlii, other]  # full beats: MLII
     folder.mkdir(parents=True, exist_ok=True)
     wfdb.wrsamp(
         name,
@@ -70,7 +71,7 @@ def write_record(
         write_dir=str(folder),
     )
     if annotations:
-        wfdb.wrann(name, "atr", sample=samples, symbol=symbols, write_dir=str(folder))
+        wfdb.wrann(name, annotator, sample=samples, symbol=symbols, write_dir=str(folder))
     return samples
 
 
@@ -100,7 +101,7 @@ def tiny_overrides(mitdb: Path, prepared: Path | str) -> list[str]:
     """A fast pipeline on the synthetic records: tiny networks, 2 epochs of batch 16 for the
     teacher and 1 more for the student (which starts from the teacher, as by default)."""
     return [
-        f"runtime.mitdb_dir={mitdb}",
+        f"runtime.records_dir={mitdb}",
         f"runtime.beats_dir={prepared}_beats",
         f"runtime.prepared_dir={prepared}",
         "preprocess.records=[100, 101, 103]",

@@ -3,15 +3,18 @@ study depends on the pipeline and never the reverse."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
 from conftest import sibeatgan_imports
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sibeatgan"
+BENCH = "sibeatgan_bench"  # the benchmarks, a package of their own beside the core one
 
 # bottom to top
 LAYERS = [
+    ("sibeatgan.datasets",),
     ("sibeatgan.config", "sibeatgan.io"),
     ("sibeatgan.models",),
     ("sibeatgan.data",),
@@ -22,7 +25,6 @@ LAYERS = [
     ("sibeatgan.stages",),
     ("sibeatgan.detection",),
     ("sibeatgan.study",),
-    ("sibeatgan.kernels", "sibeatgan.bench"),
     ("sibeatgan.cli", "sibeatgan.__main__"),
 ]
 
@@ -62,3 +64,26 @@ def test_every_layer_is_used_and_an_upward_import_is_seen(tmp_path):
     bad.write_text("def f():\n    from sibeatgan import tracking\n")
     assert layer_of("sibeatgan.tracking") > layer_of("sibeatgan.data.loader")
     assert imported(bad) == {"sibeatgan.tracking"}
+
+
+def imports_bench(path: Path) -> bool:
+    """Whether a file imports the benchmark package, anywhere in it."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = [node.module or ""]
+        else:
+            continue
+        if any(n == BENCH or n.startswith(BENCH + ".") for n in names):
+            return True
+    return False
+
+
+def test_only_the_command_line_imports_the_benchmarks():
+    importers = {module_name(p) for p in MODULES if imports_bench(p)}
+    assert importers - {"sibeatgan.cli"} == set(), f"only sibeatgan.cli may import {BENCH}"
+    assert "sibeatgan.cli" in importers, "the bench commands' imports are seen"
+    bench = sorted((PACKAGE.parent / BENCH).rglob("*.py"))
+    assert bench, f"{BENCH} sits beside the core package"
+    assert not [p.name for p in bench if "sibeatgan.cli" in imported(p)], "no import cycle"

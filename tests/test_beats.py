@@ -5,13 +5,13 @@ import pytest
 from conftest import write_record
 
 from sibeatgan.data.beats import (
-    CLASS_OF_SYMBOL,
     BeatSpec,
     extract_beats,
     near_detection,
     normalise,
     read_record,
 )
+from sibeatgan.datasets.mitdb import CLASS_OF_SYMBOL, MITDB
 
 SPEC = BeatSpec(band_hz=[3.0, 45.0], taps=109, before=140, after=180, qrs_tolerance=10)
 
@@ -25,7 +25,8 @@ def test_class_map_follows_beatgan():
 
 def test_mlii_is_found_by_name_and_put_first(tmp_path):
     write_record(tmp_path, "114", ["N"] * 10, seconds=11, lead_names=("V5", "MLII"))
-    sig, fs, _, _ = read_record(tmp_path, 114)
+    rec = read_record(tmp_path, 114, MITDB)
+    sig, fs = rec.sig, rec.fs
     assert fs == 360
     # MLII carries the full-size beats in the synthetic record, V5 is half of it
     assert np.abs(sig[:, 0]).max() > 1.5 * np.abs(sig[:, 1]).max()
@@ -34,7 +35,7 @@ def test_mlii_is_found_by_name_and_put_first(tmp_path):
 def test_windows_labels_and_skips(tmp_path):
     symbols = ["N", "V", "A", "N", "F", "N", "+", "Q", "N", "N", "N", "N"]
     samples = write_record(tmp_path, "100", symbols, seconds=12.2)
-    beats = extract_beats(tmp_path, 100, SPEC)
+    beats = extract_beats(tmp_path, 100, SPEC, MITDB)
     # the '+' rhythm annotation is ignored; every other window fits inside the record
     assert beats.x.shape == (11, 2, 320)
     assert beats.x.dtype == np.float32
@@ -48,7 +49,7 @@ def test_windows_labels_and_skips(tmp_path):
 
 def test_window_leaving_the_record_is_skipped(tmp_path):
     write_record(tmp_path, "101", ["N"] * 5, seconds=4.99)
-    beats = extract_beats(tmp_path, 101, SPEC)
+    beats = extract_beats(tmp_path, 101, SPEC, MITDB)
     # beats sit at 180 + 360 k; the last window [1480, 1800) leaves the 1796-sample record
     assert list(beats.sample) == [180, 540, 900, 1260]
 
@@ -62,7 +63,7 @@ def test_n_beat_without_detected_peak_is_dropped(tmp_path, detector):
     fake = int((samples[5] + samples[6]) // 2)
     all_samples = np.sort(np.append(samples, fake))
     wfdb.wrann("103", "atr", sample=all_samples, symbol=["N"] * 13, write_dir=str(tmp_path))
-    beats = extract_beats(tmp_path, 103, dataclasses.replace(SPEC, qrs_detector=detector))
+    beats = extract_beats(tmp_path, 103, dataclasses.replace(SPEC, qrs_detector=detector), MITDB)
     assert fake not in beats.sample
     assert beats.dropped_n == 1
     assert len(beats.sample) == 12

@@ -2,9 +2,9 @@ import json
 
 from click.testing import CliRunner
 
-from sibeatgan.bench import step_flops
 from sibeatgan.cli import main
 from sibeatgan.models import build_models, conv_macs
+from sibeatgan_bench.bench import step_flops
 
 KEYS = {
     "reference_samples_per_s",
@@ -46,7 +46,7 @@ def test_bench_writes_every_figure(tmp_path):
 
 
 def test_onednn_verbose_lines_are_totalled_by_kernel():
-    from sibeatgan.kernels import matrix_engine_share, parse_verbose
+    from sibeatgan_bench.kernels import matrix_engine_share, parse_verbose
 
     lines = [
         "onednn_verbose,v1,info,cpu,runtime:OpenMP",

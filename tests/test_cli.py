@@ -45,7 +45,7 @@ def test_bad_override_is_one_clear_line(tmp_path):
 
 def test_missing_data_names_the_fix(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(f"runtime:\n  mitdb_dir: {tmp_path / 'none'}\n")
+    params.write_text(f"runtime:\n  records_dir: {tmp_path / 'none'}\n")
     result = CliRunner().invoke(main, ["preprocess", "--params", str(params)])
     assert result.exit_code == 1 and "sibeatgan fetch-data" in result.output
 

@@ -138,8 +138,14 @@ def test_runtime_settings_moved_out_of_the_recipe():
     del old["runtime"]
     for name in MOVED_KNOBS:
         section, key = name.split(".")
-        old[section][key] = {"threads": 3, "workers": 5, "log_every": 7}.get(key, "x")
+        if section != "runtime":
+            old[section][key] = {"threads": 3, "workers": 5, "log_every": 7}.get(key, "x")
     old["data"]["mitdb_dir"], old["train"]["score_batch_size"] = "m", 9
     runtime = params_from_dict(old).runtime
     assert (runtime.threads, runtime.workers, runtime.log_every) == (3, 5, 7)
-    assert (runtime.mitdb_dir, runtime.score_batch_size) == ("m", 9)
+    assert (runtime.records_dir, runtime.score_batch_size) == ("m", 9)
+    # a runtime setting renamed since (it holds any dataset's records, not only MIT-BIH's)
+    with pytest.raises(ConfigError, match=r"^runtime.mitdb_dir is now runtime.records_dir; "):
+        with_overrides(Params(), ["runtime.mitdb_dir=d"])
+    renamed = {**Params().to_dict(), "runtime": {"mitdb_dir": "d"}}
+    assert params_from_dict(renamed).runtime.records_dir == "d"

@@ -9,7 +9,7 @@ from sibeatgan.config import StudentCfg
 from sibeatgan.evaluation.scoring import beat_scores
 from sibeatgan.models import build_models
 from sibeatgan.training.distill import Distiller, kd_loss, rank_loss, scale_scores
-from sibeatgan.training.loop import FitData, fit
+from sibeatgan.training.loop import FitData, Nets, fit
 
 
 def teacher_and_student(width_mult=1.0, **student):
@@ -77,7 +77,7 @@ def test_teacher_never_changes_during_student_training(mode):
     teacher, g, d, distiller = teacher_and_student(kd=True, fd=True, fd_mode=mode)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     train_x, val_x, val_y = toy_data()
-    fit(g, d, FitData(train_x, val_x, val_y), cfg(epochs=1), seed=0, distiller=distiller)
+    fit(Nets(g, d), FitData(train_x, val_x, val_y), cfg(epochs=1), seed=0, distiller=distiller)
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, before[k]), f"teacher {k} changed"
     assert not teacher.training, "the teacher stays in eval mode"
@@ -91,8 +91,7 @@ def test_distillation_changes_what_the_student_learns():
     for kd in (False, True):
         teacher, g, d, distiller = teacher_and_student(kd=kd, fd=False, kd_weight=10.0)
         fit(
-            g,
-            d,
+            Nets(g, d),
             FitData(train_x, val_x, val_y),
             cfg(epochs=1),
             seed=0,
@@ -108,7 +107,7 @@ def test_hint_projections_train_with_the_student():
     _, g, d, distiller = teacher_and_student(0.5, kd=False, fd=True, fd_mode="hint")
     before = [p.clone() for p in distiller.projections.parameters()]
     train_x, val_x, val_y = toy_data()
-    fit(g, d, FitData(train_x, val_x, val_y), cfg(epochs=1), seed=0, distiller=distiller)
+    fit(Nets(g, d), FitData(train_x, val_x, val_y), cfg(epochs=1), seed=0, distiller=distiller)
     after = list(distiller.projections.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
     assert dataclasses.is_dataclass(distiller.cfg)
@@ -126,7 +125,7 @@ def test_a_resumed_student_restores_its_hint_projections(tmp_path):
     train_x, val_x, val_y = toy_data()
     g, d = build(0)
     straight = fit(
-        g, d, FitData(train_x, val_x, val_y), cfg(epochs=2), seed=0, distiller=distiller_of()
+        Nets(g, d), FitData(train_x, val_x, val_y), cfg(epochs=2), seed=0, distiller=distiller_of()
     )
     _, resumed = fit_stopped_then_resumed(cfg(epochs=2), tmp_path / "s.pt", build, distiller_of)
     assert [r["val_auc"] for r in resumed.history] == [r["val_auc"] for r in straight.history]

@@ -198,7 +198,7 @@ def test_cli_second_training_is_one_line(trained):
 
 def cli_overrides(p) -> list[str]:
     """-S arguments that reproduce the fixture's params from params.yaml on the command line."""
-    keys = ["runtime.mitdb_dir", "runtime.beats_dir", "runtime.prepared_dir", "runtime.workers"]
+    keys = ["runtime.records_dir", "runtime.beats_dir", "runtime.prepared_dir", "runtime.workers"]
     keys += ["model.width", "model.nz", "train.epochs", "train.batch_size", "runtime.threads"]
     flat = p.flat()
     out = [f"-S preprocess.records=[{','.join(map(str, p.preprocess.records))}]"]
@@ -531,7 +531,7 @@ def test_fetch_data_in_a_copy_without_git(tmp_path, monkeypatch):
     for name, data in files.items():
         (src / name).write_bytes(data)
     digests = {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}
-    monkeypatch.setattr(fetch_mod, "expected_digests", lambda: digests)
+    monkeypatch.setattr(fetch_mod, "expected_digests", lambda ds: digests)
     project = tmp_path / "project"
     shutil.copytree(src, project / "data" / "mitdb")
     monkeypatch.chdir(project)

@@ -6,10 +6,11 @@ from conftest import mitdb_dir
 
 from sibeatgan.data import fetch as fetch_mod
 from sibeatgan.data.fetch import DataError, expected_digests, fetch
+from sibeatgan.datasets import dataset
 
 
 def test_digest_list_is_physionets():
-    d = expected_digests()
+    d = expected_digests(dataset("mitdb"))
     assert len(d) == 145
     assert {f"{r}.{ext}" for r in ("100", "234") for ext in ("hea", "dat", "atr")} <= set(d)
     assert "RECORDS" in d
@@ -24,7 +25,7 @@ def fake_db(tmp_path, monkeypatch):
     for name, data in files.items():
         (src / name).write_bytes(data)
     digests = {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}
-    monkeypatch.setattr(fetch_mod, "expected_digests", lambda: digests)
+    monkeypatch.setattr(fetch_mod, "expected_digests", lambda ds: digests)
     return src
 
 

@@ -20,7 +20,7 @@ def test_gpu_check_runs_end_to_end_on_the_cpu(synthetic_mitdb, tmp_path):
     overrides = " ".join(
         f"-S {o}"
         for o in (
-            f"runtime.mitdb_dir={synthetic_mitdb}",
+            f"runtime.records_dir={synthetic_mitdb}",
             "preprocess.records=[100,101,103]",
             "runtime.workers=1",
             "model.width=4",

@@ -20,7 +20,8 @@ import wfdb
 import yaml
 from conftest import REPO, mitdb_dir
 
-from sibeatgan.data.beats import CLASS_OF_SYMBOL, CLASSES
+from sibeatgan.datasets import CLASSES
+from sibeatgan.datasets.mitdb import CLASS_OF_SYMBOL
 
 pytestmark = [
     pytest.mark.integration,

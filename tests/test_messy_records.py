@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 from scipy import signal as sps
 
 from sibeatgan.cli import main
-from sibeatgan.data.beats import CLASS_OF_SYMBOL, FLAT_S, resample_factor
+from sibeatgan.data.beats import FLAT_S, resample_factor
+from sibeatgan.datasets.mitdb import CLASS_OF_SYMBOL
 from sibeatgan.detection import report
 from sibeatgan.detection import run as detect_run
 from sibeatgan.detection.model import resolve_detector

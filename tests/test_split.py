@@ -1,6 +1,7 @@
 import numpy as np
 
-from sibeatgan.data.split import DS1, DS2, TEST, TRAIN, VAL, inter_patient, intra_patient
+from sibeatgan.data.split import TEST, TRAIN, VAL, inter_patient, intra_patient
+from sibeatgan.datasets.mitdb import DS1, DS2, MITDB
 
 
 def labels(n_normal=1003, abnormal=(37, 71, 9, 3)):
@@ -45,7 +46,7 @@ def test_same_seed_same_split_other_seed_other_split():
 def test_inter_patient_keeps_patients_apart():
     records = np.array([DS1[0]] * 50 + [DS2[0]] * 50)
     cls = np.array(([0] * 45 + [2] * 5) * 2, dtype=np.int8)
-    split = inter_patient(cls, records, seed=0)
+    split = inter_patient(cls, records, 0, MITDB.inter_patient)
     assert set(split[records == DS2[0]]) == {TEST}
     assert set(split[records == DS1[0]]) <= {TRAIN, VAL}
     assert np.all(split[(records == DS1[0]) & (cls > 0)] == VAL)

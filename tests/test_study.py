@@ -14,14 +14,7 @@ from scipy import stats
 from sibeatgan.cli import main
 from sibeatgan.config import with_overrides
 from sibeatgan.study.figures import folds_figure
-from sibeatgan.study.report import (
-    build_results,
-    current_and_stale,
-    markdown,
-    paired_difference,
-    same_teacher,
-    write_report,
-)
+from sibeatgan.study.report import markdown, write_report
 from sibeatgan.study.runs import (
     STUDY_EXPERIMENT,
     device_name,
@@ -32,6 +25,12 @@ from sibeatgan.study.runs import (
     summary_path,
     unfinished_runs,
     variant_params,
+)
+from sibeatgan.study.stats import (
+    build_results,
+    current_and_stale,
+    paired_difference,
+    same_teacher,
 )
 
 
@@ -465,7 +464,7 @@ def _run_with(history_aucs, schedule="constant"):
 
 
 def test_budget_curve_scores_the_val_pick_among_the_first_k_epochs():
-    from sibeatgan.study.report import budget_curve
+    from sibeatgan.study.stats import budget_curve
 
     # seed 0 peaks on val at epoch 2 of the first 4, and at epoch 6 overall
     s0 = _run_with([(0.1, 0.5), (0.9, 0.7), (0.2, 0.9), (0.3, 0.9), (0.4, 0.1), (0.95, 0.8)])

@@ -7,7 +7,17 @@ import torch
 from sibeatgan.config import TrainCfg
 from sibeatgan.models import build_models
 from sibeatgan.training import state as train_state
-from sibeatgan.training.loop import Checkpoint, FitData, Hooks, d_step, fit, g_step, train_step
+from sibeatgan.training.loop import (
+    Checkpoint,
+    FitData,
+    Forward,
+    Hooks,
+    Nets,
+    d_step,
+    fit,
+    g_step,
+    train_step,
+)
 
 
 def toy_data(n=96, seed=0):
@@ -53,7 +63,7 @@ def test_g_step_leaves_d_unchanged():
     g_before = {k: v.detach().clone() for k, v in g.named_parameters()}
     x_rec, maps = g.forward_with_features(x)
     rec = torch.nn.functional.mse_loss(x_rec, x)
-    terms = g_step(g, d, opt_g, x, x_rec, maps, rec, 1.0, None, nullcontext())
+    terms = g_step(d, opt_g, Forward(x, x_rec, maps, rec), 1.0, None, nullcontext())
     assert set(terms) == {"g", "rec", "adv"} and terms["adv"] > 0
     assert all(torch.equal(v, d_before[k]) for k, v in d.named_parameters())
     assert all(p.grad is None for p in d.parameters()), "no gradient reaches D"
@@ -77,7 +87,7 @@ def test_fit_logs_each_epoch_and_keeps_the_best():
     train_x, val_x, val_y = toy_data()
     epochs, steps = [], []
     hooks = Hooks(on_step=lambda s, v: steps.append((s, v)), on_epoch=epochs.append, log_every=1)
-    result = fit(g, d, FitData(train_x, val_x, val_y), cfg(epochs=3), seed=0, hooks=hooks)
+    result = fit(Nets(g, d), FitData(train_x, val_x, val_y), cfg(epochs=3), seed=0, hooks=hooks)
     assert [r["epoch"] for r in epochs] == [1, 2, 3]
     assert len(steps) == 3 * (len(train_x) // 16)
     assert {"loss_d", "loss_g", "loss_rec", "loss_adv"} <= set(steps[0][1])
@@ -91,7 +101,9 @@ def test_fit_logs_each_epoch_and_keeps_the_best():
 def test_unsupervised_selection(selection):
     g, d = build_models(1, 8, 4, 0)
     train_x, val_x, val_y = toy_data()
-    result = fit(g, d, FitData(train_x, val_x, val_y), cfg(epochs=3, selection=selection), seed=0)
+    result = fit(
+        Nets(g, d), FitData(train_x, val_x, val_y), cfg(epochs=3, selection=selection), seed=0
+    )
     if selection == "last":
         assert result.best_epoch == 3
     else:
@@ -102,7 +114,9 @@ def test_unsupervised_selection(selection):
 def test_d_reset_resets_d_and_counts():
     g, d = build_models(1, 8, 4, 0)
     train_x, val_x, val_y = toy_data()
-    result = fit(g, d, FitData(train_x, val_x, val_y), cfg(epochs=1, d_reset_below=1e9), seed=0)
+    result = fit(
+        Nets(g, d), FitData(train_x, val_x, val_y), cfg(epochs=1, d_reset_below=1e9), seed=0
+    )
     assert result.d_resets == len(train_x) // 16
 
 
@@ -111,7 +125,7 @@ def test_same_seed_same_result():
     runs = []
     for _ in range(2):
         g, d = build_models(1, 8, 4, 0)
-        runs.append(fit(g, d, FitData(train_x, val_x, val_y), cfg(epochs=1), seed=3))
+        runs.append(fit(Nets(g, d), FitData(train_x, val_x, val_y), cfg(epochs=1), seed=3))
     for k, v in runs[0].g_state.items():
         assert torch.equal(v, runs[1].g_state[k]), k
 
@@ -124,14 +138,18 @@ def test_augmentation_runs_and_keeps_length():
     assert y.shape == x.shape and not np.allclose(x, y)
     g, d = build_models(1, 8, 4, 0)
     train_x, val_x, val_y = toy_data()
-    result = fit(g, d, FitData(train_x, val_x, val_y), cfg(epochs=1, augment_copies=1), seed=0)
+    result = fit(
+        Nets(g, d), FitData(train_x, val_x, val_y), cfg(epochs=1, augment_copies=1), seed=0
+    )
     assert result.history[0]["train_samples_per_s"] > 0
 
 
 def test_bf16_autocast_trains():
     g, d = build_models(1, 8, 4, 0)
     train_x, val_x, val_y = toy_data()
-    result = fit(g, d, FitData(train_x, val_x, val_y), cfg(epochs=1, precision="bf16"), seed=0)
+    result = fit(
+        Nets(g, d), FitData(train_x, val_x, val_y), cfg(epochs=1, precision="bf16"), seed=0
+    )
     assert np.isfinite(result.history[0]["mean_loss_g"])
     assert all(v.dtype == torch.float32 for v in result.g_state.values() if v.is_floating_point())
 
@@ -155,7 +173,7 @@ def test_warmup_then_cosine_schedule():
 def test_ema_weights_are_what_is_scored_and_kept():
     g, d = build_models(1, 8, 4, 0)
     train_x, val_x, val_y = toy_data()
-    result = fit(g, d, FitData(train_x, val_x, val_y), cfg(epochs=1, ema=0.9), seed=0)
+    result = fit(Nets(g, d), FitData(train_x, val_x, val_y), cfg(epochs=1, ema=0.9), seed=0)
     raw = g.state_dict()
     differs = [
         k for k in raw if raw[k].is_floating_point() and not torch.equal(raw[k], result.g_state[k])
@@ -184,11 +202,11 @@ def fit_stopped_then_resumed(cfg_, state_path, build=None, distiller_of=None):
     train_x, val_x, val_y = toy_data()
     g, d = build(0)
     with pytest.raises(_Stop):
-        fit(g, d, FitData(train_x, val_x, val_y), cfg_, 0, distiller=distiller_of(),
+        fit(Nets(g, d), FitData(train_x, val_x, val_y), cfg_, 0, distiller=distiller_of(),
             hooks=Hooks(on_epoch=_stop_after(1)), checkpoint=Checkpoint(state_path))  # fmt: skip
     g, d = build(99)
     resume = Checkpoint(state_path, resume_from=train_state.read(state_path))
-    result = fit(g, d, FitData(train_x, val_x, val_y), cfg_, 0, distiller=distiller_of(),
+    result = fit(Nets(g, d), FitData(train_x, val_x, val_y), cfg_, 0, distiller=distiller_of(),
                  checkpoint=resume)  # fmt: skip
     return g, result
 
@@ -207,7 +225,7 @@ def test_a_resumed_fit_trains_exactly_as_one_that_never_stopped(knobs, tmp_path)
     c = cfg(epochs=3, **knobs)
     train_x, val_x, val_y = toy_data()
     g, d = build_models(1, 8, 4, 0)
-    straight = fit(g, d, FitData(train_x, val_x, val_y), c, seed=0)
+    straight = fit(Nets(g, d), FitData(train_x, val_x, val_y), c, seed=0)
     state_path = tmp_path / "state.pt"
     g2, resumed = fit_stopped_then_resumed(c, state_path)
     assert resumed.resumed_from == 1 and straight.resumed_from == 0
@@ -230,12 +248,16 @@ def test_a_finished_state_resumes_to_the_same_result_without_training(tmp_path):
     state_path = tmp_path / "state.pt"
     g, d = build_models(1, 8, 4, 0)
     first = fit(
-        g, d, FitData(train_x, val_x, val_y), cfg(epochs=2), 0, checkpoint=Checkpoint(state_path)
+        Nets(g, d),
+        FitData(train_x, val_x, val_y),
+        cfg(epochs=2),
+        0,
+        checkpoint=Checkpoint(state_path),
     )
     epochs = []
     g, d = build_models(1, 8, 4, 5)
     resume = Checkpoint(state_path, resume_from=train_state.read(state_path))
-    again = fit(g, d, FitData(train_x, val_x, val_y), cfg(epochs=2), 0,
+    again = fit(Nets(g, d), FitData(train_x, val_x, val_y), cfg(epochs=2), 0,
                 hooks=Hooks(on_epoch=epochs.append), checkpoint=resume)  # fmt: skip
     assert epochs == [] and again.resumed_from == 2 and again.best_epoch == first.best_epoch
     for k, v in first.g_state.items():
@@ -252,7 +274,7 @@ def _fit_reading_every(interval: int, monkeypatch, **kw):
     steps: list[tuple[int, dict]] = []
     log_every = kw.pop("log_every")
     hooks = Hooks(on_step=lambda s, v: steps.append((s, v)), log_every=log_every)
-    result = fit(g, d, FitData(train_x, val_x, val_y), cfg(**kw), seed=0, hooks=hooks)
+    result = fit(Nets(g, d), FitData(train_x, val_x, val_y), cfg(**kw), seed=0, hooks=hooks)
     return result, steps
 
 
@@ -364,7 +386,9 @@ def test_a_graphed_fit_trains_as_the_eager_one_does(monkeypatch):
         g, d = g.cuda(), d.cuda()
         kw = dict(epochs=2, d_reset_below=0.5)
         hooks = Hooks(log_every=2)
-        results.append(fit(g, d, FitData(train_x, val_x, val_y), cfg(**kw), seed=0, hooks=hooks))
+        results.append(
+            fit(Nets(g, d), FitData(train_x, val_x, val_y), cfg(**kw), seed=0, hooks=hooks)
+        )
     graphed, eager = results
     assert graphed.d_resets > 0 and eager.d_resets > 0
     for a, b in zip(graphed.history, eager.history, strict=True):

@@ -30,7 +30,7 @@ from sibeatgan.io import read_json, write_csv, write_json, write_text
 from sibeatgan.models import build_models
 from sibeatgan.pipeline.trained import load_checked, set_threads
 from sibeatgan.study.runs import git_commit
-from sibeatgan.training.loop import FitData, Hooks, fit
+from sibeatgan.training.loop import FitData, Hooks, Nets, fit
 
 OUT = Path("research/convergence")
 
@@ -95,13 +95,11 @@ def train_recipe(
 
     val_y = (val_cls > 0).astype(int)
     result = fit(
-        g,
-        d,
+        Nets(g, d),
         FitData(train_x, val_x, val_y),
         p.train,
         p.seed,
-        hooks=Hooks(on_epoch=on_epoch, monitor=monitor),
-        desc=name,
+        hooks=Hooks(on_epoch=on_epoch, monitor=monitor, desc=name),
     )
     history = result.history
     selected = history[result.best_epoch - 1]

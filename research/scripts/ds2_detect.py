@@ -22,7 +22,8 @@ import torch
 
 from sibeatgan.config import load_params
 from sibeatgan.data.preprocess import ensure_prepared, load_data
-from sibeatgan.data.split import DS2, VAL
+from sibeatgan.data.split import VAL
+from sibeatgan.datasets.mitdb import DS2
 from sibeatgan.detection.run import detect
 from sibeatgan.evaluation.scores import Models
 from sibeatgan.io import load_state_dict, write_json
@@ -85,7 +86,7 @@ def main() -> None:
     p = load_params("params.yaml", ["data.split=inter", *args.set])
     p = ensure_prepared(p, args.data)
     write_model(args.weights, p)
-    mitdb = Path(p.runtime.mitdb_dir)
+    mitdb = Path(p.runtime.records_dir)
     records = [str(mitdb / r) for r in args.records.split(",")]
     table = []
     for scoring, rate in SETTINGS:

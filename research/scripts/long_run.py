@@ -284,14 +284,12 @@ def run_ours(args) -> None:
 
     val_x, val_y = sets["val"]
     loop.fit(
-        g,
-        d,
+        loop.Nets(g, d),
         loop.FitData(sets["train"], val_x.numpy(), val_y),
         p.train,
         p.seed,
-        hooks=loop.Hooks(on_step, on_epoch, monitor, log_every=p.runtime.log_every),
+        hooks=loop.Hooks(on_step, on_epoch, monitor, p.runtime.log_every, args.name),
         checkpoint=loop.Checkpoint(state_path, {"name": args.name}, resume),
-        desc=args.name,
     )
     write_json(rows.info_path, {**start, "epochs_done": args.epochs, "finished": True})
 

@@ -28,6 +28,7 @@ from sibeatgan.config import load_params
 from sibeatgan.data.beats import bandpass, beat_classes, detect_r_peaks, near_detection, read_record
 from sibeatgan.data.preprocess import load_prepared
 from sibeatgan.data.split import TEST
+from sibeatgan.datasets.mitdb import MITDB
 from sibeatgan.evaluation.metrics import auc_ap
 from sibeatgan.evaluation.scoring import score
 from sibeatgan.io import read_json, write_json
@@ -40,9 +41,11 @@ PUBLISHED_N = 86_717  # protocol section 2: N beats of the published preprocesse
 
 def confirmed_n(mitdb: Path, record: int, p, tolerances: dict[str, int]) -> dict:
     """Annotation samples of the N beats (whose window fits) and, per detector, which it keeps."""
-    sig, fs, samples, symbols = read_record(mitdb, record)
+    rec = read_record(mitdb, record, MITDB)
+    sig, fs, samples, symbols = rec.sig, rec.fs, rec.annotations.samples, rec.annotations.symbols
     pp = p.preprocess
-    n_samples = samples[beat_classes(symbols, samples, len(sig), pp.before, pp.after) == 0]
+    cls = beat_classes(symbols, samples, len(sig), pp.before, pp.after, MITDB.class_of_symbol)
+    n_samples = samples[cls == 0]
     lead = bandpass(sig, fs, pp.band_hz, pp.taps)[:, 0]
     kept = {
         det: near_detection(n_samples, detect_r_peaks(lead, fs, det), tol)
@@ -57,7 +60,7 @@ def confirmed_n(mitdb: Path, record: int, p, tolerances: dict[str, int]) -> dict
     type=click.Path(path_type=Path, file_okay=False, exists=True),
     default=None,
     envvar="MITDB_DIR",
-    help="Folder of the MIT-BIH records. Default: $MITDB_DIR, else runtime.mitdb_dir.",
+    help="Folder of the MIT-BIH records. Default: $MITDB_DIR, else runtime.records_dir.",
 )
 @click.option("--xqrs-tolerance", default=10, show_default=True, help="XQRS: max distance.")
 @click.option(
@@ -91,7 +94,7 @@ def main(
     if (model is None) != (prepared is None):
         raise click.UsageError("--model and --prepared go together")
     p = load_params()
-    mitdb = mitdb or Path(p.runtime.mitdb_dir)
+    mitdb = mitdb or Path(p.runtime.records_dir)
     tolerances = {"xqrs": xqrs_tolerance, "hamilton": hamilton_tolerance}
     per_record, only_xqrs = {}, set()
     for record in tqdm(p.preprocess.records, desc="records", unit="rec"):

@@ -30,7 +30,7 @@ from sibeatgan.evaluation import scores
 from sibeatgan.io import save_state_dict, write_json
 from sibeatgan.models import build_models
 from sibeatgan.training import state as train_state
-from sibeatgan.training.loop import Checkpoint, FitData, fit
+from sibeatgan.training.loop import Checkpoint, FitData, Hooks, Nets, fit
 
 
 def run_overrides(run: str) -> list[str]:
@@ -94,8 +94,8 @@ def main() -> None:
     val_y = (val_cls > 0).astype(int)
     checkpoint = resumable(args.state, args.run, args.set)
     fit_data = FitData(train_x, val_x, val_y, p.runtime.score_batch_size)
-    result = fit(g, d, fit_data, role_train(p, "teacher"), p.seed,
-                 checkpoint=checkpoint, desc=args.run)  # fmt: skip
+    result = fit(Nets(g, d), fit_data, role_train(p, "teacher"), p.seed,
+                 hooks=Hooks(desc=args.run), checkpoint=checkpoint)  # fmt: skip
     g.load_state_dict(result.g_state)
     d.load_state_dict(result.d_state)
     g.eval(), d.eval()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from sibeatgan.io import write_json
-from sibeatgan.study.report import difference_stats
+from sibeatgan.study.stats import difference_stats
 
 EXPECTED = {"intra": [f"intra-fold{f}-seed0" for f in range(5)],
             "inter": [f"inter-seed{s}" for s in range(3)]}  # fmt: skip

@@ -41,8 +41,8 @@ from sibeatgan.io import write_json, write_text
 from sibeatgan.models import Generator
 from sibeatgan.pipeline.layout import Layout
 from sibeatgan.pipeline.trained import load_generator
-from sibeatgan.study.report import load_summaries
 from sibeatgan.study.runs import VARIANTS, run_name
+from sibeatgan.study.stats import load_summaries
 
 BATCH = 64  # the original's batch size, for train and test alike
 # batch orders for train-mode scoring, from the test classes and the run's seed

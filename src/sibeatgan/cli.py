@@ -84,26 +84,27 @@ def main() -> None:
     "source",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Folder holding the MIT-BIH WFDB records (.hea/.dat/.atr and RECORDS). Default: "
+    help="Folder holding the dataset's WFDB records (MIT-BIH: .hea/.dat/.atr). Default: "
     "$MITDB_DIR, or a download from PhysioNet when neither is given.",
 )
 @click.option(
     "--dest",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Where the records go. Default: runtime.mitdb_dir of params.yaml (data/mitdb).",
+    help="Where the records go. Default: runtime.records_dir of params.yaml (data/mitdb).",
 )
 @with_params
 def fetch_data(p: Params, source: Path | None, dest: Path | None) -> None:
-    """Put MIT-BIH 1.0.0 into the data folder, checking every file's sha256 against
-    PhysioNet's list. Files already present and intact are kept; none is replaced before its
-    new copy is verified."""
+    """Put the records of preprocess.dataset (MIT-BIH 1.0.0 by default) into the data folder,
+    checking every file's sha256 against PhysioNet's list. Files already present and intact are
+    kept; none is replaced before its new copy is verified."""
     env = os.environ.get("MITDB_DIR")
     source = source or (Path(env) if env else None)
-    dest = dest or Path(p.runtime.mitdb_dir)
+    dest = dest or Path(p.runtime.records_dir)
     from sibeatgan.data.fetch import commit_to_dvc, fetch
+    from sibeatgan.datasets import dataset
 
-    result = fetch(dest, source)
+    result = fetch(dest, source, dataset(p.preprocess.dataset))
     click.echo(f"{dest}: {result['verified']} files verified ({result['copied']} fetched)")
     tracked_by = commit_to_dvc(dest)
     if tracked_by:
@@ -219,7 +220,12 @@ def promote(p: Params) -> None:
     "registry's champion detector, models:/<registry.detector_name>@champion.",
 )
 @folder_option("--out", "out", "detections", "Folder for each record's results.")
-@click.option("--lead", default="MLII", show_default=True, help="The lead to read, by its name.")
+@click.option(
+    "--lead",
+    default=None,
+    help="The lead to read, by its name. Default: the lead of the dataset the model was trained "
+    "on (MIT-BIH: MLII).",
+)
 @click.option(
     "--alarm-rate",
     type=click.Choice(["0.01", "0.05"]),
@@ -324,9 +330,9 @@ def bench(p: Params, steps: int, warmup: int, json_path: str | None) -> None:
     machine's matmul peak (fp32, and bf16 where the CPU has it), and scoring speed at batch
     1024 and batch 1. Prints samples/s, the ratio to the reference and GFLOP/s as a fraction of
     the peak."""
-    from sibeatgan.bench import run_bench
     from sibeatgan.io import write_json
     from sibeatgan.pipeline.trained import set_threads
+    from sibeatgan_bench.bench import run_bench
 
     set_threads(p)
     precision = p.train.precision if p.train.precision != "auto" else "fp32"
@@ -353,9 +359,9 @@ def bench_step(device: str, batch: int, steps: int, json_path: str | None) -> No
     train data, with the device's fp32 and bf16 matmul peak beside it."""
     import torch
 
-    from sibeatgan.bench import run_step_bench
     from sibeatgan.evaluation.scoring import pick_device
     from sibeatgan.io import write_json
+    from sibeatgan_bench.bench import run_step_bench
 
     where = pick_device() if device == "auto" else torch.device(device)
     if where.type == "cuda" and not torch.cuda.is_available():

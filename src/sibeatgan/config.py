@@ -16,12 +16,10 @@ from typing import Any
 
 import yaml
 
-NON_PACED_RECORDS = [
-    100, 101, 103, 105, 106, 108, 109, 111, 112, 113, 114, 115, 116, 117, 118, 119, 121, 122,
-    123, 124, 200, 201, 202, 203, 205, 207, 208, 209, 210, 212, 213, 214, 215, 219, 220, 221,
-    222, 223, 228, 230, 231, 232, 233, 234,
-]  # fmt: skip
-FS = 360  # MIT-BIH's sampling rate (Hz)
+from sibeatgan.datasets import DEFAULT_DATASET, dataset
+from sibeatgan.datasets import names as dataset_names
+
+FS = 360  # the networks' sampling rate (Hz): every dataset's beats are resampled to it
 BEAT_LENGTH = 320  # samples per beat window: what the networks take
 QRS_DETECTORS = ("xqrs", "hamilton")  # confirm N beats (beats.detect_r_peaks)
 
@@ -40,7 +38,8 @@ class DataCfg:
 
 @dataclass
 class PreprocessCfg:
-    records: list[int] = field(default_factory=lambda: list(NON_PACED_RECORDS))
+    dataset: str = DEFAULT_DATASET  # a name from sibeatgan.datasets
+    records: list[int] = field(default_factory=lambda: list(dataset(DEFAULT_DATASET).records))
     band_hz: list[float] = field(default_factory=lambda: [3.0, 45.0])
     taps: int = 109
     before: int = 140
@@ -118,7 +117,7 @@ class RuntimeCfg:
     workers: int = 2  # records preprocessed in parallel
     log_every: int = 50  # steps between logged step losses
     score_batch_size: int = 1024  # beats per scoring batch
-    mitdb_dir: str = "data/mitdb"
+    records_dir: str = "data/mitdb"  # the dataset's WFDB records
     beats_dir: str = "data/beats"
     prepared_dir: str = "data/prepared"
 
@@ -205,10 +204,9 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     unknown = set(raw) - names
     moved = sorted(f"{where}{k}" for k in unknown if f"{where}{k}" in MOVED_KNOBS)
     if moved:
-        raise ConfigError(
-            f"{moved[0]} is now {MOVED_KNOBS[moved[0]]} (a runtime setting, not part of the "
-            "recipe); write it under that name"
-        )
+        old = moved[0]
+        why = "" if old.startswith("runtime.") else " (a runtime setting, not part of the recipe)"
+        raise ConfigError(f"{old} is now {MOVED_KNOBS[old]}{why}; write it under that name")
     if unknown:
         raise ConfigError(
             f"unknown parameter(s) {', '.join(sorted(f'{where}{k}' for k in unknown))}; "
@@ -285,7 +283,21 @@ def validate(p: Params) -> Params:
         (p.data.split_seed >= 0, "data.split_seed must be >= 0"),
         (p.data.fold in range(5), "data.fold must be 0-4"),
         (p.data.split in {"intra", "inter"}, "data.split must be intra or inter"),
-        (p.data.channels in {1, 2}, "data.channels must be 1 (MLII) or 2 (both leads)"),
+        (
+            p.data.channels in {1, 2},
+            "data.channels must be 1 (the dataset's lead, e.g. MLII) or 2 (it and the next)",
+        ),
+        (
+            pp.dataset in dataset_names(),
+            f"preprocess.dataset must be one of {', '.join(dataset_names())}",
+        ),
+        (
+            p.data.split != "inter"
+            or pp.dataset not in dataset_names()
+            or dataset(pp.dataset).inter_patient is not None,
+            f"data.split=inter needs a dataset with an inter-patient split; {pp.dataset} has "
+            "none (use data.split=intra)",
+        ),
         (len(pp.records) > 0, "preprocess.records must name at least one record"),
         (
             all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in pp.records),
@@ -301,7 +313,7 @@ def validate(p: Params) -> Params:
             and all(isinstance(f, int | float) and not isinstance(f, bool) for f in pp.band_hz)
             and 0 < pp.band_hz[0] < pp.band_hz[1] < nyquist,
             f"preprocess.band_hz must be [low, high] with 0 < low < high < {nyquist:g} Hz "
-            "(half the 360 Hz sampling rate), e.g. [3.0, 45.0]",
+            f"(half the networks' {FS} Hz sampling rate), e.g. [3.0, 45.0]",
         ),
         (3 <= pp.taps <= 1001, "preprocess.taps must be 3-1001 (e.g. 109)"),
         (
@@ -511,6 +523,7 @@ REMOVED_KNOBS: dict[str, dict[str, Any]] = {
 # differs from today's default): a run's params without the knob read as that value.
 ADDED_KNOBS: dict[str, dict[str, Any]] = {
     "student": {"epochs": 0},  # 0 then meant train.epochs (see _student_epochs_explicit)
+    "preprocess": {"dataset": DEFAULT_DATASET},
 }
 
 
@@ -521,7 +534,8 @@ MOVED_KNOBS: dict[str, str] = {
     "train.log_every": "runtime.log_every",
     "train.score_batch_size": "runtime.score_batch_size",
     "preprocess.workers": "runtime.workers",
-    "data.mitdb_dir": "runtime.mitdb_dir",
+    "data.mitdb_dir": "runtime.records_dir",
+    "runtime.mitdb_dir": "runtime.records_dir",
     "data.prepared_dir": "runtime.prepared_dir",
 }
 

@@ -1,1 +1,1 @@
-"""Data: MIT-BIH fetched and verified, beats, the split, augmentation, preprocessing."""
+"""Data: a dataset's records fetched and verified, beats, the split, augmentation, preprocessing."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -13,16 +14,8 @@ import wfdb.processing
 from scipy import signal as sps
 
 from sibeatgan.config import FS, QRS_DETECTORS
+from sibeatgan.datasets import Dataset
 
-CLASSES = ("N", "S", "V", "F", "Q")
-CLASS_OF_SYMBOL = {
-    **dict.fromkeys("NLR", 0),
-    **dict.fromkeys("AaJSje", 1),
-    **dict.fromkeys("VE", 2),
-    "F": 3,
-    **dict.fromkeys("/fQ", 4),
-}
-PRIMARY_LEAD = "MLII"
 FS_RANGE = (100.0, 20_000.0)  # sampling rates a record may have (Hz)
 MAX_RATIO_TERM = 20_000  # resampling's up and down stay below this (filter of 20 x taps)
 FLAT_S = 2.0  # one value repeated this long (s) is a dead lead, not ECG
@@ -30,8 +23,9 @@ FLAT_S = 2.0  # one value repeated this long (s) is a dead lead, not ECG
 
 @dataclass
 class RecordBeats:
-    """Beats of one record: `x` is [n, 2, before+after] float32, the chosen lead (MLII)
-    first; `cls` is the CLASSES index of each beat, -1 where the record has no annotations."""
+    """Beats of one record: `x` is [n, 2, before+after] float32, the chosen lead (the
+    dataset's, e.g. MLII) first; `cls` is the AAMI class index
+    (sibeatgan.datasets.CLASSES) of each beat, -1 where the record has no annotations."""
 
     record: int | str
     x: np.ndarray
@@ -58,9 +52,7 @@ class Recording:
     annotations: Annotations | None
 
 
-def read_recording(
-    path: str | Path, lead: str = PRIMARY_LEAD, annotator: str | None = "atr"
-) -> Recording:
+def read_recording(path: str | Path, lead: str, annotator: str | None = "atr") -> Recording:
     """A WFDB record (`path` without extension); annotations from `annotator` when given and
     present. Raises ValueError naming the leads when the record has no lead `lead`."""
     header = wfdb.rdheader(str(path))
@@ -168,12 +160,14 @@ def usable_segments(length: int, gaps: list[Gap], min_length: int) -> list[tuple
     return [(a, b) for a, b in runs(~covered) if b - a >= min_length]
 
 
-def read_record(mitdb_dir: str | Path, record: int) -> tuple[np.ndarray, float, np.ndarray, list]:
-    """Signal [n, 2] with MLII in column 0, sampling rate, annotation samples and symbols."""
-    rec = read_recording(Path(mitdb_dir) / str(record))
+def read_record(records_dir: str | Path, record: int, ds: Dataset) -> Recording:
+    """A record of dataset `ds` (its lead in column 0) with its beat annotations."""
+    rec = read_recording(Path(records_dir) / str(record), ds.lead, ds.annotator)
     if rec.annotations is None:
-        raise ValueError(f"record {record} has no annotation file {record}.atr in {mitdb_dir}")
-    return rec.sig, rec.fs, rec.annotations.samples, rec.annotations.symbols
+        raise ValueError(
+            f"record {record} has no annotation file {record}.{ds.annotator} in {records_dir}"
+        )
+    return rec
 
 
 def bandpass(sig: np.ndarray, fs: float, band_hz: list[float], taps: int) -> np.ndarray:
@@ -217,11 +211,16 @@ def near_detection(samples: np.ndarray, peaks: np.ndarray, tolerance: int) -> np
 
 
 def beat_classes(
-    symbols: list[str], samples: np.ndarray, length: int, before: int, after: int
+    symbols: list[str],
+    samples: np.ndarray,
+    length: int,
+    before: int,
+    after: int,
+    class_of_symbol: Mapping[str, int],
 ) -> np.ndarray:
     """Class of each annotation (CLASSES index); -1 for symbols outside the class map and for
     beats whose window [R - before, R + after) leaves the record."""
-    cls = np.array([CLASS_OF_SYMBOL.get(s, -1) for s in symbols], dtype=np.int8)
+    cls = np.array([class_of_symbol.get(s, -1) for s in symbols], dtype=np.int8)
     inside = (samples - before >= 0) & (samples + after <= length)
     return np.where(inside, cls, -1).astype(np.int8)
 
@@ -244,10 +243,17 @@ class BeatSpec:
         return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
 
 
-def extract_beats(mitdb_dir: str | Path, record: int, spec: BeatSpec) -> RecordBeats:
-    """The beats `preprocess` keeps from one MIT-BIH record (see `annotated_beats`)."""
-    sig, fs, samples, symbols = read_record(mitdb_dir, record)
-    beats = annotated_beats(sig, fs, samples, symbols, spec)
+def extract_beats(records_dir: str | Path, record: int, spec: BeatSpec, ds: Dataset) -> RecordBeats:
+    """The beats `preprocess` keeps from one record of a dataset (see `annotated_beats`): a
+    record at another rate than FS is resampled to it first (its beats keep their samples at
+    the record's own rate)."""
+    rec = read_record(records_dir, record, ds)
+    if rec.fs == FS:
+        ann = rec.annotations
+        beats = annotated_beats(rec.sig, rec.fs, ann.samples, ann.symbols, spec, ds.class_of_symbol)
+    else:
+        check_rate(rec.fs)
+        beats = stretch_beats(rec.sig, rec.fs, spec, ds.class_of_symbol, rec.annotations)
     beats.record = record
     return beats
 
@@ -256,6 +262,7 @@ def stretch_beats(
     sig: np.ndarray,
     fs: float,
     spec: BeatSpec,
+    class_of_symbol: Mapping[str, int],
     annotations: Annotations | None = None,
     qrs_from: int | None = None,
 ) -> RecordBeats:
@@ -271,7 +278,7 @@ def stretch_beats(
     if annotations is not None:
         own = np.asarray(annotations.samples, dtype=np.int64)
         at = np.round(own * float(factor)).astype(np.int64)
-        beats, keep = _annotated(filtered, peaks, at, annotations.symbols, spec)
+        beats, keep = _annotated(filtered, peaks, at, annotations.symbols, spec, class_of_symbol)
         beats.sample = own[keep]
         parts.append(beats)
     if qrs_from is not None:
@@ -309,22 +316,32 @@ def window(filtered: np.ndarray, centres: np.ndarray, before: int, after: int) -
 
 
 def annotated_beats(
-    sig: np.ndarray, fs: float, samples: np.ndarray, symbols: list[str], spec: BeatSpec
+    sig: np.ndarray,
+    fs: float,
+    samples: np.ndarray,
+    symbols: list[str],
+    spec: BeatSpec,
+    class_of_symbol: Mapping[str, int],
 ) -> RecordBeats:
-    """Annotated beats of the classes in CLASS_OF_SYMBOL whose window fits in the record; an N
-    beat only where the QRS detector confirms an R peak within `qrs_tolerance` samples."""
+    """Annotated beats of the classes in `class_of_symbol` whose window fits in the record; an
+    N beat only where the QRS detector confirms an R peak within `qrs_tolerance` samples."""
     filtered = bandpass(sig, fs, spec.band_hz, spec.taps)
     peaks = detect_r_peaks(filtered[:, 0], fs, spec.qrs_detector)
-    return _annotated(filtered, peaks, samples, symbols, spec)[0]
+    return _annotated(filtered, peaks, samples, symbols, spec, class_of_symbol)[0]
 
 
 def _annotated(
-    filtered: np.ndarray, peaks: np.ndarray, samples: np.ndarray, symbols: list[str], spec: BeatSpec
+    filtered: np.ndarray,
+    peaks: np.ndarray,
+    samples: np.ndarray,
+    symbols: list[str],
+    spec: BeatSpec,
+    class_of_symbol: Mapping[str, int],
 ) -> tuple[RecordBeats, np.ndarray]:
     """`annotated_beats` of a filtered signal and its detected R peaks, and which annotations
     it kept."""
     before, after = spec.before, spec.after
-    cls = beat_classes(symbols, samples, len(filtered), before, after)
+    cls = beat_classes(symbols, samples, len(filtered), before, after, class_of_symbol)
     keep = cls >= 0
     is_n = keep & (cls == 0)
     confirmed = near_detection(samples, peaks, spec.qrs_tolerance)

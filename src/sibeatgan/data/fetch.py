@@ -1,4 +1,5 @@
-"""Put MIT-BIH 1.0.0 into the data folder, every file checked against PhysioNet's sha256."""
+"""Put a dataset's records (MIT-BIH 1.0.0 by default) into the data folder, every file checked
+against the sha256 list the dataset ships (PhysioNet's SHA256SUMS.txt)."""
 
 from __future__ import annotations
 
@@ -7,26 +8,29 @@ import os
 import shutil
 import subprocess
 import tempfile
-from importlib import resources
 from pathlib import Path
 
 from tqdm import tqdm
 
 from sibeatgan.config import Params, read_yaml
+from sibeatgan.datasets import DEFAULT_DATASET, Dataset, dataset
 from sibeatgan.io import ensure_writable
-
-PHYSIONET_DB = "mitdb"
 
 
 class DataError(RuntimeError):
-    """Missing or corrupt MIT-BIH files."""
+    """Missing or corrupt dataset files."""
 
 
-def expected_digests() -> dict[str, str]:
-    """File name -> sha256 from PhysioNet's SHA256SUMS.txt for mitdb 1.0.0 (145 files)."""
-    text = resources.files("sibeatgan.data").joinpath("mitdb_sha256.txt").read_text()
-    pairs = (line.split() for line in text.splitlines() if line.strip())
-    return {name: digest for digest, name in pairs}
+def expected_digests(ds: Dataset) -> dict[str, str]:
+    """File name -> sha256 of every file of the dataset (MIT-BIH: 145 files); a dataset
+    without a checksum list cannot be fetched."""
+    digests = ds.digests()
+    if not digests:
+        raise DataError(
+            f"dataset {ds.name} ships no checksum list, so fetch-data cannot verify it; put its "
+            "records in runtime.records_dir yourself"
+        )
+    return digests
 
 
 def sha256(path: Path) -> str:
@@ -37,9 +41,11 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_folder(folder: Path, names: list[str] | None = None) -> tuple[list[str], list[str]]:
-    """(missing, corrupt) file names of `folder` against the expected digests."""
-    digests = expected_digests()
+def check_folder(
+    folder: Path, ds: Dataset, names: list[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """(missing, corrupt) file names of `folder` against the dataset's digests."""
+    digests = expected_digests(ds)
     names = names if names is not None else sorted(digests)
     missing = [n for n in names if not (folder / n).is_file()]
     corrupt = [n for n in names if n not in missing and sha256(folder / n) != digests[n]]
@@ -56,23 +62,26 @@ def _describe(missing: list[str], corrupt: list[str], where: Path | str) -> str:
     return f"{where}: " + "; ".join(parts)
 
 
-def fetch(dest: Path, source: Path | None = None) -> dict[str, int]:
-    """Make `dest` hold exactly-verified copies of all 145 files. Files already there and
-    correct are kept; the others come from `source` (a folder of WFDB records) or, without one,
-    from PhysioNet. Nothing in `dest` is replaced until the new copy has been verified."""
+def fetch(dest: Path, source: Path | None = None, ds: Dataset | None = None) -> dict[str, int]:
+    """Make `dest` hold exactly-verified copies of every file of the dataset (default MIT-BIH,
+    145 files). Files already there and correct are kept; the others come from `source` (a
+    folder of WFDB records) or, without one, from PhysioNet. Nothing in `dest` is replaced
+    until the new copy has been verified."""
+    ds = ds or dataset(DEFAULT_DATASET)
+    expected = expected_digests(ds)
     dest.mkdir(parents=True, exist_ok=True)
-    missing, corrupt = check_folder(dest)
+    missing, corrupt = check_folder(dest, ds)
     needed = sorted(missing + corrupt)
     if not needed:
-        return {"verified": len(expected_digests()), "copied": 0}
+        return {"verified": len(expected), "copied": 0}
     ensure_writable(dest)
     if source is not None:
         if not source.is_dir():
             raise DataError(f"--from / MITDB_DIR folder {source} does not exist")
-        s_missing, s_corrupt = check_folder(source, needed)
+        s_missing, s_corrupt = check_folder(source, ds, needed)
         if s_missing or s_corrupt:
             raise DataError(
-                "the source folder does not hold a verified MIT-BIH 1.0.0: "
+                f"the source folder does not hold a verified {ds.title}: "
                 + _describe(s_missing, s_corrupt, source)
                 + ". Point --from/MITDB_DIR at an intact copy, or leave both unset to download "
                 "from PhysioNet."
@@ -83,8 +92,8 @@ def fetch(dest: Path, source: Path | None = None) -> dict[str, int]:
             for name in tqdm(needed, desc=f"copy from {source}", unit="file"):
                 shutil.copyfile(source / name, staging / name)
         else:
-            _download(staging, needed)
-        s_missing, s_corrupt = check_folder(staging, needed)
+            _download(staging, needed, ds)
+        s_missing, s_corrupt = check_folder(staging, ds, needed)
         if s_missing or s_corrupt:
             raise DataError(
                 "downloaded files failed verification: "
@@ -93,10 +102,10 @@ def fetch(dest: Path, source: Path | None = None) -> dict[str, int]:
             )
         for name in needed:
             (staging / name).replace(dest / name)
-    extra = sorted(set(p.name for p in dest.iterdir()) - set(expected_digests()))
+    extra = sorted(set(p.name for p in dest.iterdir()) - set(expected))
     if extra:
-        print(f"note: {dest} also holds files that are not part of mitdb 1.0.0: {extra[:10]}")
-    return {"verified": len(expected_digests()), "copied": len(needed)}
+        print(f"note: {dest} also holds files that are not part of {ds.title}: {extra[:10]}")
+    return {"verified": len(expected), "copied": len(needed)}
 
 
 def in_git_work_tree(root: Path) -> bool:
@@ -131,22 +140,24 @@ def commit_to_dvc(dest: Path, root: Path = Path(".")) -> str | None:
     return None
 
 
-def _download(staging: Path, names: list[str]) -> None:
+def _download(staging: Path, names: list[str], ds: Dataset) -> None:
     import wfdb
 
+    if ds.physionet is None:
+        raise DataError(f"dataset {ds.name} is not on PhysioNet; pass --from DIR")
     try:
-        wfdb.dl_files(PHYSIONET_DB, str(staging), names, keep_subdirs=False)
+        wfdb.dl_files(ds.physionet, str(staging), names, keep_subdirs=False)
     except Exception as err:  # network errors come in many types
         raise DataError(
-            f"could not download MIT-BIH from PhysioNet ({err}). Without internet, pass "
+            f"could not download {ds.title} from PhysioNet ({err}). Without internet, pass "
             "--from DIR or set MITDB_DIR to a folder holding the records."
         ) from err
 
 
 def ensure_records(p: Params) -> None:
     """Fetch the records from MITDB_DIR when the data folder lacks some of them."""
-    folder = Path(p.runtime.mitdb_dir)
+    folder = Path(p.runtime.records_dir)
     if all((folder / f"{r}.hea").exists() for r in p.preprocess.records):
         return
     source = os.environ.get("MITDB_DIR")
-    fetch(folder, Path(source) if source else None)
+    fetch(folder, Path(source) if source else None, dataset(p.preprocess.dataset))

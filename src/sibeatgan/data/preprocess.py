@@ -15,8 +15,9 @@ import numpy as np
 from tqdm import tqdm
 
 from sibeatgan.config import Params, short_hash
-from sibeatgan.data.beats import CLASSES, BeatSpec, RecordBeats, extract_beats, normalise
+from sibeatgan.data.beats import BeatSpec, RecordBeats, extract_beats, normalise
 from sibeatgan.data.split import SPLIT_NAMES, make_split
+from sibeatgan.datasets import CLASSES, dataset
 from sibeatgan.io import (
     ensure_writable,
     exclusive_folder,
@@ -60,12 +61,12 @@ def prepared_key(p: Params) -> str:
     return short_hash({**fields, "preprocess": p.to_dict()["preprocess"]})
 
 
-def check_records(mitdb_dir: Path, records: list[int]) -> None:
-    missing = [r for r in records if not (mitdb_dir / f"{r}.hea").exists()]
+def check_records(records_dir: Path, records: list[int]) -> None:
+    missing = [r for r in records if not (records_dir / f"{r}.hea").exists()]
     if missing:
         raise FileNotFoundError(
-            f"records {missing} are not in {mitdb_dir}; run `sibeatgan fetch-data` first "
-            "(or fix preprocess.records / runtime.mitdb_dir in params.yaml)"
+            f"records {missing} are not in {records_dir}; run `sibeatgan fetch-data` first "
+            "(or fix preprocess.records / runtime.records_dir in params.yaml)"
         )
 
 
@@ -86,7 +87,7 @@ def run_preprocess(p: Params, metrics_path: str | Path | None = None) -> dict:
     `metrics_path`), holding that folder's lock: a split, training or evaluation reading it
     (or another preprocess) stops this at once, naming its pid, and nothing is written."""
     beats_dir = Path(p.runtime.beats_dir)
-    check_records(Path(p.runtime.mitdb_dir), p.preprocess.records)
+    check_records(Path(p.runtime.records_dir), p.preprocess.records)
     ensure_writable(beats_dir, *([Path(metrics_path).parent] if metrics_path else []))
     with exclusive_folder(beats_dir, "preprocess"):
         return _preprocess_locked(p, metrics_path)
@@ -95,7 +96,8 @@ def run_preprocess(p: Params, metrics_path: str | Path | None = None) -> dict:
 def _preprocess_locked(p: Params, metrics_path: str | Path | None) -> dict:
     pp = p.preprocess
     spec = BeatSpec.from_dict(p.to_dict()["preprocess"])
-    job = partial(extract_beats, Path(p.runtime.mitdb_dir), spec=spec)
+    ds = dataset(pp.dataset)
+    job = partial(extract_beats, Path(p.runtime.records_dir), spec=spec, ds=ds)
     workers = max(1, min(p.runtime.workers, len(pp.records)))
     bar = dict(total=len(pp.records), desc="preprocess records", unit="rec")
     if workers == 1:
@@ -147,7 +149,8 @@ def _split_locked(p: Params, metrics_path: str | Path | None) -> dict:
             "with these params (or `dvc repro preprocess`)"
         )
     classes, records, samples = (load_npy(beats_dir / f"{n}.npy") for n in BEAT_ARRAYS[1:])
-    split = make_split(classes, records, p.data.split, p.data.fold, p.data.split_seed)
+    ds = dataset(p.preprocess.dataset)
+    split = make_split(classes, records, p.data.split, p.data.fold, p.data.split_seed, ds)
     check_parts_disjoint(records, samples, split)
     save_npy(out / "split.npy", split)
     sizes = {
@@ -257,7 +260,7 @@ def ensure_prepared(p: Params, root: Path) -> Params:
     runtime = dataclasses.replace(p.runtime, beats_dir=str(beats), prepared_dir=str(prepared))
     p = dataclasses.replace(p, runtime=runtime)
     if not _made_for(beats, beats_key(p)):
-        check_records(Path(p.runtime.mitdb_dir), p.preprocess.records)
+        check_records(Path(p.runtime.records_dir), p.preprocess.records)
     _make_once(beats, beats_key(p), "preprocess", lambda: _preprocess_locked(p, None))
     _make_once(prepared, prepared_key(p), "split", lambda: _split_locked(p, None))
     return p

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from sibeatgan.datasets import Dataset, InterPatient
+
 TRAIN, VAL, TEST = 0, 1, 2
 SPLIT_NAMES = ("train", "val", "test")
-
-# de Chazal et al. (2004) inter-patient record lists.
-DS1 = [101, 106, 108, 109, 112, 114, 115, 116, 118, 119, 122, 124, 201, 203, 205, 207, 208,
-       209, 215, 220, 223, 230]  # fmt: skip
-DS2 = [100, 103, 105, 111, 113, 117, 121, 123, 200, 202, 210, 212, 213, 214, 219, 221, 222,
-       228, 231, 232, 233, 234]  # fmt: skip
 
 
 def _split_off(idx: np.ndarray, frac_first: float, rng: np.random.Generator) -> tuple:
@@ -39,11 +35,14 @@ def intra_patient(cls: np.ndarray, fold: int, seed: int) -> np.ndarray:
     return split
 
 
-def inter_patient(cls: np.ndarray, records: np.ndarray, seed: int) -> np.ndarray:
-    """de Chazal split: DS1 N beats 90/10 train/val and DS1 anomalies to val; DS2 is test."""
+def inter_patient(
+    cls: np.ndarray, records: np.ndarray, seed: int, patients: InterPatient
+) -> np.ndarray:
+    """Patient split (MIT-BIH: de Chazal's DS1/DS2): the train patients' N beats 90/10
+    train/val and their anomalies to val; the test patients' beats are test."""
     split = np.full(len(cls), -1, dtype=np.int8)
-    in_ds1 = np.isin(records, DS1)
-    in_ds2 = np.isin(records, DS2)
+    in_ds1 = np.isin(records, patients.train)
+    in_ds2 = np.isin(records, patients.test)
     train, val = _split_off(np.flatnonzero(in_ds1 & (cls == 0)), 0.9, np.random.default_rng(seed))
     split[train], split[val] = TRAIN, VAL
     split[in_ds1 & (cls > 0)] = VAL
@@ -51,9 +50,16 @@ def inter_patient(cls: np.ndarray, records: np.ndarray, seed: int) -> np.ndarray
     return split
 
 
-def make_split(cls: np.ndarray, records: np.ndarray, scheme: str, fold: int, seed: int):
+def make_split(
+    cls: np.ndarray, records: np.ndarray, scheme: str, fold: int, seed: int, ds: Dataset
+) -> np.ndarray:
     if scheme == "intra":
         return intra_patient(cls, fold, seed)
-    if scheme == "inter":
-        return inter_patient(cls, records, seed)
-    raise ValueError(f"unknown split scheme {scheme!r}; use intra or inter")
+    if scheme != "inter":
+        raise ValueError(f"unknown split scheme {scheme!r}; use intra or inter")
+    if ds.inter_patient is None:
+        raise ValueError(
+            f"dataset {ds.name} defines no inter-patient split; use data.split=intra "
+            "(or give its Dataset an inter_patient)"
+        )
+    return inter_patient(cls, records, seed, ds.inter_patient)

@@ -6,6 +6,7 @@ No window ever crosses a gap, so every beat the detector sees is finite."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,8 +14,6 @@ import numpy as np
 import wfdb
 
 from sibeatgan.data.beats import (
-    CLASS_OF_SYMBOL,
-    CLASSES,
     Annotations,
     BeatSpec,
     Gap,
@@ -29,6 +28,7 @@ from sibeatgan.data.beats import (
     stretch_beats,
     usable_segments,
 )
+from sibeatgan.datasets import CLASSES
 from sibeatgan.evaluation.detector import Detector
 
 MIN_ANALYSED = 0.5  # a record of which less than this share can be analysed is refused
@@ -93,10 +93,14 @@ def record_path(spec: str) -> Path:
     return path.with_suffix("") if path.suffix in {".hea", ".dat", ".atr"} else path
 
 
-def read_for_detection(spec: str, detector: Detector, lead: str) -> RecordInput:
+def read_for_detection(spec: str, detector: Detector, lead: str | None = None) -> RecordInput:
+    """A record's beats as `detector` scores them; `lead` defaults to the lead of the dataset
+    the detector was trained on, whose class map labels annotated beats."""
+    lead = lead or detector.dataset.lead
+    class_of_symbol = detector.dataset.class_of_symbol
     path = record_path(spec)
     raw = _read(path, lead)
-    raw.annotations, notes = _read_annotations(path)
+    raw.annotations, notes = _read_annotations(path, detector.dataset.annotator)
     pp = BeatSpec.from_dict(detector.meta["preprocess"])
     nc = int(detector.meta["nc"])
     sig, names = raw.sig[:, :nc], _column_leads(lead, raw.leads)[:nc]
@@ -111,14 +115,16 @@ def read_for_detection(spec: str, detector: Detector, lead: str) -> RecordInput:
         raise RecordError(_unusable(path.name, gaps, segments, len(sig), raw.fs, raw.leads))
     ann, qrs_from, warnings = _annotations(path.name, raw.annotations, len(sig), raw.fs)
     warnings = notes + warnings
-    beats = _beats(sig, raw.fs, segments, ann, qrs_from, pp)
+    beats = _beats(sig, raw.fs, segments, ann, qrs_from, pp, class_of_symbol)
     if len(beats.cls) == 0:
         raise RecordError(f"no beats found in record {path}; is it an ECG?")
     if not np.isfinite(beats.x).all():  # cannot happen: gaps are cut out; a safety net
         raise RecordError(f"record {path} gives non-finite beat windows; report this as a bug")
     beats.x = normalise(beats.x)
     beats.record = path.name
-    lost = None if ann is None else _beats_in_gaps(ann, segments, len(sig), raw.fs, pp)
+    lost = None
+    if ann is not None:
+        lost = _beats_in_gaps(ann, segments, len(sig), raw.fs, pp, class_of_symbol)
     if gaps:
         warnings.insert(0, _gap_warning(path.name, gaps, raw.fs, lost))
     return RecordInput(
@@ -157,15 +163,15 @@ def _read(path: Path, lead: str):
         raise RecordError(f"record {path} is unreadable ({type(err).__name__}: {err})") from None
 
 
-def _read_annotations(path: Path) -> tuple[Annotations | None, list[str]]:
-    """The record's annotations (.atr) when it has them. A file cut mid-annotation (wfdb
-    cannot read it) gives the annotations before the cut, with a warning."""
-    file = Path(f"{path}.atr")
+def _read_annotations(path: Path, annotator: str) -> tuple[Annotations | None, list[str]]:
+    """The record's annotations (`annotator`: MIT-BIH's .atr) when it has them. A file cut
+    mid-annotation (wfdb cannot read it) gives the annotations before the cut, with a warning."""
+    file = Path(f"{path}.{annotator}")
     if not file.is_file():
         return None, []
     notes = []
     try:
-        found = wfdb.rdann(str(path), "atr")
+        found = wfdb.rdann(str(path), annotator)
     except Exception:  # noqa: BLE001 - wfdb fails in many ways on a damaged file
         found = _before_the_cut(file)
         notes.append(f"warning: {file} ends mid-annotation (cut short); read up to the cut")
@@ -230,6 +236,7 @@ def _beats(
     ann: Annotations | None,
     qrs_from: int | None,
     spec: BeatSpec,
+    class_of_symbol: Mapping[str, int],
 ) -> RecordBeats:
     """The beats of every analysed stretch, each made on its own (samples at fs)."""
     parts = []
@@ -240,7 +247,7 @@ def _beats(
             symbols = [s for s, keep in zip(ann.symbols, inside, strict=True) if keep]
             local = Annotations(ann.samples[inside] - a, symbols)
         start = None if qrs_from is None else max(qrs_from - a, 0)
-        beats = stretch_beats(sig[a:b], fs, spec, local, start)
+        beats = stretch_beats(sig[a:b], fs, spec, class_of_symbol, local, start)
         beats.sample = beats.sample + a
         parts.append(beats)
     return RecordBeats(
@@ -253,13 +260,18 @@ def _beats(
 
 
 def _beats_in_gaps(
-    ann: Annotations, segments: list[tuple[int, int]], length: int, fs: float, spec: BeatSpec
+    ann: Annotations,
+    segments: list[tuple[int, int]],
+    length: int,
+    fs: float,
+    spec: BeatSpec,
+    class_of_symbol: Mapping[str, int],
 ) -> int:
     """Annotated beats (of the class map) not scored because of a gap: in one, or so near one
     that their window [R - before, R + after) at FS would cross it."""
     factor = resample_factor(fs)
     samples = ann.samples
-    lost = np.array([s in CLASS_OF_SYMBOL for s in ann.symbols], dtype=bool)
+    lost = np.array([s in class_of_symbol for s in ann.symbols], dtype=bool)
     lost &= (samples >= 0) & (samples < length)
     for a, b in segments:
         inside = (samples >= a) & (samples < b)

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sibeatgan.config import FS  # noqa: E402
-from sibeatgan.data.beats import CLASSES  # noqa: E402
+from sibeatgan.datasets import CLASSES  # noqa: E402
 from sibeatgan.io import write_text  # noqa: E402
 
 ROW_S = 60.0  # seconds of record per strip-chart row

@@ -41,7 +41,7 @@ def detect(
     records: list[str],
     model: str,
     out: Path,
-    lead: str = "MLII",
+    lead: str | None = None,
     alarm_rate: float | None = None,
     echo: Callable[[str], None] = print,
     warn: Callable[[str], None] = _stderr,

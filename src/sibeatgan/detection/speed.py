@@ -52,7 +52,7 @@ def bench_detect(
     echo: Callable[[str], None] = print,
 ) -> dict:
     detector = resolve_detector(model)
-    beats = read_for_detection(record, detector, "MLII").beats
+    beats = read_for_detection(record, detector).beats
     with tempfile.TemporaryDirectory(prefix="sibeatgan-bench-") as tmp:
         seconds = end_to_end_s(record, model, Path(tmp) / "out")
         echo(

@@ -20,6 +20,7 @@ import torch
 
 from sibeatgan.config import BEAT_LENGTH, FS, QRS_DETECTORS
 from sibeatgan.data.beats import BeatSpec
+from sibeatgan.datasets import DEFAULT_DATASET, Dataset, dataset, names
 from sibeatgan.evaluation import scores
 from sibeatgan.evaluation.metrics import best_f1_threshold
 from sibeatgan.io import load_state_dict, read_json
@@ -143,6 +144,8 @@ def validate_meta(meta: Any, where: Path) -> dict:
             "trained by this version (models/student) or restore the file"
         )
     _check_keys(where, SCHEMA, meta)
+    if meta.get("dataset", DEFAULT_DATASET) not in names():
+        _refuse(where, "dataset", meta["dataset"], f"a known dataset ({', '.join(names())})")
     pp = meta["preprocess"]
     _check_keys(where, PREPROCESS_SCHEMA, pp, "preprocess.")
     extra = sorted(set(pp) - set(PREPROCESS_SCHEMA))
@@ -222,12 +225,14 @@ def detector_meta(
     adaptive_thresholds: dict | None = None,
     **about: Any,
 ) -> dict:
-    """The contents of detector.json; `score` is {"name", "params"} (default: mse);
-    `adaptive_thresholds` the record-adaptive ones; `about` adds provenance (role, run id,
-    data key)."""
+    """The contents of detector.json; `preprocess` the preprocess section (its dataset names
+    the class map and lead detect reads records with); `score` is {"name", "params"} (default:
+    mse); `adaptive_thresholds` the record-adaptive ones; `about` adds provenance (role, run
+    id, data key)."""
     extra = {ADAPTIVE_THRESHOLDS: adaptive_thresholds} if adaptive_thresholds else {}
     return {
         "kind": DETECTOR_KIND,
+        "dataset": preprocess.get("dataset", DEFAULT_DATASET),
         "nc": nc,
         "nz": nz,
         "width": width,
@@ -246,6 +251,11 @@ class Detector:
     g: Generator
     meta: dict
     d: Discriminator | None = None  # loaded only for a score that reads D's features
+
+    @property
+    def dataset(self) -> Dataset:
+        """The dataset it was trained on (detector files without one: MIT-BIH)."""
+        return dataset(self.meta.get("dataset", DEFAULT_DATASET))
 
     @property
     def score_name(self) -> str:

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sibeatgan.data.beats import CLASSES  # noqa: E402
+from sibeatgan.datasets import CLASSES  # noqa: E402
 from sibeatgan.io import atomic_path  # noqa: E402
 
 

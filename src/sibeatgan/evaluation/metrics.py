@@ -11,7 +11,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from sibeatgan.data.beats import CLASSES
+from sibeatgan.datasets import CLASSES
 
 
 def auc_ap(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import torch
 
 from sibeatgan import tracking
 from sibeatgan.config import ConfigError, Params, describe_changes, params_from_dict, role_train
-from sibeatgan.data.preprocess import prepared_key, reading_data
+from sibeatgan.data.preprocess import Prepared, prepared_key, reading_data
 from sibeatgan.data.split import TRAIN, VAL
 from sibeatgan.evaluation import figures, scores
 from sibeatgan.evaluation.detector import (
@@ -45,7 +47,7 @@ from sibeatgan.pipeline.trained import (
 )
 from sibeatgan.training import state as train_state
 from sibeatgan.training.distill import Distiller
-from sibeatgan.training.loop import Checkpoint, FitData, Hooks, fit
+from sibeatgan.training.loop import Checkpoint, FitData, FitResult, Hooks, Nets, fit
 
 
 def train_model(
@@ -97,6 +99,61 @@ def _train_locked(
     for stale in remove_stale_temporaries(out):
         print(f"{role}: removed {stale}, left by a process killed while writing it")
     set_threads(p)
+    job = _set_up(p, role, layout, teacher_dir)
+    state_path = out / train_state.FILENAME
+    state = _resumable_state(state_path, p, role, resume, replace_other, job.tags)
+    run_id = state["meta"]["run_id"] if state else None
+
+    with tracking.training_run(p, role, use_active_run, run_id, **job.tags) as run:
+        if state and run.info.run_id != run_id:  # the old run left the store
+            for row in state["progress"]["history"]:
+                tracking.log_epoch(row)
+        val_y = (job.val_cls > 0).astype(int)
+        data = FitData(job.train_x, job.val_x, val_y, p.runtime.score_batch_size)
+        hooks = Hooks(tracking.log_step, tracking.log_epoch, monitor, p.runtime.log_every, role)
+        meta = {"params": p.to_dict(), "run_id": run.info.run_id, **job.tags}
+        result = fit(
+            job.nets,
+            data,
+            role_train(p, role),
+            p.seed,
+            distiller=job.distiller,
+            hooks=hooks,
+            checkpoint=Checkpoint(state_path, meta, state),
+        )
+        _keep_selected(job, result, run.info.run_id)
+        summary = _summary(job, result)
+        uris = _log_products(job, result, summary)
+        info = _write_info(job, summary, uris, run.info.run_id)
+    state_path.unlink(missing_ok=True)  # the run is done: its products replace the state
+    return {**info, "history": result.history}
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A training ready to start: its params and role, where it writes, its data (train beats,
+    val beats and classes), G and D on the device, and for a student the distiller and the tags
+    that name its teacher."""
+
+    p: Params
+    role: str
+    layout: Layout
+    data: Prepared
+    train_x: np.ndarray
+    val_x: np.ndarray
+    val_cls: np.ndarray
+    width: int
+    nets: Nets
+    distiller: Distiller | None
+    tags: dict[str, str]
+
+    @property
+    def out(self) -> Path:
+        return self.layout.model_dir(self.role)
+
+
+def _set_up(p: Params, role: str, layout: Layout, teacher_dir: Path | None) -> _Job:
+    """Load and check the data, build G and D (a student's guided by its teacher)."""
     data = load_checked(p)
     nc = p.data.channels
     train_x, _ = data.part(TRAIN, nc)
@@ -108,102 +165,113 @@ def _train_locked(
         )
     device = pick_device()
     width = p.model.width if role == "teacher" else student_width(p)
-    g, d = build_models(nc, p.model.nz, width, p.seed)
-    distiller, extra_tags = None, {}
+    nets = Nets(*build_models(nc, p.model.nz, width, p.seed))
+    distiller, tags = None, {}
     if role == "student":
         teacher_dir = teacher_dir or layout.model_dir("teacher")
-        teacher_info = trained_model_info(teacher_dir, "teacher")
-        check_model_data(teacher_dir, teacher_info, p, "teacher")
-        check_teacher_shape(teacher_dir, teacher_info, p)
-        teacher = load_generator(teacher_dir, device)
-        extra_tags["teacher_run_id"] = teacher_info.get("run_id") or ""
-        # a student belongs to the teacher it learnt from, whatever its own train.* values
-        extra_tags["teacher_config"] = teacher_info["teacher_config"]
-        if p.student.init_from_teacher:
-            g.load_state_dict(teacher.state_dict())
-            d.load_state_dict(load_state_dict(teacher_dir / "D.pt"))
-        if any(p.student.terms.values()):
-            distiller = Distiller(teacher, p.student, width).to(device)
-    g, d = g.to(device), d.to(device)
-    state_path = out / train_state.FILENAME
-    state = _resumable_state(state_path, p, role, resume, replace_other, extra_tags)
-    run_id = state["meta"]["run_id"] if state else None
+        distiller, tags = _guide_student(nets, p, width, teacher_dir, device)
+    nets = Nets(nets.g.to(device), nets.d.to(device))
+    return _Job(p, role, layout, data, train_x, val_x, val_cls, width, nets, distiller, tags)
 
-    with tracking.training_run(p, role, use_active_run, run_id, **extra_tags) as run:
-        if state and run.info.run_id != run_id:  # the old run left the store
-            for row in state["progress"]["history"]:
-                tracking.log_epoch(row)
-        result = fit(
-            g,
-            d,
-            FitData(train_x, val_x, (val_cls > 0).astype(int), p.runtime.score_batch_size),
-            role_train(p, role),
-            p.seed,
-            distiller=distiller,
-            hooks=Hooks(tracking.log_step, tracking.log_epoch, monitor, p.runtime.log_every),
-            checkpoint=Checkpoint(
-                state_path, {"params": p.to_dict(), "run_id": run.info.run_id, **extra_tags}, state
-            ),
-            desc=role,
-        )
-        if result.resumed_from:
-            mlflow.set_tag("resumed_after_epoch", str(result.resumed_from))
-        mlflow.set_tag("precision", result.precision)  # what train.precision=auto resolved to
-        g.load_state_dict(result.g_state)
-        d.load_state_dict(result.d_state)
-        save_state_dict(out / "G.pt", result.g_state)
-        save_state_dict(out / "D.pt", result.d_state)
-        models = Models(g, d)
-        val_records = data.records[data.split == VAL]
-        write_detector(
-            out, models, width, p, val_x, val_cls, val_records, role=role, run_id=run.info.run_id
-        )
-        write_csv(
-            layout.plot(f"{role}_history.csv"),
-            {k: [r[k] for r in result.history] for k in result.history[0]},
-        )
-        best = result.history[result.best_epoch - 1]
-        summary = {
-            "role": role,
-            "selection": result.selection,
-            "precision": result.precision,
-            "best_epoch": result.best_epoch,
-            "best_val_auc": max(r["val_auc"] for r in result.history),
-            "selected_val_auc": best["val_auc"],
-            "selected_val_ap": best["val_ap"],
-            "d_resets": result.d_resets,
-            "train_time_s": result.train_time_s,
-            "g_params": count_params(g),
-            "d_params": count_params(d),
-        }
-        curves = figures.training_curves(result.history, role, layout.plot(f"{role}_training.png"))
-        mlflow.log_metrics(
-            {k: float(v) for k, v in summary.items() if k not in ("role", "selection", "precision")}
-        )
-        tracking.log_file(out / "G.pt", artifact_path="checkpoints")
-        tracking.log_file(out / "D.pt", artifact_path="checkpoints")
-        tracking.log_file(out / DETECTOR_FILE, artifact_path="checkpoints")
-        tracking.log_file(layout.plot(f"{role}_history.csv"))
-        tracking.log_figure_files([curves])
-        model_uri = tracking.log_generator(out, nc, p.model.nz, width)
-        detector_uri = tracking.log_detector(out)
-        info = {
-            **summary,
-            "nc": nc,
-            "nz": p.model.nz,
-            "width": width,
-            "run_id": run.info.run_id,
-            "model_uri": model_uri,
-            "detector_uri": detector_uri,
-            "teacher_config": extra_tags.get("teacher_config", tracking.teacher_config_key(p)),
-            "recipe": tracking.recipe(p, role),
-            "data_key": prepared_key(p),
-        }
-        write_json(out / "fit.json", info)
-        tracking.log_file(out / "fit.json", artifact_path="checkpoints")
-        write_json(layout.metrics(f"{role}_train"), summary)
-    state_path.unlink(missing_ok=True)  # the run is done: its products replace the state
-    return {**info, "history": result.history}
+
+def _guide_student(
+    nets: Nets, p: Params, width: int, teacher_dir: Path, device: torch.device
+) -> tuple[Distiller | None, dict[str, str]]:
+    """Check the teacher in `teacher_dir` against `p`, start the student from it where
+    `student.init_from_teacher` asks; the distiller (None without a distillation term) and the
+    tags that name the teacher."""
+    teacher_info = trained_model_info(teacher_dir, "teacher")
+    check_model_data(teacher_dir, teacher_info, p, "teacher")
+    check_teacher_shape(teacher_dir, teacher_info, p)
+    teacher = load_generator(teacher_dir, device)
+    tags = {"teacher_run_id": teacher_info.get("run_id") or ""}
+    # a student belongs to the teacher it learnt from, whatever its own train.* values
+    tags["teacher_config"] = teacher_info["teacher_config"]
+    if p.student.init_from_teacher:
+        nets.g.load_state_dict(teacher.state_dict())
+        nets.d.load_state_dict(load_state_dict(teacher_dir / "D.pt"))
+    distiller = None
+    if any(p.student.terms.values()):
+        distiller = Distiller(teacher, p.student, width).to(device)
+    return distiller, tags
+
+
+def _keep_selected(job: _Job, result: FitResult, run_id: str) -> None:
+    """Tag the run, load the selected epoch's weights into G and D and save them, with the
+    detector and the history beside them."""
+    if result.resumed_from:
+        mlflow.set_tag("resumed_after_epoch", str(result.resumed_from))
+    mlflow.set_tag("precision", result.precision)  # what train.precision=auto resolved to
+    g, d = job.nets.g, job.nets.d
+    g.load_state_dict(result.g_state)
+    d.load_state_dict(result.d_state)
+    save_state_dict(job.out / "G.pt", result.g_state)
+    save_state_dict(job.out / "D.pt", result.d_state)
+    val_records = job.data.records[job.data.split == VAL]
+    write_detector(
+        job.out, Models(g, d), job.width, job.p, job.val_x, job.val_cls, val_records,
+        role=job.role, run_id=run_id,
+    )  # fmt: skip
+    write_csv(
+        job.layout.plot(f"{job.role}_history.csv"),
+        {k: [r[k] for r in result.history] for k in result.history[0]},
+    )
+
+
+def _summary(job: _Job, result: FitResult) -> dict:
+    """The training's figures: the selected epoch's, the best val AUC, time and sizes."""
+    best = result.history[result.best_epoch - 1]
+    return {
+        "role": job.role,
+        "selection": result.selection,
+        "precision": result.precision,
+        "best_epoch": result.best_epoch,
+        "best_val_auc": max(r["val_auc"] for r in result.history),
+        "selected_val_auc": best["val_auc"],
+        "selected_val_ap": best["val_ap"],
+        "d_resets": result.d_resets,
+        "train_time_s": result.train_time_s,
+        "g_params": count_params(job.nets.g),
+        "d_params": count_params(job.nets.d),
+    }
+
+
+def _log_products(job: _Job, result: FitResult, summary: dict) -> dict[str, str]:
+    """Log the summary, checkpoints, detector, history and curves to the MLflow run; the URIs
+    of the logged generator and detector."""
+    role, out, layout = job.role, job.out, job.layout
+    curves = figures.training_curves(result.history, role, layout.plot(f"{role}_training.png"))
+    mlflow.log_metrics(
+        {k: float(v) for k, v in summary.items() if k not in ("role", "selection", "precision")}
+    )
+    tracking.log_file(out / "G.pt", artifact_path="checkpoints")
+    tracking.log_file(out / "D.pt", artifact_path="checkpoints")
+    tracking.log_file(out / DETECTOR_FILE, artifact_path="checkpoints")
+    tracking.log_file(layout.plot(f"{role}_history.csv"))
+    tracking.log_figure_files([curves])
+    model_uri = tracking.log_generator(out, job.p.data.channels, job.p.model.nz, job.width)
+    detector_uri = tracking.log_detector(out)
+    return {"model_uri": model_uri, "detector_uri": detector_uri}
+
+
+def _write_info(job: _Job, summary: dict, uris: dict[str, str], run_id: str) -> dict:
+    """fit.json (also logged to the run) and the role's metrics file; the fit.json content."""
+    p = job.p
+    info = {
+        **summary,
+        "nc": p.data.channels,
+        "nz": p.model.nz,
+        "width": job.width,
+        "run_id": run_id,
+        **uris,
+        "teacher_config": job.tags.get("teacher_config", tracking.teacher_config_key(p)),
+        "recipe": tracking.recipe(p, job.role),
+        "data_key": prepared_key(p),
+    }
+    write_json(job.out / "fit.json", info)
+    tracking.log_file(job.out / "fit.json", artifact_path="checkpoints")
+    write_json(job.layout.metrics(f"{job.role}_train"), summary)
+    return info
 
 
 def write_detector(

@@ -16,7 +16,6 @@ variant, not of the draw.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import subprocess
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 from sibeatgan import tracking
-from sibeatgan.config import ConfigError, Params, apply_overrides, role_train, with_overrides
+from sibeatgan.config import ConfigError, Params, role_train, with_overrides
 from sibeatgan.data.fetch import ensure_records
 from sibeatgan.data.preprocess import Prepared, ensure_prepared
 from sibeatgan.data.split import TEST, VAL
@@ -43,6 +42,7 @@ from sibeatgan.models import Generator, conv_macs
 from sibeatgan.pipeline.layout import Layout
 from sibeatgan.pipeline.train import train_model
 from sibeatgan.pipeline.trained import load_checked, load_generator
+from sibeatgan.study.variant_files import Variant, controls, load_variants
 from sibeatgan.training import state as train_state
 
 STUDY_EXPERIMENT = "sibeatgan-study"
@@ -51,92 +51,10 @@ WORK_DIR = Path("outputs/study")
 UNSUPERVISED = "val_recon"  # the unsupervised rule the report shows beside val AUC
 
 
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    role: str  # teacher | student
-    overrides: tuple[str, ...]
-    about: str
-    # a variant that, by construction, repeats another's training step for step
-    retraces: str | None = None
-
-    @property
-    def on_top_of_teacher(self) -> bool:
-        """Starts from the trained teacher's weights: its budget comes on top of the teacher's.
-        Read the way params read the overrides (YAML values, the last one wins)."""
-        student = apply_overrides({}, list(self.overrides)).get("student", {})
-        return bool(student.get("init_from_teacher", False))
-
-
-# every student variant says which terms it uses and where it starts, whatever the defaults say
-_STUDENT = (
-    "student.kd=false",
-    "student.fd=false",
-    "student.rank=false",
-    "student.mimic=false",
-    "student.init_from_teacher=false",
-)
-VARIANTS: dict[str, Variant] = {
-    "teacher": Variant("teacher", (), "BeatGAN teacher"),
-    "teacher_aug": Variant(
-        "teacher",
-        ("train.augment_copies=2",),
-        "BeatGAN_aug: + 2 time-warped copies per beat, 1/3 of the epochs",
-    ),
-    # the teacher's width and seed and no teacher term: the teacher's own run again
-    "student_plain": Variant(
-        "student", _STUDENT, "student without distillation", retraces="teacher"
-    ),
-    "kd": Variant(
-        "student", (*_STUDENT, "student.kd=true"), "KD on standardised scores (born-again size)"
-    ),
-    "fd": Variant("student", (*_STUDENT, "student.fd=true"), "FD (attention transfer, 5 depths)"),
-    "kd_fd": Variant("student", (*_STUDENT, "student.kd=true", "student.fd=true"), "KD + FD"),
-    "init_teacher_kd": Variant(
-        "student",
-        (*_STUDENT, "student.kd=true", "student.init_from_teacher=true"),
-        "student started from the teacher's weights, with KD (the teacher's epochs + its own)",
-    ),
-    "init_teacher_plain": Variant(
-        "student",
-        (*_STUDENT, "student.init_from_teacher=true"),
-        "student started from the teacher's weights, no distillation (init_teacher_kd's control)",
-    ),
-    "rank": Variant(
-        "student", (*_STUDENT, "student.rank=true"), "ranks beat pairs as the teacher does"
-    ),
-    "mimic": Variant(
-        "student", (*_STUDENT, "student.mimic=true"), "also learns the teacher's reconstructions"
-    ),
-    "compact_kd": Variant(
-        "student",
-        (*_STUDENT, "student.kd=true", "student.width_mult=0.5"),
-        "half-width student (about 1/4 of the multiply-adds) with KD",
-    ),
-    "compact_kd_hint": Variant(
-        "student",
-        (
-            *_STUDENT,
-            "student.kd=true",
-            "student.fd=true",
-            "student.fd_mode=hint",
-            "student.width_mult=0.5",
-        ),
-        "half-width student with KD + FD hints (its maps through 1x1 projections onto the "
-        "teacher's, 5 depths)",
-    ),
-    "compact_plain": Variant(
-        "student",
-        (*_STUDENT, "student.width_mult=0.5"),
-        "half-width student without distillation (compact_kd's control)",
-    ),
-}
-# a student variant and the run without its distillation term: same width, seed and batch order,
-# so their paired difference is what the term itself does
-CONTROLS = {
-    "compact_kd": "compact_plain",
-    "compact_kd_hint": "compact_plain",
-    "init_teacher_kd": "init_teacher_plain",
-}
+# the variants, one file each in study/variants/ (see `variant_files`), and each variant with a
+# control: the run without its distillation term
+VARIANTS: dict[str, Variant] = load_variants()
+CONTROLS: dict[str, str] = controls(VARIANTS)
 
 # figures of each epoch's detection report kept in the history and the selections
 REPORT_KEYS = (

@@ -120,6 +120,14 @@ def _epoch_data(base: torch.Tensor, train_x: np.ndarray, cfg: TrainCfg, rng) -> 
 
 
 @dataclass(frozen=True)
+class Nets:
+    """The two networks a fit trains, in place."""
+
+    g: Generator
+    d: Discriminator
+
+
+@dataclass(frozen=True)
 class FitData:
     """What a fit trains on (N beats) and validates on (beats and labels, 1 = abnormal)."""
 
@@ -132,12 +140,14 @@ class FitData:
 @dataclass
 class Hooks:
     """Where a fit reports: step losses every `log_every` steps, each epoch's row, and extra
-    per-epoch figures from `monitor` (e.g. a test-AUC curve; never used for selection)."""
+    per-epoch figures from `monitor` (e.g. a test-AUC curve; never used for selection);
+    `desc` names the fit in its progress bars and epoch lines."""
 
     on_step: StepCallback | None = None
     on_epoch: EpochCallback | None = None
     monitor: Callable[[scores.Models], dict[str, float]] | None = None
     log_every: int = RuntimeCfg.log_every
+    desc: str = "train"
 
 
 @dataclass
@@ -182,9 +192,20 @@ class _Game:
         return parts | ({"projections": self.distiller.projections} if self.distiller else {})
 
 
+@dataclass(frozen=True)
+class _Run:
+    """One fit: its game, and what each of its epochs reads and moves on."""
+
+    game: _Game
+    cfg: TrainCfg
+    rng: np.random.Generator  # batch order and time-warp draws
+    progress: Progress
+    hooks: Hooks
+    checkpoint: Checkpoint
+
+
 def fit(
-    g: Generator,
-    d: Discriminator,
+    nets: Nets,
     data: FitData,
     cfg: TrainCfg,
     seed: int,
@@ -192,34 +213,30 @@ def fit(
     distiller: Distiller | None = None,
     hooks: Hooks | None = None,
     checkpoint: Checkpoint | None = None,
-    desc: str = "train",
 ) -> FitResult:
-    """Train G and D; score val each epoch (with the EMA of G when `cfg.ema` > 0); return the
-    state dicts of the epoch chosen by `cfg.selection`."""
+    """Train G and D (in place); score val each epoch (with the EMA of G when `cfg.ema` > 0);
+    return the state dicts of the epoch chosen by `cfg.selection`."""
     scores.score_def(cfg.score)  # an unknown score stops here, before any training
     hooks, checkpoint = hooks or Hooks(), checkpoint or Checkpoint()
     rng = np.random.default_rng([seed, 7])
     torch.manual_seed(seed)
-    game = new_game(g, d, len(data.train_x), cfg, distiller, log_every=hooks.log_every)
-    progress = Progress()
-    if checkpoint.resume_from is not None:
-        progress = train_state.restore(checkpoint.resume_from, game.parts(), rng)
-        _keep_capturable(game)
-        tqdm.write(f"{desc}: resuming after epoch {progress.epoch}")
+    game = new_game(nets.g, nets.d, len(data.train_x), cfg, distiller, log_every=hooks.log_every)
+    progress = _resume(game, rng, checkpoint, hooks.desc)
+    run = _Run(game, cfg, rng, progress, hooks, checkpoint)
     resumed_from = progress.epoch
-    for module in (g, d, distiller):
+    for module in (nets.g, nets.d, distiller):
         if module is not None:
             module.train()
-    device = next(g.parameters()).device
+    device = next(nets.g.parameters()).device
     base = torch.from_numpy(np.ascontiguousarray(data.train_x)).to(device)
     val_t = torch.from_numpy(np.ascontiguousarray(data.val_x)).to(device)
     for epoch in range(progress.epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         epoch_data = _epoch_data(base, data.train_x, cfg, rng)
-        sums = _train_epoch(game, epoch_data, cfg, rng, progress, hooks, f"{desc} epoch {epoch}")
-        row = _validate(game, val_t, data, cfg, epoch, sums, t0, hooks)
-        _keep_if_selected(row, game, progress, cfg.selection)
-        _end_epoch(row, game, progress, rng, checkpoint, hooks, desc, t0)
+        sums = _train_epoch(run, epoch_data, epoch)
+        row = _validate(run, val_t, data, epoch, sums, t0)
+        _keep_if_selected(run, row)
+        _end_epoch(run, row, t0)
     return FitResult(
         g_state=progress.best_g,
         d_state=progress.best_d,
@@ -231,6 +248,17 @@ def fit(
         train_time_s=progress.elapsed_s,
         resumed_from=resumed_from,
     )
+
+
+def _resume(game: _Game, rng: np.random.Generator, checkpoint: Checkpoint, desc: str) -> Progress:
+    """A fresh run's progress, or the one `checkpoint` resumes, its state loaded into `game`
+    and `rng` (and torch's generator)."""
+    if checkpoint.resume_from is None:
+        return Progress()
+    progress = train_state.restore(checkpoint.resume_from, game.parts(), rng)
+    _keep_capturable(game)
+    tqdm.write(f"{desc}: resuming after epoch {progress.epoch}")
+    return progress
 
 
 def sync_interval(device: torch.device, log_every: int) -> int:
@@ -288,23 +316,16 @@ def _keep_capturable(game: _Game) -> None:
             group["capturable"] = game.graphed
 
 
-def _train_epoch(
-    game: _Game,
-    data: torch.Tensor,
-    cfg: TrainCfg,
-    rng: np.random.Generator,
-    progress: Progress,
-    hooks: Hooks,
-    desc: str,
-) -> dict[str, float]:
+def _train_epoch(run: _Run, data: torch.Tensor, epoch: int) -> dict[str, float]:
     """One pass over `data` in a fresh random order (the last partial batch is dropped, for
     BatchNorm); returns the summed losses and the number of batches under `batches`. Losses stay
     on the device, summed in float64 in step order (the sums equal those of reading every
     step), and are read every `log_every` steps, to log them."""
-    order = torch.from_numpy(rng.permutation(len(data))).to(data.device)
+    game, cfg, progress, hooks = run.game, run.cfg, run.progress, run.hooks
+    order = torch.from_numpy(run.rng.permutation(len(data))).to(data.device)
     n_batches = len(data) // cfg.batch_size
     sums: dict[str, torch.Tensor] = {}
-    bar = tqdm(range(n_batches), desc=f"{desc}/{cfg.epochs}", unit="batch")
+    bar = tqdm(range(n_batches), desc=f"{hooks.desc} epoch {epoch}/{cfg.epochs}", unit="batch")
     for b in bar:
         x = data[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
         losses = game.step(x)
@@ -312,12 +333,17 @@ def _train_epoch(
         for k, v in losses.items():
             sums[k] = sums[k] + v.double() if k in sums else v.double()
         if progress.step % hooks.log_every == 0:
-            read = read_losses(losses)
-            if hooks.on_step:
-                hooks.on_step(progress.step, {f"loss_{k}": v for k, v in read.items()})
-            bar.set_postfix({k: f"{read[k]:.4f}" for k in ("d", "g")})
+            _report_step(losses, progress.step, hooks, bar)
     bar.close()
     return {"batches": n_batches, **{f"mean_loss_{k}": v for k, v in read_losses(sums).items()}}
+
+
+def _report_step(losses: dict[str, torch.Tensor], step: int, hooks: Hooks, bar: tqdm) -> None:
+    """Read the step's losses (a wait for the device) and show them."""
+    read = read_losses(losses)
+    if hooks.on_step:
+        hooks.on_step(step, {f"loss_{k}": v for k, v in read.items()})
+    bar.set_postfix({k: f"{read[k]:.4f}" for k in ("d", "g")})
 
 
 def read_losses(losses: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -353,16 +379,15 @@ def after_step(
 
 
 def _validate(
-    game: _Game,
+    run: _Run,
     val_t: torch.Tensor,
     data: FitData,
-    cfg: TrainCfg,
     epoch: int,
     sums: dict[str, float],
     t0: float,
-    hooks: Hooks,
 ) -> dict[str, float]:
     """The epoch's row: val AUC/AP and val-N error of the scored generator, time, mean losses."""
+    game, cfg, hooks = run.game, run.cfg, run.hooks
     n_batches = int(sums.pop("batches"))
     train_time = time.perf_counter() - t0
     models = scores.Models(game.scored, game.d if scores.score_def(cfg.score).needs_d else None)
@@ -384,40 +409,50 @@ def _validate(
     }
 
 
-def _keep_if_selected(row: dict, game: _Game, progress: Progress, selection: str) -> None:
+def _keep_if_selected(run: _Run, row: dict) -> None:
     """Keep this epoch's weights if the selection rule prefers them to the kept ones."""
-    value = _selection_value(row, selection)
+    progress = run.progress
+    value = _selection_value(row, run.cfg.selection)
     if value > progress.best_value:
         progress.best_value, progress.best_epoch = value, row["epoch"]
-        progress.best_g = copy.deepcopy(game.scored.state_dict())
-        progress.best_d = copy.deepcopy(game.d.state_dict())
+        progress.best_g = copy.deepcopy(run.game.scored.state_dict())
+        progress.best_d = copy.deepcopy(run.game.d.state_dict())
     row["best_val_auc"] = max(r["val_auc"] for r in [*progress.history, row])
 
 
-def _end_epoch(
-    row: dict,
-    game: _Game,
-    progress: Progress,
-    rng: np.random.Generator,
-    checkpoint: Checkpoint,
-    hooks: Hooks,
-    desc: str,
-    t0: float,
-) -> None:
+def _end_epoch(run: _Run, row: dict, t0: float) -> None:
     """Record the row, report it, and write the training state."""
+    progress, checkpoint, hooks = run.progress, run.checkpoint, run.hooks
     progress.history.append(row)
     epoch = row["epoch"]
     kept = "  *" if progress.best_epoch == epoch else ""
     tqdm.write(
-        f"{desc} epoch {epoch}: val AUC {row['val_auc']:.4f}  AP {row['val_ap']:.4f}  "
+        f"{hooks.desc} epoch {epoch}: val AUC {row['val_auc']:.4f}  AP {row['val_ap']:.4f}  "
         f"({row['epoch_time_s']:.0f} s){kept}"
     )
     progress.epoch = epoch
     progress.elapsed_s += time.perf_counter() - t0
     if checkpoint.path is not None:
-        train_state.save(checkpoint.path, game.parts(), progress, rng, checkpoint.meta)
+        train_state.save(checkpoint.path, run.game.parts(), progress, run.rng, checkpoint.meta)
     if hooks.on_epoch:
         hooks.on_epoch(row)
+
+
+@dataclass(frozen=True)
+class Forward:
+    """G's pass over a batch, which the D step and the G step share."""
+
+    x: torch.Tensor
+    x_rec: torch.Tensor
+    maps: list[torch.Tensor]  # the encoder's feature maps, for feature distillation
+    rec: torch.Tensor  # the reconstruction loss
+
+
+def g_forward(g: Generator, x: torch.Tensor, amp: AbstractContextManager) -> Forward:
+    with amp:
+        x_rec, maps = g.forward_with_features(x)
+        rec = F.mse_loss(x_rec.float(), x)
+    return Forward(x, x_rec, maps, rec)
 
 
 def d_step(
@@ -437,27 +472,23 @@ def d_step(
 
 
 def g_step(
-    g: Generator,
     d: Discriminator,
     opt_g: torch.optim.Optimizer,
-    x: torch.Tensor,
-    x_rec: torch.Tensor,
-    maps: list[torch.Tensor],
-    rec: torch.Tensor,
+    fwd: Forward,
     w_adv: float,
     distiller: Distiller | None,
-    amp,
+    amp: AbstractContextManager,
 ) -> dict[str, torch.Tensor]:
     """G learns to reconstruct and to match D's features of real beats (and the distillation
     terms). D's parameters are frozen meanwhile, so no gradient is computed for them."""
     d.requires_grad_(False)
     with amp:
         with torch.no_grad():
-            feat_real = d.features(x)
-        terms = {"rec": rec}
-        terms["adv"] = w_adv * F.mse_loss(d.features(x_rec).float(), feat_real.float())
+            feat_real = d.features(fwd.x)
+        terms = {"rec": fwd.rec}
+        terms["adv"] = w_adv * F.mse_loss(d.features(fwd.x_rec).float(), feat_real.float())
         if distiller is not None:
-            terms.update(distiller.losses(x, x_rec.float(), maps))
+            terms.update(distiller.losses(fwd.x, fwd.x_rec.float(), fwd.maps))
         loss_g = sum(terms.values())
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
@@ -480,9 +511,7 @@ def train_step(
     them waits for the device: the caller decides when). `amp` (autocast) wraps the forward
     passes and losses only; backward passes and optimiser steps run outside it."""
     amp = amp or nullcontext()
-    with amp:
-        x_rec, maps = g.forward_with_features(x)
-        rec = F.mse_loss(x_rec.float(), x)
-    loss_d = d_step(d, opt_d, x, x_rec, amp)
-    terms = g_step(g, d, opt_g, x, x_rec, maps, rec, w_adv, distiller, amp)
+    fwd = g_forward(g, x, amp)
+    loss_d = d_step(d, opt_d, x, fwd.x_rec, amp)
+    terms = g_step(d, opt_g, fwd, w_adv, distiller, amp)
     return {"d": loss_d, **{k: v.detach() for k, v in terms.items()}}

@@ -18,9 +18,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from sibeatgan.config import BEAT_LENGTH, TrainCfg
 from sibeatgan.evaluation.scoring import beat_scores, compiled_generator
-from sibeatgan.kernels import kernels_of, matrix_engine_share, summary_lines
 from sibeatgan.models import PLAIN, build_models, conv_macs
 from sibeatgan.training.loop import autocast, bf16_supported, make_optimizer, train_step
+from sibeatgan_bench.kernels import kernels_of, matrix_engine_share, summary_lines
 
 
 def step_flops(g_macs: int, d_macs: int) -> int:
