@@ -132,3 +132,31 @@ def test_a_resumed_student_restores_its_hint_projections(tmp_path):
     assert [r["mean_loss_fd"] for r in resumed.history] == [
         r["mean_loss_fd"] for r in straight.history
     ]
+
+
+def test_kd_distils_the_score_of_the_table(monkeypatch):
+    """KD compares teacher and student on train.score as the score table defines it: a score
+    plugged into the table (one entry) is what a student learns; one that reads more than the
+    reconstruction is refused in one line naming those that can be distilled."""
+    from sibeatgan.evaluation import scores
+
+    def peak(x_rec, x):
+        return (x_rec - x).abs().amax(dim=(1, 2))
+
+    entry = scores.Score("largest error", scores.mse_parts, scores.single("mse"))
+    monkeypatch.setitem(scores.SCORES, "peak", dataclasses.replace(entry, of_reconstruction=peak))
+    teacher, g, _, _ = teacher_and_student()
+    x = torch.rand(16, 1, 320) * 2 - 1
+    x_rec, maps = g.forward_with_features(x)
+    t_rec = teacher(x)
+    for name, fn in (("mse", beat_scores), ("peak", peak)):
+        distiller = Distiller(teacher, StudentCfg(kd=True), 8, score=name)
+        want = kd_loss(
+            scale_scores(fn(x_rec, x), "standardize"),
+            scale_scores(fn(t_rec, x), "standardize"),
+            4.0,
+        )
+        assert distiller.losses(x, x_rec, maps)["kd"].item() == pytest.approx(want.item())
+    with pytest.raises(scores.ScoreError, match=r"'latent' cannot be distilled.*one of mse, peak"):
+        Distiller(teacher, StudentCfg(kd=True), 8, score="latent")
+    Distiller(teacher, StudentCfg(kd=False, fd=True), 8, score="latent")  # no score term: fine

@@ -4,7 +4,9 @@ Each score is a function of the models (G, and D for the scores that compare D's
 a batch of beats. It returns per-beat parts (raw, unscaled measurements) that `combine` turns
 into the beat's score with parameters `fit` chose on val (none for most scores). Every score
 also hands back the per-tick reconstruction error, the heat that shows which ticks made a beat
-abnormal. Adding a score is one function and one entry in SCORES.
+abnormal. Adding a score is one function and one entry in SCORES. Training's epoch selection,
+evaluate, the study, detect, serving and distillation (`distillable`: what KD compares between
+teacher and student) all read this table.
 
 A score can also be made *record-adaptive* (`record_adaptive`): each beat's score relative to
 the other beats of its own record, which carries a threshold from one patient to another.
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from sibeatgan.evaluation import scoring
 from sibeatgan.evaluation.metrics import auc_ap
 from sibeatgan.models import Discriminator, Generator
 
@@ -112,10 +115,18 @@ class Score:
     fit: Callable[[dict[str, np.ndarray], np.ndarray], Params] = no_params
     needs_d: bool = False
     params: tuple[str, ...] = field(default=())  # what `fit` chooses on val
+    # the per-beat score of a reconstruction G(x) already made (x_rec, x), with its gradient:
+    # what distillation compares between teacher and student (None: it cannot be distilled)
+    of_reconstruction: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 SCORES: dict[str, Score] = {
-    "mse": Score("mean squared reconstruction error (BeatGAN)", mse_parts, single("mse")),
+    "mse": Score(
+        "mean squared reconstruction error (BeatGAN)",
+        mse_parts,
+        single("mse"),
+        of_reconstruction=scoring.beat_scores,
+    ),
     "latent": Score("||E(x) - E(G(x))||^2 (GANomaly)", latent_parts, single("latent")),
     "dfeat": Score(
         "distance of D's features of x and G(x)", dfeat_parts, single("dfeat"), needs_d=True
@@ -143,6 +154,20 @@ def score_def(name: str, models: Models | None = None) -> Score:
             f"(D.pt beside G.pt) or use a score that reads G only: {', '.join(g_only_scores())}"
         )
     return entry
+
+
+def distillable(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """How the score `name` follows from a reconstruction, for distillation; one line naming
+    the scores that can be distilled when it cannot (it reads more than G(x) and x)."""
+    entry = score_def(name)
+    if entry.of_reconstruction is None:
+        known = [n for n, s in SCORES.items() if s.of_reconstruction is not None]
+        raise ScoreError(
+            f"the score {name!r} cannot be distilled (the student is trained on a per-beat score "
+            f"of its reconstruction, and {name!r} reads more than that); set train.score to one "
+            f"of {', '.join(known)} for a distilled student"
+        )
+    return entry.of_reconstruction
 
 
 def g_only_scores() -> list[str]:

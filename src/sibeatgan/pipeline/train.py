@@ -192,7 +192,7 @@ def _guide_student(
         nets.d.load_state_dict(load_state_dict(teacher_dir / "D.pt"))
     distiller = None
     if any(p.student.terms.values()):
-        distiller = Distiller(teacher, p.student, width).to(device)
+        distiller = Distiller(teacher, p.student, width, p.train.score).to(device)
     return distiller, tags
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sibeatgan.config import StudentCfg
-from sibeatgan.evaluation.scoring import beat_scores
+from sibeatgan.evaluation import scores
 from sibeatgan.models import Generator, channel_widths
 
 
@@ -53,9 +53,11 @@ def attention_map(feature: torch.Tensor) -> torch.Tensor:
 class Distiller(nn.Module):
     """The frozen teacher plus the (trainable) 1x1 projections that `hint` mode needs."""
 
-    def __init__(self, teacher: Generator, cfg: StudentCfg, student_width: int):
+    def __init__(self, teacher: Generator, cfg: StudentCfg, student_width: int, score: str = "mse"):
         super().__init__()
         self.cfg = cfg
+        # the anomaly score the KD and rank terms compare (train.score), from the score table
+        self.score = scores.distillable(score) if (cfg.kd or cfg.rank) else None
         self.teacher = teacher.eval()
         for param in self.teacher.parameters():
             param.requires_grad_(False)
@@ -80,8 +82,8 @@ class Distiller(nn.Module):
             t_rec, t_maps = self.teacher.forward_with_features(x)
         out: dict[str, torch.Tensor] = {}
         if self.cfg.kd or self.cfg.rank:
-            s_s = scale_scores(beat_scores(x_rec, x), self.cfg.score_scaling)
-            s_t = scale_scores(beat_scores(t_rec, x), self.cfg.score_scaling)
+            s_s = scale_scores(self.score(x_rec, x), self.cfg.score_scaling)
+            s_t = scale_scores(self.score(t_rec, x), self.cfg.score_scaling)
         if self.cfg.kd:
             out["kd"] = self.cfg.kd_weight * kd_loss(s_s, s_t, self.cfg.temperature)
         if self.cfg.rank:
