@@ -104,20 +104,6 @@ def resample(sig: np.ndarray, factor: Fraction) -> np.ndarray:
     return sps.resample_poly(sig, factor.numerator, factor.denominator, axis=0)
 
 
-def resampled(rec: Recording, fs: float = FS) -> Recording:
-    """`rec` at `fs` Hz: the signal resampled by `resample_factor`, annotation samples scaled by
-    the same factor."""
-    if rec.fs == fs:
-        return rec
-    factor = resample_factor(rec.fs, fs)
-    sig = resample(rec.sig, factor)
-    ann = rec.annotations
-    if ann is not None:
-        samples = np.round(ann.samples * float(factor)).astype(np.int64)
-        ann = Annotations(np.clip(samples, 0, len(sig) - 1), ann.symbols)
-    return Recording(sig, fs, rec.lead, rec.leads, ann)
-
-
 @dataclass(frozen=True)
 class Gap:
     """A stretch [start, end) of one lead (samples at the record's own rate) that holds no
@@ -244,16 +230,11 @@ class BeatSpec:
 
 
 def extract_beats(records_dir: str | Path, record: int, spec: BeatSpec, ds: Dataset) -> RecordBeats:
-    """The beats `preprocess` keeps from one record of a dataset (see `annotated_beats`): a
-    record at another rate than FS is resampled to it first (its beats keep their samples at
-    the record's own rate)."""
+    """The beats `preprocess` keeps from one record of a dataset: `stretch_beats` of the whole
+    record at its annotated beats, the path `detect` takes too (a record at another rate than
+    FS is resampled to it; its beats keep their samples at the record's own rate)."""
     rec = read_record(records_dir, record, ds)
-    if rec.fs == FS:
-        ann = rec.annotations
-        beats = annotated_beats(rec.sig, rec.fs, ann.samples, ann.symbols, spec, ds.class_of_symbol)
-    else:
-        check_rate(rec.fs)
-        beats = stretch_beats(rec.sig, rec.fs, spec, ds.class_of_symbol, rec.annotations)
+    beats = stretch_beats(rec.sig, rec.fs, spec, ds.class_of_symbol, rec.annotations)
     beats.record = record
     return beats
 
@@ -315,21 +296,6 @@ def window(filtered: np.ndarray, centres: np.ndarray, before: int, after: int) -
     return filtered[starts[:, None] + offsets].transpose(0, 2, 1).astype(np.float32)
 
 
-def annotated_beats(
-    sig: np.ndarray,
-    fs: float,
-    samples: np.ndarray,
-    symbols: list[str],
-    spec: BeatSpec,
-    class_of_symbol: Mapping[str, int],
-) -> RecordBeats:
-    """Annotated beats of the classes in `class_of_symbol` whose window fits in the record; an
-    N beat only where the QRS detector confirms an R peak within `qrs_tolerance` samples."""
-    filtered = bandpass(sig, fs, spec.band_hz, spec.taps)
-    peaks = detect_r_peaks(filtered[:, 0], fs, spec.qrs_detector)
-    return _annotated(filtered, peaks, samples, symbols, spec, class_of_symbol)[0]
-
-
 def _annotated(
     filtered: np.ndarray,
     peaks: np.ndarray,
@@ -338,8 +304,9 @@ def _annotated(
     spec: BeatSpec,
     class_of_symbol: Mapping[str, int],
 ) -> tuple[RecordBeats, np.ndarray]:
-    """`annotated_beats` of a filtered signal and its detected R peaks, and which annotations
-    it kept."""
+    """Annotated beats of the classes in `class_of_symbol` whose window fits in the filtered
+    signal; an N beat only where a detected R peak lies within `qrs_tolerance` samples. Also
+    which annotations it kept."""
     before, after = spec.before, spec.after
     cls = beat_classes(symbols, samples, len(filtered), before, after, class_of_symbol)
     keep = cls >= 0

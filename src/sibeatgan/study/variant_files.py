@@ -15,9 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sibeatgan.config import ConfigError, apply_overrides
+from sibeatgan.config import ConfigError, apply_overrides, read_yaml
 
 VARIANTS_DIR = Path(__file__).with_name("variants")
 BASELINE_FILE = "student-baseline.yaml"
@@ -49,19 +47,13 @@ def _problem(path: Path, problem: str) -> ConfigError:
     return ConfigError(f"variant file {path}: {problem}")
 
 
-def _yaml_problem(err: yaml.YAMLError) -> str:
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"not valid YAML ({problem}{where})"
-
-
 def _read_mapping(path: Path, allowed: tuple[str, ...]) -> dict[str, Any]:
     """The file's YAML mapping, with only `allowed` keys."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise _problem(path, _yaml_problem(err)) from None
+        raw = read_yaml(path)
+    except ConfigError as err:  # "<path>: <problem>", from the reader params.yaml uses
+        problem = str(err).removeprefix(f"{path}: ")
+        raise _problem(path, f"not valid YAML ({problem})") from None
     if not isinstance(raw, dict):
         raise _problem(path, f"expected a mapping with keys {', '.join(allowed)}")
     unknown = [str(k) for k in raw if k not in allowed]
