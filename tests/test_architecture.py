@@ -15,7 +15,7 @@ BENCH = "sibeatgan_bench"  # the benchmarks, a package of their own beside the c
 # bottom to top
 LAYERS = [
     ("sibeatgan.datasets",),
-    ("sibeatgan.config", "sibeatgan.io"),
+    ("sibeatgan.config", "sibeatgan.io", "sibeatgan.provenance"),
     ("sibeatgan.models",),
     ("sibeatgan.data",),
     ("sibeatgan.evaluation",),

@@ -13,12 +13,12 @@ from scipy import stats
 
 from sibeatgan.cli import main
 from sibeatgan.config import with_overrides
+from sibeatgan.provenance import git_commit
 from sibeatgan.study.figures import folds_figure
 from sibeatgan.study.report import markdown, write_report
 from sibeatgan.study.runs import (
     STUDY_EXPERIMENT,
     device_name,
-    git_commit,
     reproduced_runs,
     run_variant,
     summary_is_current,

@@ -29,7 +29,7 @@ from sibeatgan.evaluation.scoring import pick_device, score
 from sibeatgan.io import read_json, write_csv, write_json, write_text
 from sibeatgan.models import build_models
 from sibeatgan.pipeline.trained import load_checked, set_threads
-from sibeatgan.study.runs import git_commit
+from sibeatgan.provenance import git_commit
 from sibeatgan.training.loop import FitData, Hooks, Nets, fit
 
 OUT = Path("research/convergence")

@@ -35,7 +35,6 @@ import copy
 import importlib
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -54,6 +53,7 @@ from sibeatgan.data.split import TEST, TRAIN, VAL
 from sibeatgan.evaluation.metrics import auc_ap
 from sibeatgan.io import atomic_path, read_json, write_csv, write_json
 from sibeatgan.models import build_models
+from sibeatgan.provenance import git_commit
 from sibeatgan.training import loop
 from sibeatgan.training import state as train_state
 
@@ -462,15 +462,6 @@ def plot(out: Path) -> Path:
 
 
 # ---------------------------------------------------------------- command line
-
-
-def git_commit() -> str | None:
-    """HEAD (SIBEATGAN_COMMIT where the tree travelled without its .git), "-dirty" if changed."""
-    if os.environ.get("SIBEATGAN_COMMIT"):
-        return os.environ["SIBEATGAN_COMMIT"]
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "diff", "HEAD", "--quiet"], capture_output=True).returncode
-    return head.stdout.strip() + ("-dirty" if dirty else "") if head.returncode == 0 else None
 
 
 def _start(args, extra: dict) -> dict:

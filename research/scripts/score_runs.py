@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from sibeatgan.data.split import TEST, TRAIN, VAL
 from sibeatgan.evaluation import scores
 from sibeatgan.io import save_state_dict, write_json
 from sibeatgan.models import build_models
+from sibeatgan.provenance import git_commit
 from sibeatgan.training import state as train_state
 from sibeatgan.training.loop import Checkpoint, FitData, Hooks, Nets, fit
 
@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--state", type=Path, help="resumable training state under STATE/RUN/")
     ap.add_argument("-S", "--set", action="append", default=[], help="params override")
     args = ap.parse_args()
+    commit = git_commit()  # the code it starts with (SIBEATGAN_COMMIT where .git did not travel)
     p = load_params("params.yaml", [*run_overrides(args.run), *args.set])
     if p.runtime.threads > 0:
         torch.set_num_threads(p.runtime.threads)
@@ -116,7 +117,7 @@ def main() -> None:
         "val_auc_per_epoch": [r["val_auc"] for r in result.history],
         "d_resets": result.d_resets,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "commit": os.environ.get("SIBEATGAN_COMMIT"),
+        "commit": commit,
         "prepare_s": prep_s,
         "train_s": result.train_time_s,
         "rows": [{k: None if nan(v) else v for k, v in r.items()} for r in rows],

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,6 +41,7 @@ from sibeatgan.models import Generator, conv_macs
 from sibeatgan.pipeline.layout import Layout
 from sibeatgan.pipeline.train import train_model
 from sibeatgan.pipeline.trained import load_checked, load_generator
+from sibeatgan.provenance import git_commit
 from sibeatgan.study.variant_files import Variant, controls, load_variants
 from sibeatgan.training import state as train_state
 
@@ -165,25 +165,6 @@ def device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
     return f"cpu ({torch.get_num_threads()} threads)"
-
-
-def git_commit() -> str | None:
-    """HEAD, with "-dirty" when tracked files other than reports/ differ from it (the run used
-    uncommitted code or params). reports/ (from the repository's top, whatever the working
-    folder) is left out: the study's own summaries and report change there while the grid runs,
-    and each summary records the full params it trained with."""
-    if os.environ.get("SIBEATGAN_COMMIT"):  # a copy of the tree without .git, on another machine
-        return os.environ["SIBEATGAN_COMMIT"]
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "diff", "HEAD", "--quiet", "--", ":/", ":(top,exclude)reports"],
-            capture_output=True,
-        )
-    except OSError:
-        return None
-    commit = head.stdout.strip()
-    return (commit + ("-dirty" if dirty.returncode == 1 else "")) or None
 
 
 def _teacher_dir(base, seed, fold, split, work: Path, extra=()) -> tuple[Path, Params]:
