@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import html
+import json
 import os
 import shutil
 import signal
@@ -47,15 +48,23 @@ def _bump(t: np.ndarray, centre: float, width: float, amp: float) -> np.ndarray:
     return amp * np.exp(-0.5 * ((t - centre) / width) ** 2)
 
 
-def ecg(fs: float, symbols: list[str], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def ecg(
+    fs: float, symbols: list[str], seed: int = 0, early: dict[int, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Two leads [n, 2] at `fs` Hz, one beat a second from 0.5 s to 1.5 s before the end (N
-    narrow and upright, V wide and inverted, others wide and upright), and each beat's R
-    sample. The shapes are conftest.write_record's, in seconds, so any rate holds them."""
+    narrow and upright, V wide and inverted, others wide and upright; beat i `early[i]` s
+    early), and each beat's R sample. The shapes are conftest.write_record's, in seconds, so
+    any rate holds them."""
     n = int(round((len(symbols) + 1) * fs))
     t = np.arange(n) / fs
     rng = np.random.default_rng(seed)
     mlii = 0.02 * rng.standard_normal(n)
-    samples = np.round((np.arange(len(symbols)) + 0.5) * fs).astype(np.int64)
+    r_s = (
+        np.arange(len(symbols))
+        + 0.5
+        - np.array([(early or {}).get(i, 0.0) for i in range(len(symbols))])
+    )
+    samples = np.round(r_s * fs).astype(np.int64)
     for s, sym in zip(samples, symbols, strict=True):
         r = s / fs
         if sym == "N":
@@ -139,6 +148,53 @@ def test_a_nan_gap_is_left_out_reported_and_the_rest_analysed(model_dir, tmp_pat
         assert len(rows) == 36 and summary["beats_in_gaps"] is None
     page = (out / "gap" / "report.html").read_text()
     assert "Gaps: left out of the analysis" in page and "missing values (NaN)" in page
+
+
+def test_a_detector_of_beat_timing_reads_each_stretch_between_gaps_apart(model_dir, tmp_path):
+    """mse_rhythm through detect: a beat 0.3 s early reads prematurity 0.7 and pause 1.3, the
+    score is the detector's mix of log mse and their logs, and a gap is never read as a pause
+    (the beats either side of it start and end a stretch of their own)."""
+    from sibeatgan.detection.records import read_for_detection
+
+    sig, samples = ecg(360, SYMBOLS, early={12: 0.3})
+    sig[7164:7992, 0] = np.nan  # 19.9-22.2 s, as above: beats 19-22 are lost
+    path = write(tmp_path / "in", "timed", sig, 360, samples, SYMBOLS)
+    params = {"w_mse": 1.0, "w_prematurity": -2.0, "w_pause": 0.5}
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    meta = read_json(folder / "detector.json")
+    meta["score"] = {"name": "mse_rhythm", "params": params}
+    (folder / "detector.json").write_text(json.dumps(meta))
+    out = tmp_path / "out"
+    result = detect(str(path), "--model", str(folder), "--out", str(out), "--scoring", "beat")
+    assert result.exit_code == 0, result.output
+    rows = rows_of(out / "timed")
+    time_s = np.array([float(r["time_s"]) for r in rows])
+    timing = np.array([[float(r["prematurity"]), float(r["pause"])] for r in rows])
+    early = int(np.argmin(np.abs(time_s - 12.2)))
+    assert timing[early] == pytest.approx([0.7, 1.3], abs=0.01)
+    before_gap, after_gap = np.flatnonzero(time_s < 19.9)[-1], np.flatnonzero(time_s > 22.2)[0]
+    assert timing[before_gap, 1] == 1.0 and timing[after_gap, 0] == 1.0
+    assert timing[after_gap + 1, 0] == 1.0  # no interval before the stretch's first interval
+    plain = read_for_detection(str(path), resolve_detector(str(model_dir)), None)
+    mse = resolve_detector(str(model_dir)).run(plain.beats.x)[0]
+    want = np.log(mse) - 2 * np.log(plain.timing[:, 0]) + 0.5 * np.log(plain.timing[:, 1])
+    np.testing.assert_allclose([float(r["score"]) for r in rows], want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_score_comparing_a_beat_with_its_record_refuses_a_short_record(model_dir, tmp_path):
+    sig, samples = ecg(360, SYMBOLS[:20])
+    path = write(tmp_path / "in", "short", sig, 360, samples, SYMBOLS[:20])
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    meta = read_json(folder / "detector.json")
+    params = {"w_mse_z": 1.0, "w_prematurity": -2.0, "w_pause": 0.5}
+    meta["score"] = {"name": "mse_z_rhythm", "params": params}
+    (folder / "detector.json").write_text(json.dumps(meta))
+    out = tmp_path / "out"
+    result = detect(str(path), "--model", str(folder), "--out", str(out))
+    one_line_error(result, "record short has 20 beats", "'mse_z_rhythm'", "at least 30")
+    assert record_folders(out) == []
 
 
 def test_a_flat_stretch_is_a_gap_a_short_one_is_not(model_dir, tmp_path):

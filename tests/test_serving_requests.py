@@ -36,14 +36,16 @@ MARK = 0.123456789  # a value whose text must never come back in an error
 JSON = "application/json"
 
 
-def write_detector(folder: Path, adaptive: dict | None = ADAPTIVE) -> Path:
+def write_detector(
+    folder: Path, adaptive: dict | None = ADAPTIVE, score: dict | None = None
+) -> Path:
     """A detector folder (untrained width-4 G, detector.json): serving mechanics only."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     save_state_dict(folder / "G.pt", Generator(1, 8, 4).eval().state_dict())
     preprocess = Params().to_dict()["preprocess"]
     meta = detector_meta(
-        1, 8, 4, preprocess, dict(THRESHOLDS), adaptive_thresholds=adaptive, role="t"
+        1, 8, 4, preprocess, dict(THRESHOLDS), score, adaptive_thresholds=adaptive, role="t"
     )
     (folder / "detector.json").write_text(json.dumps(meta))
     return folder
@@ -226,6 +228,89 @@ def test_record_adaptive_needs_a_detector_with_adaptive_thresholds(tmp_path):
         old.predict(None, x, {"record_adaptive": True})
     assert "\n" not in err.value.reason and err.value.status == 400
     assert len(old.predict(None, x, {})["score"]) == 40, "per-beat scoring still works"
+
+
+RHYTHM = {"name": "mse_rhythm", "params": {"w_mse": 1.0, "w_prematurity": -2.0, "w_pause": 1.0}}
+
+
+@pytest.fixture(scope="module")
+def rhythm_folder(tmp_path_factory) -> Path:
+    return write_detector(tmp_path_factory.mktemp("rhythm"), score=RHYTHM)
+
+
+def test_a_detector_of_beat_timing_scores_the_r_peaks_sent(rhythm_folder):
+    from sibeatgan.data.rhythm import beat_rhythm
+
+    m = BeatDetectorModel()
+    m.detector = load_detector(rhythm_folder / "G.pt", rhythm_folder / "detector.json")
+    x = np.random.default_rng(4).uniform(-1, 1, (12, 320)).astype(np.float32)
+    peaks = np.arange(12) * 300
+    peaks[6] -= 90  # beat 6 comes 30% early
+    answer = m.predict(None, x, {"r_peaks": peaks.tolist()})
+    mse = ((m.detector.g(torch.from_numpy(x[:, None])).detach().numpy()[:, 0] - x) ** 2).mean(1)
+    t = beat_rhythm(np.zeros(12), peaks)
+    want = np.log(mse) - 2 * np.log(t[:, 0]) + np.log(t[:, 1])
+    np.testing.assert_allclose(answer["score"], want, rtol=1e-4)
+    assert int(np.argmax(answer["score"] - np.log(mse))) == 6
+
+
+@pytest.mark.parametrize(
+    ("rhythm", "params", "message"),
+    [
+        (True, {}, 'reads each beat\'s timing: send "r_peaks" in params'),
+        (True, {"r_peaks": list(range(11))}, "r_peaks is (11,) for 12 beats"),
+        (True, {"r_peaks": "0 300"}, "r_peaks is not a list of numbers for 12 beats"),
+        (True, {"r_peaks": [0] * 12}, "r_peaks: two beats at R-peak sample 0"),
+        (True, {"r_peaks": [[0]] * 12}, "r_peaks is (12, 1) for 12 beats"),
+        (False, {"r_peaks": list(range(12))}, "this detector's score is 'mse': leave r_peaks out"),
+    ],
+)
+def test_r_peaks_that_do_not_fit_are_one_line(rhythm_folder, model, rhythm, params, message):
+    m = model
+    if rhythm:
+        m = BeatDetectorModel()
+        m.detector = load_detector(rhythm_folder / "G.pt", rhythm_folder / "detector.json")
+    x = np.random.default_rng(5).uniform(-1, 1, (12, 320)).astype(np.float32)
+    with pytest.raises(RequestError) as err:
+        m.predict(None, x, params)
+    assert message in err.value.reason and "\n" not in err.value.reason
+    body = json.dumps({"inputs": x.tolist(), "params": params}).encode()
+    with pytest.raises(RequestError, match=message.split(" (")[0].split("(")[0][:20]):
+        check_request(body, JSON, m.detector)
+
+
+def test_a_score_comparing_beats_of_a_record_needs_enough_of_them(tmp_path):
+    score = {"name": "mse_z_rhythm", "params": {**RHYTHM["params"], "w_mse_z": 1.0}}
+    del score["params"]["w_mse"]
+    folder = write_detector(tmp_path / "z", score=score)
+    m = BeatDetectorModel()
+    m.detector = load_detector(folder / "G.pt", folder / "detector.json")
+    x = np.random.default_rng(7).uniform(-1, 1, (40, 320)).astype(np.float32)
+    with pytest.raises(RequestError, match="29 beats; the score 'mse_z_rhythm' compares each"):
+        m.predict(None, x[:29], {"r_peaks": list(range(0, 29 * 300, 300))})
+    answer = m.predict(None, x, {"r_peaks": list(range(0, 40 * 300, 300))})
+    assert np.isfinite(answer["score"]).all() and len(answer["score"]) == 40
+
+
+def test_a_logged_detector_of_beat_timing_takes_r_peaks_through_its_signature(
+    rhythm_folder, tmp_path, monkeypatch
+):
+    from sibeatgan import tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    tracking.setup()
+    with mlflow.start_run():
+        uri = tracking.log_detector(rhythm_folder)
+    loaded = mlflow.pyfunc.load_model(uri)
+    x = np.random.default_rng(6).uniform(-1, 1, (40, 320)).astype(np.float32)
+    answer = loaded.predict(x, params={"r_peaks": (np.arange(40) * 360).tolist()})
+    assert np.isfinite(answer["score"]).all() and len(answer["score"]) == 40
+    # the model from code brings its own RequestError class: an MlflowException
+    with pytest.raises(mlflow.exceptions.MlflowException, match='send "r_peaks"'):
+        loaded.predict(x)
+    mlflow.set_tracking_uri(None)
 
 
 def test_a_failing_model_is_a_500_without_its_trace(model, monkeypatch):

@@ -2,6 +2,7 @@
 scoring and threshold: a per-record table of beats, N false-alarm rate and S, V, F recall.
 
     python research/scripts/ds2_detect.py WEIGHTS_DIR --out research/probes/scores [-S ...]
+    # the detector of another score: -S train.score=mse_rhythm --name inter-seed0-mse_rhythm
 
 WEIGHTS_DIR holds G.pt and D.pt of an inter-patient teacher (`score_runs.py inter-seedS
 --keep-weights`); this writes its detector.json (the product's `write_detector`: score and
@@ -46,7 +47,7 @@ def write_model(weights: Path, p) -> None:
     records = data.records[data.split == VAL]
     with torch.no_grad():
         write_detector(weights, Models(g.eval(), d.eval()), p.model.width, p, val_x, val_cls,
-                       records, role="teacher", run_id="")  # fmt: skip
+                       records, data.context(VAL), role="teacher", run_id="")  # fmt: skip
 
 
 def rows_for(summaries: list[dict], scoring: str, rate: float | None) -> list[dict]:

@@ -1,6 +1,8 @@
 """reports/scores.json and its markdown table from the score-table runs of score_runs.py:
 every named score, per beat and record-adaptive, on the intra-patient folds (seed 0) and the
-inter-patient seeds, val and test AUC, paired against `mse` per beat on the same models.
+inter-patient seeds, val and test AUC, paired against `mse` per beat on the same models. Scores
+of record context (timing, the record's other beats) come last, marked, apart from the
+per-beat protocol.
 
     python research/scripts/scores_report.py research/probes/scores --out reports/scores.json \
         --markdown research/probes/scores/table.md
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sibeatgan.evaluation.scores import SCORES
 from sibeatgan.io import write_json
 from sibeatgan.study.stats import difference_stats
 
@@ -41,7 +44,10 @@ def summary_rows(runs: dict[str, dict[str, dict]]) -> list[dict]:
     for scope, by_run in runs.items():
         if not by_run:
             continue
-        keys = sorted(next(iter(by_run.values())), key=lambda k: (k[1], k[0] != "mse", k[0]))
+        keys = sorted(
+            set().union(*by_run.values()),
+            key=lambda k: (SCORES[k[0]].reads_context, k[1], k[0] != "mse", k[0]),
+        )
         for score, adaptive in keys:
             names = sorted(n for n in by_run if (score, adaptive) in by_run[n])
             val = [by_run[n][(score, adaptive)]["val_auc"] for n in names]
@@ -51,6 +57,9 @@ def summary_rows(runs: dict[str, dict[str, dict]]) -> list[dict]:
             rows.append({
                 "score": score,
                 "record_adaptive": adaptive,
+                # reads the beat's context in its record (timing, the record's other beats):
+                # like record-adaptive rows, never the published per-beat protocol
+                "context": SCORES[score].reads_context,
                 "scope": scope,
                 "unit": UNIT[scope],
                 "n": len(names),
@@ -67,8 +76,9 @@ def summary_rows(runs: dict[str, dict[str, dict]]) -> list[dict]:
 def markdown(rows: list[dict], runs: dict[str, dict[str, dict]]) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     lines = [
-        "| scope | score | record-adaptive | n | val AUC | test AUC mean ± std | vs mse (p) |",
-        "|---|---|---|---|---|---|---|",
+        "| scope | score | record context | record-adaptive | n | val AUC | test AUC mean ± std "
+        "| vs mse (p) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         vs = r["vs_mse"]
@@ -76,7 +86,8 @@ def markdown(rows: list[dict], runs: dict[str, dict[str, dict]]) -> str:
         reference = (r["score"], r["record_adaptive"]) == ("mse", False)
         versus = "-" if reference else f"{vs['mean']:+.4f} ({p})"
         lines.append(
-            f"| {r['scope']} | `{r['score']}` | {'yes' if r['record_adaptive'] else 'no'} | "
+            f"| {r['scope']} | `{r['score']}` | {'yes' if r['context'] else 'no'} | "
+            f"{'yes' if r['record_adaptive'] else 'no'} | "
             f"{r['n']} | {fmt(r['val_auc_mean'])} | {fmt(r['test_auc_mean'])} ± "
             f"{fmt(r['test_auc_std'])} | {versus} |"
         )

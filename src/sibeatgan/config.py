@@ -346,7 +346,7 @@ def validate(p: Params) -> Params:
         (p.runtime.threads >= 0, "runtime.threads must be >= 0 (0 = all cores)"),
         (
             isinstance(t.score, str) and t.score.isidentifier(),
-            "train.score must name an anomaly score (mse, latent, dfeat, mse_dfeat)",
+            "train.score must name an anomaly score (e.g. mse; evaluation/scores.py lists them)",
         ),
         (
             p.train.selection in {"val_auc", "last", "val_recon"},

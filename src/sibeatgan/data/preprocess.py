@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sibeatgan.config import Params, short_hash
+from sibeatgan.data import rhythm
 from sibeatgan.data.beats import BeatSpec, RecordBeats, extract_beats, normalise
 from sibeatgan.data.split import SPLIT_NAMES, make_split
 from sibeatgan.datasets import CLASSES, dataset
@@ -47,6 +48,14 @@ class Prepared:
         """Beats of one split (first `channels` leads) and their classes."""
         mask = self.split == which
         return self.beats[mask, :channels], self.classes[mask]
+
+    def context(self, which: int) -> rhythm.BeatContext:
+        """One split's beats in their records: each beat's record, and its timing among every
+        beat of that record (all splits: the neighbours of a test beat may be train beats; no
+        label is read)."""
+        mask = self.split == which
+        timing = rhythm.beat_rhythm(self.records, self.samples)[mask]
+        return rhythm.BeatContext(self.records[mask], timing)
 
 
 def beats_key(p: Params) -> str:

@@ -28,6 +28,7 @@ from sibeatgan.data.beats import (
     stretch_beats,
     usable_segments,
 )
+from sibeatgan.data.rhythm import BeatContext, beat_rhythm, one_record
 from sibeatgan.datasets import CLASSES
 from sibeatgan.evaluation.detector import Detector
 
@@ -68,6 +69,19 @@ class RecordInput:
     @property
     def times(self) -> np.ndarray:
         return self.beats.sample / self.fs
+
+    @property
+    def timing(self) -> np.ndarray:
+        """`rhythm.beat_rhythm` of the beats: neighbours are beats of the same analysed
+        stretch, so a gap never passes for a pause."""
+        starts = np.array([a for a, _ in self.segments])
+        stretch = np.searchsorted(starts, self.beats.sample, side="right")
+        return beat_rhythm(stretch, self.beats.sample)
+
+    @property
+    def context(self) -> BeatContext:
+        """The beats' context for the scores that read it: one record, timed by stretch."""
+        return one_record(self.timing)
 
     @property
     def analysed_s(self) -> float:

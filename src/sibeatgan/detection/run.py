@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sibeatgan.data.rhythm import COLUMNS, BeatContext, RhythmError
 from sibeatgan.detection import report
 from sibeatgan.detection.model import resolve_detector
 from sibeatgan.detection.records import RecordError, RecordInput, class_figures, read_for_detection
@@ -131,6 +132,9 @@ def output_folders(names: list[str]) -> list[str]:
 
 def scores_with_progress(detector: Detector, rec: RecordInput) -> tuple[np.ndarray, np.ndarray]:
     x = rec.beats.x
+    context = record_context(detector, rec)
+    if context is not None:  # a beat's score reads its record's other beats: all at once
+        return detector.run(x, SCORE_BATCH, context)
     parts = [
         detector.run(x[start : start + SCORE_BATCH], SCORE_BATCH)
         for start in tqdm(
@@ -138,6 +142,24 @@ def scores_with_progress(detector: Detector, rec: RecordInput) -> tuple[np.ndarr
         )
     ]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def record_context(detector: Detector, rec: RecordInput) -> BeatContext | None:
+    """The beats' context in their record, for a detector whose score reads it; one line for
+    a record too short for a score that compares a beat with the record's other beats."""
+    if not detector.reads_context:
+        return None
+    n = len(rec.beats.x)
+    if detector.reads_record and n < MIN_ADAPTIVE_BEATS:
+        raise RecordError(
+            f"record {rec.name} has {n} beats; the score {detector.score_name!r} compares each "
+            f"beat with its record's other beats and needs at least {MIN_ADAPTIVE_BEATS}: "
+            "detect a longer record, or use a model of a per-beat score"
+        )
+    try:
+        return rec.context
+    except RhythmError as err:
+        raise RecordError(f"record {rec.name}: {err}") from None
 
 
 def finite_scores(detector: Detector, rec: RecordInput, model: str) -> tuple[np.ndarray, ...]:
@@ -241,6 +263,8 @@ def write_record(
         **({"z": flagged_on} if scoring == ADAPTIVE else {}),
         "flag": flags.astype(int),
     }
+    if detector.reads_context:  # what the score read besides the beat's shape
+        table.update(zip(COLUMNS, np.round(rec.timing, 4).T, strict=True))
     if rec.annotated:
         table["label"] = labels
     write_csv(folder / "beats.csv", table)

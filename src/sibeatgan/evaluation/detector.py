@@ -20,6 +20,7 @@ import torch
 
 from sibeatgan.config import BEAT_LENGTH, FS, QRS_DETECTORS
 from sibeatgan.data.beats import BeatSpec
+from sibeatgan.data.rhythm import BeatContext
 from sibeatgan.datasets import DEFAULT_DATASET, Dataset, dataset, names
 from sibeatgan.evaluation import scores
 from sibeatgan.evaluation.metrics import best_f1_threshold
@@ -84,7 +85,7 @@ def _band(v: Any) -> bool:
 
 # detector.json's schema, one place: the top-level keys detection reads (other keys are
 # provenance: role, run id, data key), the preprocess settings `detect` replays (the ranges of
-# config.validate) and the thresholds (scores are mean squared errors: finite and >= 0)
+# config.validate) and the thresholds (finite; >= 0 unless the score is signed)
 SCHEMA: dict[str, Rule] = {
     "nc": Rule(lambda v: _is_int(v) and v in (1, 2), "1 or 2 (leads)"),
     "nz": _ints(1, MAX_NZ),
@@ -111,6 +112,8 @@ PREPROCESS_SCHEMA: dict[str, Rule] = {
 THRESHOLD = Rule(_is_number, "a finite number >= 0 (a mean squared error)")
 # record-adaptive thresholds are robust z-scores within a record: any finite number
 Z_THRESHOLD = Rule(_is_number, "a finite number (a robust z-score)")
+# a signed score's (scores.Score.signed: a mix of logs) per-beat thresholds: any finite number
+SIGNED_THRESHOLD = Rule(_is_number, "a finite number (the score is a mix of logs)")
 FIX = "the file was damaged or edited: restore it or train the model again"
 WEIGHTS_FIX = "the weights were damaged or edited: restore G.pt or train the model again"
 OTHER_MODEL = "the two files are of different models: keep G.pt and detector.json of one training"
@@ -157,16 +160,18 @@ def validate_meta(meta: Any, where: Path) -> dict:
     if pp["before"] + pp["after"] != meta["beat_length"]:
         total = pp["before"] + pp["after"]
         _refuse(where, "preprocess.before + after", total, f"{BEAT_LENGTH} (beat_length)")
+    _check_score(where, meta.get("score", DEFAULT_SCORE))
+    signed = scores.SCORES[meta_score(meta)[0]].signed  # a mix of logs: thresholds below 0 too
+    rule = SIGNED_THRESHOLD if signed else THRESHOLD
     for name, value in meta["thresholds"].items():
-        if not THRESHOLD.ok(value) or value < 0:
-            _refuse(where, f"thresholds.{name}", value, THRESHOLD.accepts)
+        if not rule.ok(value) or (value < 0 and not signed):
+            _refuse(where, f"thresholds.{name}", value, rule.accepts)
     adaptive = meta.get(ADAPTIVE_THRESHOLDS, {"val_f1": 0.0})
     if not isinstance(adaptive, dict) or "val_f1" not in adaptive:
         _refuse(where, ADAPTIVE_THRESHOLDS, adaptive, "an object of named thresholds with val_f1")
     for name, value in adaptive.items():
         if not Z_THRESHOLD.ok(value):
             _refuse(where, f"{ADAPTIVE_THRESHOLDS}.{name}", value, Z_THRESHOLD.accepts)
-    _check_score(where, meta.get("score", DEFAULT_SCORE))
     return meta
 
 
@@ -325,8 +330,25 @@ class Detector:
             )
         return x
 
-    def run(self, x: np.ndarray | torch.Tensor, batch_size: int = 1024):
-        """Score and per-tick error heat [n, length] of every beat. Beats that are not finite
+    @property
+    def reads_context(self) -> bool:
+        """Whether its score reads each beat's context in its record (`run`'s context)."""
+        return scores.SCORES[self.score_name].reads_context
+
+    @property
+    def reads_record(self) -> bool:
+        """Whether its score compares a beat with the other beats of its record, so that it
+        needs MIN_ADAPTIVE_BEATS of one record."""
+        return scores.SCORES[self.score_name].reads_record
+
+    def run(
+        self,
+        x: np.ndarray | torch.Tensor,
+        batch_size: int = 1024,
+        context: BeatContext | None = None,
+    ):
+        """Score and per-tick error heat [n, length] of every beat (`context`: the beats'
+        records and timing, which a score of beat context needs). Beats that are not finite
         are refused (they would score NaN, which no threshold flags), and so are scores that
         are not finite (weights that overflow on these beats)."""
         beats = self.beats(x)
@@ -337,9 +359,12 @@ class Detector:
                 "record?); beats must be finite, normalised to [-1, 1]"
             )
         name, params = meta_score(self.meta)
-        found, heat = scores.beat_scores(
-            name, scores.Models(self.g, self.d), beats, params, batch_size
-        )
+        try:
+            found, heat = scores.beat_scores(
+                name, scores.Models(self.g, self.d), beats, params, batch_size, context
+            )
+        except scores.ScoreError as err:
+            raise DetectorError(str(err)) from None
         if not np.isfinite(found).all():
             raise DetectorError(
                 f"the model's scores of {int((~np.isfinite(found)).sum()):,} of {len(found):,} "

@@ -10,6 +10,12 @@ teacher and student) all read this table.
 
 A score can also be made *record-adaptive* (`record_adaptive`): each beat's score relative to
 the other beats of its own record, which carries a threshold from one patient to another.
+
+A score that `reads_context` (`mse_rhythm`, `mse_z_rhythm`) also takes each beat's context in
+its record (`data/rhythm.py` BeatContext): its timing among its neighbours (how early it comes,
+the pause after it, from the R-peak samples) and, for `mse_z_rhythm`, its mse as a robust z
+among the beats of its record. Like record-adaptive scoring these read other beats of the
+record, so they are reported beside the published per-beat protocol, never in it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
 
+from sibeatgan.data import rhythm
 from sibeatgan.evaluation import scoring
 from sibeatgan.evaluation.metrics import auc_ap
 from sibeatgan.models import Discriminator, Generator
@@ -107,6 +115,37 @@ def no_params(parts: dict[str, np.ndarray], labels: np.ndarray) -> Params:
     return {}
 
 
+def rhythm_mix(first: str) -> dict:
+    """A linear mix of part `first` and the logs of the beat's prematurity and pause
+    (`w_first first + w_prematurity log prematurity + w_pause log pause`; `first` is logged
+    too unless it is already a z-score), weights fitted on val by a class-balanced logistic
+    regression on the standardised columns, brought back to the columns' own units: the
+    combine, fit and params of a Score."""
+    names = (first, *rhythm.COLUMNS)
+
+    def columns(parts: Mapping) -> torch.Tensor:
+        cols = [torch.as_tensor(parts[k]).double() for k in names]
+        logged = [
+            c if k.endswith("_z") else c.clamp_min(1e-12).log()
+            for k, c in zip(names, cols, strict=True)
+        ]
+        return torch.stack(logged, dim=1)
+
+    def combine(parts: Parts, params: Params) -> torch.Tensor:
+        weights = torch.tensor([params[f"w_{k}"] for k in names], dtype=torch.float64)
+        return (columns(parts) @ weights).float()
+
+    def fit(parts: dict[str, np.ndarray], labels: np.ndarray) -> Params:
+        if len(np.unique(labels)) < 2:
+            raise ScoreError("a rhythm mix is fitted on val beats of both classes; val has one")
+        x = columns(parts).numpy()
+        spread = np.maximum(x.std(axis=0), 1e-12)
+        model = LogisticRegression(class_weight="balanced").fit(x / spread, labels)
+        return {f"w_{k}": float(w) for k, w in zip(names, model.coef_[0] / spread, strict=True)}
+
+    return {"combine": combine, "fit": fit, "params": tuple(f"w_{k}" for k in names)}
+
+
 @dataclass(frozen=True)
 class Score:
     about: str
@@ -115,6 +154,13 @@ class Score:
     fit: Callable[[dict[str, np.ndarray], np.ndarray], Params] = no_params
     needs_d: bool = False
     params: tuple[str, ...] = field(default=())  # what `fit` chooses on val
+    # reads each beat's context in its record (data/rhythm.py BeatContext) besides the beats:
+    # like record-adaptive scoring it uses other beats of the record, never the per-beat protocol
+    reads_context: bool = False
+    # compares a beat with the other beats of its record: needs enough beats of one record
+    # (detect and serving ask for detector.MIN_ADAPTIVE_BEATS)
+    reads_record: bool = False
+    signed: bool = False  # its scores may be negative (a mix of logs); thresholds too
     # the per-beat score of a reconstruction G(x) already made (x_rec, x), with its gradient:
     # what distillation compares between teacher and student (None: it cannot be distilled)
     of_reconstruction: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
@@ -138,6 +184,22 @@ SCORES: dict[str, Score] = {
         fit_mix,
         needs_d=True,
         params=("weight", "scale_mse", "scale_dfeat"),
+    ),
+    "mse_rhythm": Score(
+        "log reconstruction error mixed with the beat's prematurity and pause, mix fitted on val",
+        mse_parts,
+        **rhythm_mix("mse"),
+        reads_context=True,
+        signed=True,
+    ),
+    "mse_z_rhythm": Score(
+        "reconstruction error as a robust z among its record's beats, mixed with the beat's "
+        "prematurity and pause, mix fitted on val (for patients the model has not seen)",
+        mse_parts,
+        **rhythm_mix("mse_z"),
+        reads_context=True,
+        reads_record=True,
+        signed=True,
     ),
 }
 
@@ -189,11 +251,48 @@ def check_params(name: str, params: Mapping[str, float]) -> Params:
 
 @torch.no_grad()
 def score_parts(
-    name: str, models: Models, x: torch.Tensor | np.ndarray, batch_size: int = 1024
+    name: str,
+    models: Models,
+    x: torch.Tensor | np.ndarray,
+    batch_size: int = 1024,
+    context: rhythm.BeatContext | None = None,
 ) -> dict[str, np.ndarray]:
     """Every part of score `name` (and the heat) for the beats `x` [n, nc, L]; the models in
-    eval mode (BatchNorm on its running statistics), restored afterwards."""
+    eval mode (BatchNorm on its running statistics), restored afterwards. `context`: the
+    beats' records and timing, which the scores that read context need."""
     entry = score_def(name, models)
+    if entry.reads_context:
+        return with_context(name, model_parts(entry, models, x, batch_size), context)
+    return model_parts(entry, models, x, batch_size)
+
+
+def with_context(
+    name: str, parts: dict[str, np.ndarray], context: rhythm.BeatContext | None
+) -> dict[str, np.ndarray]:
+    """`parts` and the beats' context parts (their rhythm columns, and mse as a robust z in
+    its record); one line when the context is missing or does not fit the beats."""
+    n = len(parts["heat"])
+    if context is None:
+        per_beat = [k for k, s in SCORES.items() if not s.reads_context]
+        raise ScoreError(
+            f"the score {name!r} reads each beat's context in its record, and these beats come "
+            "without their record and R-peak samples; score whole records (detect), or use a "
+            f"per-beat score: {', '.join(per_beat)}"
+        )
+    if len(context) != n:
+        raise ScoreError(f"the context of {len(context)} beats for {n} beats; give one per beat")
+    timing = np.asarray(context.timing, dtype=np.float64)
+    out = {**parts, **{k: timing[:, i] for i, k in enumerate(rhythm.COLUMNS)}}
+    if "mse" in parts:
+        out["mse_z"] = record_adaptive(parts["mse"], context.records).astype(np.float64)
+    return out
+
+
+@torch.no_grad()
+def model_parts(
+    entry: Score, models: Models, x: torch.Tensor | np.ndarray, batch_size: int
+) -> dict[str, np.ndarray]:
+    """The parts `entry` computes from the models and the beats (see `score_parts`)."""
     nets = [m for m in (models.g, models.d) if m is not None]
     modes = [m.training for m in nets]
     for m in nets:
@@ -231,9 +330,11 @@ def beat_scores(
     x: torch.Tensor | np.ndarray,
     params: Mapping[str, float] | None = None,
     batch_size: int = 1024,
+    context: rhythm.BeatContext | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-beat scores of `name` and the per-tick reconstruction heat [n, L]."""
-    parts = score_parts(name, models, x, batch_size)
+    """Per-beat scores of `name` and the per-tick reconstruction heat [n, L] (`context`: see
+    `score_parts`)."""
+    parts = score_parts(name, models, x, batch_size, context)
     return combine(name, parts, params or {}), parts["heat"]
 
 
@@ -243,10 +344,12 @@ def fitted_on_val(
     val_x: torch.Tensor | np.ndarray,
     val_labels: np.ndarray,
     batch_size: int = 1024,
+    context: rhythm.BeatContext | None = None,
 ) -> tuple[Params, np.ndarray, np.ndarray]:
     """Score `name` fitted on val: its parameters, the val beats' scores, and their mean squared
-    reconstruction error (the `val_recon` selection reads it whatever the score)."""
-    parts = score_parts(name, models, val_x, batch_size)
+    reconstruction error (the `val_recon` selection reads it whatever the score; `context`: see
+    `score_parts`)."""
+    parts = score_parts(name, models, val_x, batch_size, context)
     params = fit(name, parts, val_labels)
     return params, combine(name, parts, params), parts["heat"].mean(1)
 
@@ -287,22 +390,30 @@ class Scored:
     x: torch.Tensor | np.ndarray
     labels: np.ndarray  # 1 = abnormal
     records: np.ndarray
+    context: rhythm.BeatContext | None = None  # for the scores that read it
 
 
 def table_parts(
     models: Models, val: Scored, test: Scored, batch_size: int = 1024
 ) -> dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """The val and test parts of every score of the table that `models` can compute, by score
-    name; scores that share their parts compute them once."""
+    name; scores that share their parts compute them once. Scores that read context are left
+    out when the beats come without it."""
     out, by_parts = {}, {}
+    placed = val.context is not None and test.context is not None
     for name, entry in SCORES.items():
-        if entry.needs_d and models.d is None:
+        if (entry.needs_d and models.d is None) or (entry.reads_context and not placed):
             continue
         if entry.parts not in by_parts:
             by_parts[entry.parts] = tuple(
-                score_parts(name, models, part.x, batch_size) for part in (val, test)
+                model_parts(entry, models, part.x, batch_size) for part in (val, test)
             )
         out[name] = by_parts[entry.parts]
+        if entry.reads_context:
+            out[name] = tuple(
+                with_context(name, found, part.context)
+                for found, part in zip(out[name], (val, test), strict=True)
+            )
     return out
 
 

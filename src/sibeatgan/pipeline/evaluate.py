@@ -71,8 +71,12 @@ def _evaluate_locked(p: Params, layout: Layout, roles: tuple[str, ...]) -> dict:
     nc = p.data.channels
     val_x, val_cls = data.part(VAL, nc)
     test_x, test_cls = data.part(TEST, nc)
-    val = scores.Scored(val_x, (val_cls > 0).astype(int), data.records[data.split == VAL])
-    test = scores.Scored(test_x, (test_cls > 0).astype(int), data.records[data.split == TEST])
+    val, test = (
+        scores.Scored(
+            x, (cls > 0).astype(int), data.records[data.split == part], data.context(part)
+        )
+        for x, cls, part in ((val_x, val_cls, VAL), (test_x, test_cls, TEST))
+    )
     reports, curves, failures, tables = {}, {}, [], {}
     for role, detector in detectors.items():
         models = _models_on(detector, layout.model_dir(role), device)

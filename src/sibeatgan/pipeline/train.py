@@ -13,6 +13,7 @@ import torch
 from sibeatgan import tracking
 from sibeatgan.config import ConfigError, Params, describe_changes, params_from_dict, role_train
 from sibeatgan.data.preprocess import Prepared, prepared_key, reading_data
+from sibeatgan.data.rhythm import BeatContext
 from sibeatgan.data.split import TRAIN, VAL
 from sibeatgan.evaluation import figures, scores
 from sibeatgan.evaluation.detector import (
@@ -109,7 +110,8 @@ def _train_locked(
             for row in state["progress"]["history"]:
                 tracking.log_epoch(row)
         val_y = (job.val_cls > 0).astype(int)
-        data = FitData(job.train_x, job.val_x, val_y, p.runtime.score_batch_size)
+        context = job.data.context(VAL)
+        data = FitData(job.train_x, job.val_x, val_y, p.runtime.score_batch_size, context)
         hooks = Hooks(tracking.log_step, tracking.log_epoch, monitor, p.runtime.log_every, role)
         meta = {"params": p.to_dict(), "run_id": run.info.run_id, **job.tags}
         result = fit(
@@ -210,7 +212,7 @@ def _keep_selected(job: _Job, result: FitResult, run_id: str) -> None:
     val_records = job.data.records[job.data.split == VAL]
     write_detector(
         job.out, Models(g, d), job.width, job.p, job.val_x, job.val_cls, val_records,
-        role=job.role, run_id=run_id,
+        val_context=job.data.context(VAL), role=job.role, run_id=run_id,
     )  # fmt: skip
     write_csv(
         job.layout.plot(f"{job.role}_history.csv"),
@@ -282,14 +284,16 @@ def write_detector(
     val_x: np.ndarray,
     val_cls: np.ndarray,
     val_records: np.ndarray,
+    val_context: BeatContext | None = None,
     **about: str,
 ) -> None:
     """detector.json beside G.pt (and D.pt): what `sibeatgan detect` and the served model need
     besides the weights: the anomaly score with its parameters and the flagging thresholds,
-    per beat and record-adaptive, all chosen on val now."""
+    per beat and record-adaptive, all chosen on val now (`val_context`: the val beats' records
+    and timing, for a score that reads them)."""
     name = p.train.score
     params, val_scores, _ = scores.fitted_on_val(
-        name, models, val_x, (val_cls > 0).astype(int), p.runtime.score_batch_size
+        name, models, val_x, (val_cls > 0).astype(int), p.runtime.score_batch_size, val_context
     )
     thresholds = thresholds_on_val(val_cls, val_scores)
     adaptive = adaptive_thresholds_on_val(val_cls, val_scores, val_records)

@@ -121,10 +121,12 @@ def epoch_monitor(p: Params, data: Prepared) -> Callable[[scores.Models], dict[s
     val_x, val_cls = data.part(VAL, p.data.channels)
     test_x, test_cls = data.part(TEST, p.data.channels)
     name, bs = p.train.score, p.runtime.score_batch_size
+    placed = scores.score_def(name).reads_context
+    val_t, test_t = (data.context(part) if placed else None for part in (VAL, TEST))
 
     def monitor(models: scores.Models) -> dict[str, float]:
-        params, val_s, _ = scores.fitted_on_val(name, models, val_x, val_cls > 0, bs)
-        test_s, _ = scores.beat_scores(name, models, test_x, params, bs)
+        params, val_s, _ = scores.fitted_on_val(name, models, val_x, val_cls > 0, bs, val_t)
+        test_s, _ = scores.beat_scores(name, models, test_x, params, bs, test_t)
         report = detection_report(val_cls, val_s, test_cls, test_s)
         return {k: float("nan") if report[k] is None else float(report[k]) for k in REPORT_KEYS}
 

@@ -7,7 +7,10 @@ picks the flagging threshold: val_f1 or alarm_0.01 / alarm_0.05 (the false-alarm
 N beats); `default` (the default) is val_f1 per beat, alarm_0.01 record-adaptively. With
 `"record_adaptive": true` the beats are taken as one record's (30 or more) and each is flagged
 by its robust z-score among them (answered as `z`), against the same-named threshold in those
-units, which mean the same for every patient.
+units, which mean the same for every patient. A detector whose score reads each beat's context
+in its record (`mse_rhythm`, `mse_z_rhythm`) also takes `"r_peaks"`: the R-peak sample number of
+every beat sent, beats of one recording (any sampling rate: only ratios of intervals are read;
+30 or more beats for `mse_z_rhythm`, which compares each with the others).
 
 Every request is checked before it is scored (`check_params`, `check_beats`): at most
 MAX_BEATS beats of the signature's shape, finite and in [-1, 1], known params and threshold
@@ -35,8 +38,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
+from sibeatgan.data.rhythm import BeatContext, RhythmError, beat_rhythm, one_record
 from sibeatgan.evaluation.detector import (
     ADAPTIVE_THRESHOLDS,
+    MIN_ADAPTIVE_BEATS,
     Detector,
     DetectorError,
     load_detector,
@@ -45,7 +50,7 @@ from sibeatgan.evaluation.detector import (
 # the threshold param's default (MLflow's scoring server fills it in from the signature): the
 # scoring's own default, val_f1 per beat and alarm_0.01 record-adaptively
 DEFAULT_THRESHOLD = "default"
-PARAMS = ("threshold", "record_adaptive")  # the params a request may name
+PARAMS = ("threshold", "record_adaptive", "r_peaks")  # the params a request may name
 MAX_BEATS = 4096  # beats per request: a few seconds of scoring on 2 cores, a ~30 MB answer
 # bytes a request may take: a float32 in JSON with its separator takes at most ~26 characters
 BYTES_PER_VALUE = 32
@@ -160,6 +165,41 @@ def _refuse_beats(bad: np.ndarray, what: str) -> None:
         )
 
 
+def check_r_peaks(params: Any, detector: Detector, n_beats: int) -> BeatContext | None:
+    """The beats' context in their record from the request's r_peaks, for a detector whose
+    score reads it (None for the others); RequestError when they are missing, sent to a
+    detector that does not read them, not one distinct sample number per beat, or too few."""
+    peaks = (params or {}).get("r_peaks", [])
+    given = not isinstance(peaks, list | tuple | np.ndarray) or len(peaks) > 0
+    if not detector.reads_context:
+        if given:
+            raise RequestError(
+                f"r_peaks is read by scores of beat timing; this detector's score is "
+                f"{detector.score_name!r}: leave r_peaks out"
+            )
+        return None
+    if not given:
+        raise RequestError(
+            f"this detector's score {detector.score_name!r} reads each beat's timing: send "
+            '"r_peaks" in params, the R-peak sample number of every beat (one recording)'
+        )
+    x = np.asarray(peaks) if isinstance(peaks, list | tuple | np.ndarray) else None
+    if x is None or x.ndim != 1 or x.dtype.kind not in "iuf" or len(x) != n_beats:
+        shape = "not a list of numbers" if x is None or x.dtype.kind not in "iuf" else x.shape
+        raise RequestError(
+            f"r_peaks is {shape} for {n_beats:,} beats; send one R-peak sample number per beat"
+        )
+    if detector.reads_record and n_beats < MIN_ADAPTIVE_BEATS:
+        raise RequestError(
+            f"{n_beats} beats; the score {detector.score_name!r} compares each beat with the "
+            f"other beats of its record: send at least {MIN_ADAPTIVE_BEATS} of one record"
+        )
+    try:
+        return one_record(beat_rhythm(np.zeros(n_beats), x))
+    except RhythmError as err:
+        raise RequestError(f"r_peaks: {err}") from None
+
+
 class Request(NamedTuple):
     payload: dict  # the request's JSON, parsed
     beats: np.ndarray
@@ -188,7 +228,9 @@ def check_request(body: bytes, content_type: str | None, detector: Detector) -> 
         what = "both inputs and instances" if len(given) == 2 else what
         raise RequestError(f"{what} in the request; it takes inputs (or instances) and params")
     flagging = check_params(payload.get("params"), detector)
-    return Request(payload, check_beats(payload[given[0]], detector), flagging)
+    beats = check_beats(payload[given[0]], detector)
+    check_r_peaks(payload.get("params"), detector, len(beats))
+    return Request(payload, beats, flagging)
 
 
 def _json(body: bytes) -> Any:
@@ -218,7 +260,9 @@ class BeatDetectorModel(PythonModel):
     # signature (a float32 tensor of beats) is the schema
     def predict(self, context, model_input, params: dict | None = None) -> dict:
         flagging = check_params(params, self.detector)
-        scores, heat = self.detector.run(check_beats(model_input, self.detector))
+        beats = check_beats(model_input, self.detector)
+        context = check_r_peaks(params, self.detector, len(beats))
+        scores, heat = self.detector.run(beats, context=context)
         answer = {"score": scores}
         flagged_on = scores
         if flagging.adaptive:

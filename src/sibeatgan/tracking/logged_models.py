@@ -9,6 +9,7 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.models import infer_signature
+from mlflow.types.schema import ParamSchema, ParamSpec
 
 import sibeatgan
 from sibeatgan.tracking.store import store_errors
@@ -55,11 +56,16 @@ def log_detector(folder: Path) -> str:
     example[:, ..., ::2] = 0.5  # a beat-like input, not all zeros
     model = detector_model.BeatDetectorModel()
     model.detector = detector
-    output = model.predict(None, example)
+    # r_peaks: a list param, empty unless the detector's score reads the beats' timing
+    r_peaks = {"r_peaks": list(range(0, 360 * len(example), 360))} if detector.reads_context else {}
+    output = model.predict(None, example, r_peaks)
     signature = infer_signature(
         example,
         {k: v for k, v in output.items() if k not in ("threshold", "record_adaptive")},
         params={"threshold": detector_model.DEFAULT_THRESHOLD, "record_adaptive": False},
+    )
+    signature.params = ParamSchema(
+        [*signature.params.params, ParamSpec("r_peaks", "long", [], (-1,))]
     )
     with store_errors():  # while the run is active: a full disk names its artifacts
         info = mlflow.pyfunc.log_model(

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from sibeatgan.config import RuntimeCfg, TrainCfg
 from sibeatgan.data.augment import time_warp
+from sibeatgan.data.rhythm import BeatContext
 from sibeatgan.evaluation import scores
 from sibeatgan.evaluation.metrics import auc_ap
 from sibeatgan.models import Discriminator, Generator, init_weights
@@ -135,6 +136,9 @@ class FitData:
     val_x: np.ndarray
     val_y: np.ndarray
     score_batch_size: int = RuntimeCfg.score_batch_size  # beats per scoring batch
+    val_context: BeatContext | None = (
+        None  # the val beats' records and timing, for a score reading them
+    )
 
 
 @dataclass
@@ -393,7 +397,7 @@ def _validate(
     models = scores.Models(game.scored, game.d if scores.score_def(cfg.score).needs_d else None)
     val_y = data.val_y
     _, val_scores, val_recon = scores.fitted_on_val(
-        cfg.score, models, val_t, val_y, data.score_batch_size
+        cfg.score, models, val_t, val_y, data.score_batch_size, data.val_context
     )
     val_auc, val_ap = auc_ap(val_y, val_scores)
     return {
