@@ -149,7 +149,7 @@ def test_kd_distils_the_score_of_the_table(monkeypatch):
     x = torch.rand(16, 1, 320) * 2 - 1
     x_rec, maps = g.forward_with_features(x)
     t_rec = teacher(x)
-    for name, fn in (("mse", beat_scores), ("peak", peak)):
+    for name, fn in (("mse", beat_scores), ("peak", peak), ("mse_z_rhythm", beat_scores)):
         distiller = Distiller(teacher, StudentCfg(kd=True), 8, score=name)
         want = kd_loss(
             scale_scores(fn(x_rec, x), "standardize"),
@@ -157,6 +157,9 @@ def test_kd_distils_the_score_of_the_table(monkeypatch):
             4.0,
         )
         assert distiller.losses(x, x_rec, maps)["kd"].item() == pytest.approx(want.item())
-    with pytest.raises(scores.ScoreError, match=r"'latent' cannot be distilled.*one of mse, peak"):
+    with pytest.raises(
+        scores.ScoreError,
+        match=r"'latent' cannot be distilled.*one of mse, mse_rhythm, mse_z_rhythm, peak",
+    ):
         Distiller(teacher, StudentCfg(kd=True), 8, score="latent")
     Distiller(teacher, StudentCfg(kd=False, fd=True), 8, score="latent")  # no score term: fine

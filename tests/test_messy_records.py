@@ -197,6 +197,27 @@ def test_a_score_comparing_a_beat_with_its_record_refuses_a_short_record(model_d
     assert record_folders(out) == []
 
 
+def test_a_score_comparing_a_beat_with_its_record_flags_per_beat_at_5_percent(model_dir, tmp_path):
+    sig, samples = ecg(360, SYMBOLS, early={12: 0.3})
+    path = write(tmp_path / "in", "rec", sig, 360, samples, SYMBOLS)
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    meta = read_json(folder / "detector.json")
+    params = {"w_mse_z": 1.0, "w_prematurity": -2.0, "w_pause": 0.5}
+    meta["score"] = {"name": "mse_z_rhythm", "params": params}
+    (folder / "detector.json").write_text(json.dumps(meta))
+    out = tmp_path / "out"
+    result = detect(str(path), "--model", str(folder), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    summary = read_json(out / "rec" / "summary.json")
+    assert summary["scoring"] == "beat" and "warning" not in result.stderr
+    value = meta["thresholds"]["alarm_0.05"]
+    assert summary["threshold"] == {"name": "alarm_0.05", "value": value}
+    rows = rows_of(out / "rec")
+    scores = np.array([float(r["score"]) for r in rows])
+    assert [int(r["flag"]) for r in rows] == [int(s >= value) for s in scores]
+
+
 def test_a_flat_stretch_is_a_gap_a_short_one_is_not(model_dir, tmp_path):
     sig, samples = ecg(360, SYMBOLS)
     level = sig[int(10.2 * 360), 0]

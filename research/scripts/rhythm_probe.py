@@ -4,13 +4,12 @@ fitted on val), on a teacher of `score_runs.py --keep-weights`.
 
     python research/scripts/rhythm_probe.py outputs/score-runs/inter-seed0 [--out CSV]
 
-Rhythm features of a beat, from the R-peak samples of the beats preprocessing kept in its
-record (every part: they use neighbouring beats, no labels, so like record-adaptive scoring
-they are not the published per-beat protocol):
-- prematurity: the RR interval before the beat over the mean of the 8 before it;
-- pause: the RR interval after the beat over the same mean (a compensatory pause);
-and their logs enter the mix beside log mse (and, in the `+ adaptive` rows, the robust z of
-mse in the record).
+Rhythm features of a beat: the product's `data.rhythm.beat_rhythm` (prematurity, pause), from
+the R-peak samples of the beats preprocessing kept in its record (every part: they use
+neighbouring beats, no labels, so like record-adaptive scoring they are not the published
+per-beat protocol). The mixes (KINDS): log mse, timing alone, the two (`mse_rhythm`), mse as a
+robust z in its record with timing (`mse_z_rhythm`), a local reference of mse, and a
+gradient-boosted non-linear mix.
 """
 
 from __future__ import annotations

@@ -99,9 +99,12 @@ def record_scoring(
     scoring: str, detector: Detector, name: str, n_beats: int, warn: Callable[[str], None]
 ) -> str:
     """ADAPTIVE or PER_BEAT for one record: AUTO is adaptive where the detector has the
-    thresholds and the record enough beats, else per beat, with a warning saying why."""
+    thresholds and the record enough beats, else per beat, with a warning saying why; per beat
+    for a score that compares each beat with its record already (adapting it again loses)."""
     if scoring != AUTO:
         return scoring
+    if detector.reads_record:
+        return PER_BEAT
     if not detector.adaptive:
         warn(
             f"warning: record {name}: scored per beat (this detector has no record-adaptive "

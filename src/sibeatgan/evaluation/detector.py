@@ -38,6 +38,10 @@ ALARM_RATES = (0.01, 0.05)
 ADAPTIVE_THRESHOLDS = "adaptive_thresholds"
 # the false-alarm rate whose threshold record-adaptive flagging uses unless told otherwise
 ADAPTIVE_DEFAULT_RATE = 0.01
+# the same for a score that already compares a beat with its record (mse_z_rhythm), flagged
+# per beat: on the 22 DS2 records an inter-patient model's alarm_0.05 flagged 3.3% and 0.5% of
+# the N beats of records 200 and 233 with V recall 0.98 and 0.99; alarm_0.01 missed most V
+CONTEXT_DEFAULT_RATE = 0.05
 # fewer beats than this give a record's median and MAD too loosely for record-adaptive scoring
 MIN_ADAPTIVE_BEATS = 30
 
@@ -288,11 +292,14 @@ class Detector:
         self, alarm_rate: float | None = None, adaptive: bool = False
     ) -> tuple[str, float]:
         """The named threshold: the one for a false-alarm rate on val N, or by default val
-        F1's (per beat) or ADAPTIVE_DEFAULT_RATE's (record-adaptive: F1 on val depends on
+        F1's (per beat), CONTEXT_DEFAULT_RATE's (per beat, for a score that compares a beat
+        with its record) or ADAPTIVE_DEFAULT_RATE's (record-adaptive: F1 on val depends on
         val's share of abnormal beats, which a new record does not share; on DS2 records an
         inter-patient model's val-F1 threshold flagged 66% of N beats, the 1% one 2.7%)."""
         if alarm_rate is None and adaptive:
             alarm_rate = ADAPTIVE_DEFAULT_RATE
+        elif alarm_rate is None and self.reads_record:  # val F1 is no guide on new patients
+            alarm_rate = CONTEXT_DEFAULT_RATE
         key = "val_f1" if alarm_rate is None else alarm_key(alarm_rate)
         if adaptive and not self.adaptive:
             raise DetectorError(

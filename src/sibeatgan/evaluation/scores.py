@@ -189,6 +189,9 @@ SCORES: dict[str, Score] = {
         "log reconstruction error mixed with the beat's prematurity and pause, mix fitted on val",
         mse_parts,
         **rhythm_mix("mse"),
+        # the student learns the model's part of it, the reconstruction error: the timing is
+        # the teacher's and the student's alike, and the z a per-record monotone map of mse
+        of_reconstruction=scoring.beat_scores,
         reads_context=True,
         signed=True,
     ),
@@ -197,6 +200,9 @@ SCORES: dict[str, Score] = {
         "prematurity and pause, mix fitted on val (for patients the model has not seen)",
         mse_parts,
         **rhythm_mix("mse_z"),
+        # the student learns the model's part of it, the reconstruction error: the timing is
+        # the teacher's and the student's alike, and the z a per-record monotone map of mse
+        of_reconstruction=scoring.beat_scores,
         reads_context=True,
         reads_record=True,
         signed=True,

@@ -4,7 +4,8 @@ is this code plus its artifacts G.pt and detector.json, no pickle). Serve it wit
 (n x 320 float32, windowed and normalised as `preprocess` makes them) to /invocations; the
 answer holds per beat the score, the flag and the 320-tick error heat. The `threshold` param
 picks the flagging threshold: val_f1 or alarm_0.01 / alarm_0.05 (the false-alarm rate on val
-N beats); `default` (the default) is val_f1 per beat, alarm_0.01 record-adaptively. With
+N beats); `default` (the default) is the detector's default (`Detector.threshold`: val_f1
+per beat, alarm_0.05 for mse_z_rhythm, alarm_0.01 record-adaptively). With
 `"record_adaptive": true` the beats are taken as one record's (30 or more) and each is flagged
 by its robust z-score among them (answered as `z`), against the same-named threshold in those
 units, which mean the same for every patient. A detector whose score reads each beat's context
