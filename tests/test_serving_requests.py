@@ -292,10 +292,16 @@ def test_a_score_comparing_beats_of_a_record_needs_enough_of_them(tmp_path):
     assert np.isfinite(answer["score"]).all() and len(answer["score"]) == 40
 
 
+@pytest.mark.parametrize("score", ["mse_rhythm", "mse_z_rhythm"])
 def test_a_logged_detector_of_beat_timing_takes_r_peaks_through_its_signature(
-    rhythm_folder, tmp_path, monkeypatch
+    tmp_path, monkeypatch, score
 ):
     from sibeatgan import tracking
+
+    params = {"w_mse_z" if score == "mse_z_rhythm" else "w_mse": 1.0, "w_prematurity": -2.0}
+    rhythm_folder = write_detector(
+        tmp_path / "model", score={"name": score, "params": {**params, "w_pause": 1.0}}
+    )
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -46,13 +46,16 @@ def log_detector(folder: Path) -> str:
     from sibeatgan.evaluation.detector import (
         D_WEIGHTS_FILE,
         DETECTOR_FILE,
+        MIN_ADAPTIVE_BEATS,
         WEIGHTS_FILE,
         load_detector,
     )
     from sibeatgan.tracking import detector_model
 
     detector = load_detector(folder / WEIGHTS_FILE, folder / DETECTOR_FILE)
-    example = np.zeros((2, *detector.input_shape), dtype=np.float32)
+    # a record's worth of beats for a score that compares each beat with its record's others
+    n_example = MIN_ADAPTIVE_BEATS if detector.reads_record else 2
+    example = np.zeros((n_example, *detector.input_shape), dtype=np.float32)
     example[:, ..., ::2] = 0.5  # a beat-like input, not all zeros
     model = detector_model.BeatDetectorModel()
     model.detector = detector
