@@ -225,6 +225,19 @@ def model_dir(prepared, tmp_path_factory) -> Path:
     return folder
 
 
+def detector_with_score(model_dir: Path, tmp_path: Path, score: dict, keep_d: bool = True) -> Path:
+    """A copy of the detector folder `model_dir` at tmp_path/model whose detector.json scores
+    with `score` ({"name", "params"}); without D.pt when not keep_d."""
+    from sibeatgan.io import read_json, write_json
+
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    if not keep_d:
+        (folder / "D.pt").unlink()
+    write_json(folder / "detector.json", {**read_json(folder / "detector.json"), "score": score})
+    return folder
+
+
 def sibeatgan_imports(path: Path) -> set[str]:
     """The dotted names a source file imports from sibeatgan, anywhere in it (function-level
     imports too): each module, and for `from M import n` also `M.n` (a submodule of M, or a

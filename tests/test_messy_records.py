@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 import os
 import shutil
 import signal
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 import wfdb
 from click.testing import CliRunner
-from conftest import mitdb_dir
+from conftest import detector_with_score, mitdb_dir
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from scipy import signal as sps
@@ -150,17 +149,10 @@ def test_a_nan_gap_is_left_out_reported_and_the_rest_analysed(model_dir, tmp_pat
     assert "Gaps: left out of the analysis" in page and "missing values (NaN)" in page
 
 
-Z_RHYTHM = {"w_mse_z": 1.0, "w_prematurity": -2.0, "w_pause": 0.5}
-
-
-def with_score(model_dir: Path, folder: Path, name: str, params: dict) -> dict:
-    """A copy of the detector in `model_dir` at `folder` that scores with `name` and `params`;
-    returns its detector.json."""
-    shutil.copytree(model_dir, folder)
-    meta = read_json(folder / "detector.json")
-    meta["score"] = {"name": name, "params": params}
-    (folder / "detector.json").write_text(json.dumps(meta))
-    return meta
+Z_RHYTHM = {
+    "name": "mse_z_rhythm",
+    "params": {"w_mse_z": 1.0, "w_prematurity": -2.0, "w_pause": 0.5},
+}
 
 
 def test_a_detector_of_beat_timing_reads_each_stretch_between_gaps_apart(model_dir, tmp_path):
@@ -172,10 +164,8 @@ def test_a_detector_of_beat_timing_reads_each_stretch_between_gaps_apart(model_d
     sig, samples = ecg(360, SYMBOLS, early={12: 0.3})
     sig[7164:7992, 0] = np.nan  # 19.9-22.2 s, as above: beats 19-22 are lost
     path = write(tmp_path / "in", "timed", sig, 360, samples, SYMBOLS)
-    folder = tmp_path / "model"
-    with_score(
-        model_dir, folder, "mse_rhythm", {"w_mse": 1.0, "w_prematurity": -2.0, "w_pause": 0.5}
-    )
+    params = {"w_mse": 1.0, "w_prematurity": -2.0, "w_pause": 0.5}
+    folder = detector_with_score(model_dir, tmp_path, {"name": "mse_rhythm", "params": params})
     out = tmp_path / "out"
     result = detect(str(path), "--model", str(folder), "--out", str(out), "--scoring", "beat")
     assert result.exit_code == 0, result.output
@@ -196,8 +186,7 @@ def test_a_detector_of_beat_timing_reads_each_stretch_between_gaps_apart(model_d
 def test_a_score_comparing_a_beat_with_its_record_refuses_a_short_record(model_dir, tmp_path):
     sig, samples = ecg(360, SYMBOLS[:20])
     path = write(tmp_path / "in", "short", sig, 360, samples, SYMBOLS[:20])
-    folder = tmp_path / "model"
-    with_score(model_dir, folder, "mse_z_rhythm", Z_RHYTHM)
+    folder = detector_with_score(model_dir, tmp_path, Z_RHYTHM)
     out = tmp_path / "out"
     result = detect(str(path), "--model", str(folder), "--out", str(out))
     one_line_error(result, "record short has 20 beats", "'mse_z_rhythm'", "at least 30")
@@ -207,8 +196,8 @@ def test_a_score_comparing_a_beat_with_its_record_refuses_a_short_record(model_d
 def test_a_score_comparing_a_beat_with_its_record_flags_per_beat_at_5_percent(model_dir, tmp_path):
     sig, samples = ecg(360, SYMBOLS, early={12: 0.3})
     path = write(tmp_path / "in", "rec", sig, 360, samples, SYMBOLS)
-    folder = tmp_path / "model"
-    meta = with_score(model_dir, folder, "mse_z_rhythm", Z_RHYTHM)
+    folder = detector_with_score(model_dir, tmp_path, Z_RHYTHM)
+    meta = read_json(folder / "detector.json")
     out = tmp_path / "out"
     result = detect(str(path), "--model", str(folder), "--out", str(out))
     assert result.exit_code == 0, result.output

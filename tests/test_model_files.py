@@ -5,7 +5,6 @@ nothing is written; no network is built at a size the weights do not match."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import write_record
+from conftest import detector_with_score, write_record
 
 from sibeatgan.cli import main
 from sibeatgan.config import Params
@@ -243,16 +242,6 @@ def test_non_finite_beats_and_scores_are_refused_not_scored(tmp_path):
 # ------------------------------------------------------------------ the score a detector replays
 
 
-def _with_score(model_dir: Path, tmp_path: Path, score: dict, keep_d: bool = True) -> Path:
-    folder = tmp_path / "model"
-    shutil.copytree(model_dir, folder)
-    if not keep_d:
-        (folder / "D.pt").unlink()
-    meta = json.loads((folder / "detector.json").read_text())
-    (folder / "detector.json").write_text(json.dumps({**meta, "score": score}))
-    return folder
-
-
 def test_training_records_the_score_it_was_fitted_with(model_dir):
     meta = json.loads((model_dir / "detector.json").read_text())
     assert meta["score"] == {"name": "mse", "params": {}}
@@ -265,7 +254,7 @@ def test_a_detector_replays_a_score_that_reads_d(model_dir, tmp_path):
     from sibeatgan.models import Discriminator
 
     params = {"weight": 0.3, "scale_mse": 0.01, "scale_dfeat": 0.5}
-    folder = _with_score(model_dir, tmp_path, {"name": "mse_dfeat", "params": params})
+    folder = detector_with_score(model_dir, tmp_path, {"name": "mse_dfeat", "params": params})
     detector = load_detector(folder / "G.pt", folder / "detector.json")
     assert isinstance(detector.d, Discriminator) and not detector.d.training
     beats = np.random.default_rng(0).uniform(-1, 1, (6, 320)).astype(np.float32)
@@ -293,7 +282,7 @@ def test_a_detector_replays_a_score_that_reads_d(model_dir, tmp_path):
     ],
 )
 def test_a_damaged_score_entry_is_one_line(model_dir, tmp_path, score, keep_d, message):
-    folder = _with_score(model_dir, tmp_path, score, keep_d)
+    folder = detector_with_score(model_dir, tmp_path, score, keep_d)
     with pytest.raises(DetectorError) as err:
         load_detector(folder / "G.pt", folder / "detector.json")
     assert message in str(err.value) and "\n" not in str(err.value)

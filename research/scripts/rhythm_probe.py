@@ -3,6 +3,7 @@ the per-beat `mse`, of rhythm features alone, and of the two mixed (a logistic r
 fitted on val), on a teacher of `score_runs.py --keep-weights`.
 
     python research/scripts/rhythm_probe.py outputs/score-runs/inter-seed0 [--out CSV]
+    python research/scripts/rhythm_probe.py --summary research/probes/scores/rhythm.csv
 
 Rhythm features of a beat: the product's `data.rhythm.beat_rhythm` (prematurity, pause), from
 the R-peak samples of the beats preprocessing kept in its record (every part: they use
@@ -80,12 +81,34 @@ def decision(model, x: np.ndarray) -> np.ndarray:
     return model.predict_proba(x)[:, 1]
 
 
+def summary(path: Path) -> list[str]:
+    """The probe's markdown rows: per kind, the mean over runs of val, test, S and V AUC, intra
+    (folds) then inter (seeds)."""
+    rows = list(csv.DictReader(path.open()))
+    lines = []
+    for kind in KINDS:
+        cells = [kind]
+        for scope in ("intra", "inter"):
+            runs = [r for r in rows if r["score"] == kind and r["run"].startswith(scope)]
+            for col, fmt in (("val_auc", ".4f"), ("test_auc", ".4f"), ("test_auc_S", ".3f"),
+                             ("test_auc_V", ".3f")):  # fmt: skip
+                cells.append(format(np.mean([float(r[col]) for r in runs]), fmt))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("weights", type=Path)
+    ap.add_argument("weights", type=Path, nargs="?")
     ap.add_argument("--data", type=Path, default=Path("outputs/score-runs"))
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--summary", type=Path, help="print the mean table of a probe CSV and stop")
     args = ap.parse_args()
+    if args.summary:
+        print("\n".join(summary(args.summary)))
+        return
+    if args.weights is None:
+        ap.error("give the weights folder of a run, or --summary CSV")
     torch.set_num_threads(1)
     run = args.weights.name
     split = ["data.split=inter"] if run.startswith("inter") else ["data.split=intra"]
