@@ -4,6 +4,7 @@ backed by a throwaway PostgreSQL cluster, restarted mid-grid, against the serial
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import socket
 import threading
@@ -148,3 +149,39 @@ def test_a_grid_on_ray_logs_to_a_postgres_server_that_restarts_mid_grid(
     assert orphan.info.run_id in tracking.close_orphaned_runs()
     assert client.get_run(orphan.info.run_id).info.status == "KILLED"
     json.dumps(decision)  # the decision is plain data
+
+
+def _open_experiments(uri: str, names: list[str], barrier, errors) -> None:
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    for name in names:
+        os.environ["MLFLOW_EXPERIMENT_NAME"] = name
+        barrier.wait()  # every worker opens this experiment at the same moment
+        try:
+            tracking.setup()
+        except Exception as exc:  # reported to the parent, which fails the test
+            errors.put(f"{name}: {type(exc).__name__}: {exc}".splitlines()[0])
+
+
+def test_workers_opening_one_experiment_at_once_on_a_postgres_server_all_start(server):
+    """A grid's workers start together. On PostgreSQL two writes of the same experiment tag
+    collide (duplicate key), which once failed a worker of the grid above: opening a new
+    experiment, or one made elsewhere without our kind tag, must start every worker."""
+    client = MlflowClient(server.url)
+    untagged = ["made-elsewhere-1", "made-elsewhere-2", "made-elsewhere-3"]
+    for name in untagged:  # as `mlflow experiments create` leaves it
+        client.create_experiment(name)
+    names = [*untagged, "new"]
+    ctx = mp.get_context("spawn")
+    n = 4
+    barrier, errors = ctx.Barrier(n), ctx.Queue()
+    args = (server.url, names, barrier, errors)
+    procs = [ctx.Process(target=_open_experiments, args=args) for _ in range(n)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=300)
+    failures = [errors.get() for _ in range(errors.qsize())]
+    assert not failures and all(proc.exitcode == 0 for proc in procs), failures
+    for name in names:
+        tags = client.get_experiment_by_name(name).tags
+        assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development", name

@@ -9,8 +9,11 @@ from pathlib import Path
 import mlflow
 import pytest
 from conftest import dead_pid
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS
 
 from sibeatgan import tracking
+from sibeatgan.io import StoreError
 
 
 def _open_store(uri: str, barrier, errors) -> None:
@@ -97,23 +100,71 @@ def test_the_experiment_opens_as_model_training(mlflow_store):
 def test_an_experiment_another_process_creates_meanwhile_is_used(mlflow_store, monkeypatch):
     """Two workers of a grid starting at once on a tracking server: the one that loses the race
     to create the experiment uses the one the other created."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    real, raced = mlflow.MlflowClient.create_experiment, []
 
-    from sibeatgan import tracking
+    def racing(client, name, *args, **kwargs):
+        # the other process creates it between our lookup and our create
+        raced.append(real(client, name, *args, **kwargs))
+        raise MlflowException(f"Experiment(name={name}) already exists.", RESOURCE_ALREADY_EXISTS)
 
-    real, raced = mlflow.set_experiment, []
-
-    def racing(name):
-        if not raced:  # the other process creates it between our lookup and our create
-            raced.append(mlflow.MlflowClient().create_experiment(name))
-            raise MlflowException(f"Experiment '{name}' already exists.")
-        return real(name)
-
-    monkeypatch.setattr(mlflow, "set_experiment", racing)
+    monkeypatch.setattr(mlflow.MlflowClient, "create_experiment", racing)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "raced")
     tracking.setup()
-    assert raced and mlflow.get_experiment_by_name("raced").experiment_id == raced[0]
+    experiment = mlflow.get_experiment_by_name("raced")
+    assert raced and experiment.experiment_id == raced[0]
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_a_new_experiment_is_of_its_kind_from_its_first_write(mlflow_store, monkeypatch):
+    """Tagging after creating is a second write that workers starting together race on (on
+    PostgreSQL the loser gets a duplicate key): a new experiment is created with its kind."""
+
+    def second_write(*args, **kwargs):
+        raise AssertionError("the new experiment was tagged in a second write")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_experiment_tag", second_write)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "fresh")
+    tracking.setup()
+    tags = mlflow.get_experiment_by_name("fresh").tags
+    assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def _experiment_made_elsewhere(name: str) -> None:
+    """As `mlflow experiments create` or an older version leaves it: without our kind tag."""
+    mlflow.MlflowClient().create_experiment(name)
+    assert tracking.EXPERIMENT_KIND_TAG not in mlflow.get_experiment_by_name(name).tags
+
+
+def test_an_experiment_another_process_tags_meanwhile_is_used(mlflow_store, monkeypatch):
+    """Workers opening an untagged experiment at once: the one whose tag write loses the race
+    (PostgreSQL: duplicate key value violates unique constraint "experiment_tag_pk") finds the
+    tag set and goes on."""
+    _experiment_made_elsewhere("elsewhere")
+    real = mlflow.MlflowClient.set_experiment_tag
+
+    def racing(client, experiment_id, key, value):
+        real(client, experiment_id, key, value)  # the other worker's write
+        raise MlflowException('duplicate key value violates unique constraint "experiment_tag_pk"')
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_experiment_tag", racing)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "elsewhere")
+    tracking.setup()
+    tags = mlflow.get_experiment_by_name("elsewhere").tags
+    assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_a_kind_tag_the_store_refuses_is_one_line(mlflow_store, monkeypatch):
+    _experiment_made_elsewhere("elsewhere")
+
+    def refused(*args, **kwargs):
+        raise MlflowException("permission denied for table experiment_tags\nDETAIL: more")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_experiment_tag", refused)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "elsewhere")
+    with pytest.raises(StoreError) as err:
+        tracking.setup()
+    assert "\n" not in str(err.value)
+    assert "MLflow tracking store" in str(err.value) and "permission denied" in str(err.value)
 
 
 def test_a_training_that_fails_ends_its_run_failed_saying_why(mlflow_store, tiny_params):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import mlflow
 from filelock import FileLock
+from mlflow.entities import Experiment
 from mlflow.exceptions import MlflowException
 from mlflow.utils.async_logging.run_operations import RunOperations
 
@@ -81,28 +82,45 @@ def _open_experiment(uri: str) -> None:
         # when two processes (two `study run` shells, `--jobs`) create the same store at once
         lock = store_lock_path(uri)
         with FileLock(lock) if lock else nullcontext():
-            experiment = _set_experiment(
-                os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
-            )
-            if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
-                # MLflow 3's UI opens an experiment of no kind as a GenAI one (traces)
-                mlflow.MlflowClient().set_experiment_tag(
-                    experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING
-                )
+            name = os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+            _create_experiment(name)
+            _mark_model_training(mlflow.set_experiment(name))
         # set_experiment also exports MLFLOW_EXPERIMENT_ID, which would pin every later call
         # in this process to this experiment; only `mlflow run` should set it
         os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
 
 
-def _set_experiment(name: str):
-    """mlflow.set_experiment, where several processes (a grid's workers, other machines on a
-    tracking server) may create the experiment at once: the loser of that race finds it made."""
+# Several processes (a grid's workers, other machines on a tracking server) may open the same
+# experiment at once. Creating it and tagging it are each a race whose loser gets an error from
+# the store (a duplicate name; on PostgreSQL, a duplicate tag key): the loser finds the work done.
+
+
+def _create_experiment(name: str) -> None:
+    """Create the experiment `name`, already of our kind (in one write, so no process sees it
+    untagged), unless it exists."""
+    client = mlflow.MlflowClient()
+    if client.get_experiment_by_name(name) is not None:
+        return
     try:
-        return mlflow.set_experiment(name)
+        # MLflow 3's UI opens an experiment of no kind as a GenAI one (traces)
+        client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
     except MlflowException:
-        if mlflow.get_experiment_by_name(name) is None:
+        if client.get_experiment_by_name(name) is None:
             raise
-        return mlflow.set_experiment(name)
+
+
+def _mark_model_training(experiment: Experiment) -> None:
+    """Tag an experiment made elsewhere (by `mlflow experiments create`, an older version) as
+    one of model training."""
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) == MODEL_TRAINING:
+        return
+    client = mlflow.MlflowClient()
+    try:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    except MlflowException:
+        tags = client.get_experiment(experiment.experiment_id).tags
+        if tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+            raise
 
 
 @contextmanager
