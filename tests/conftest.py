@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ast
+import multiprocessing as mp
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -250,3 +251,17 @@ def sibeatgan_imports(path: Path) -> set[str]:
             names.add(node.module)
             names |= {f"{node.module}.{a.name}" for a in node.names}
     return {n for n in names if n == "sibeatgan" or n.startswith("sibeatgan.")}
+
+
+def in_processes_at_once(target: Callable, args: tuple, n: int) -> None:
+    """`target(*args, barrier, errors)` in `n` fresh (spawned) processes that meet at `barrier`
+    before each racing step; fails the test with what they put on `errors`, or their exit codes."""
+    ctx = mp.get_context("spawn")
+    barrier, errors = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, barrier, errors)) for _ in range(n)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=300)
+    failures = [errors.get() for _ in range(errors.qsize())]
+    assert not failures and all(proc.exitcode == 0 for proc in procs), failures

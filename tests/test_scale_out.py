@@ -4,7 +4,6 @@ backed by a throwaway PostgreSQL cluster, restarted mid-grid, against the serial
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import socket
 import threading
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import dead_pid
+from conftest import dead_pid, in_processes_at_once
 from mlflow import MlflowClient
 from services import REQUIRED, TrackingServer, postgres_bin, postgres_cluster
 
@@ -171,17 +170,7 @@ def test_workers_opening_one_experiment_at_once_on_a_postgres_server_all_start(s
     for name in untagged:  # as `mlflow experiments create` leaves it
         client.create_experiment(name)
     names = [*untagged, "new"]
-    ctx = mp.get_context("spawn")
-    n = 4
-    barrier, errors = ctx.Barrier(n), ctx.Queue()
-    args = (server.url, names, barrier, errors)
-    procs = [ctx.Process(target=_open_experiments, args=args) for _ in range(n)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(timeout=300)
-    failures = [errors.get() for _ in range(errors.qsize())]
-    assert not failures and all(proc.exitcode == 0 for proc in procs), failures
+    in_processes_at_once(_open_experiments, (server.url, names), n=4)
     for name in names:
         tags = client.get_experiment_by_name(name).tags
         assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development", name

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import dead_pid
+from conftest import dead_pid, in_processes_at_once
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS
 
@@ -29,16 +28,7 @@ def test_processes_starting_together_create_one_store(tmp_path: Path):
     """`study run` in two shells at once on a fresh machine: both must get a working store
     (SQLite store creation runs schema migrations; two at once used to collide)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    ctx = mp.get_context("spawn")
-    n = 4
-    barrier, errors = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=_open_store, args=(uri, barrier, errors)) for _ in range(n)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(timeout=300)
-    failures = [errors.get() for _ in range(errors.qsize())]
-    assert not failures and all(proc.exitcode == 0 for proc in procs), failures
+    in_processes_at_once(_open_store, (uri,), n=4)
     mlflow.set_tracking_uri(uri)
     names = [e.name for e in mlflow.search_experiments()]
     assert tracking.DEFAULT_EXPERIMENT in names
@@ -129,40 +119,37 @@ def test_a_new_experiment_is_of_its_kind_from_its_first_write(mlflow_store, monk
     assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
 
 
-def _experiment_made_elsewhere(name: str) -> None:
-    """As `mlflow experiments create` or an older version leaves it: without our kind tag."""
-    mlflow.MlflowClient().create_experiment(name)
-    assert tracking.EXPERIMENT_KIND_TAG not in mlflow.get_experiment_by_name(name).tags
+def _open_made_elsewhere(monkeypatch, set_experiment_tag) -> dict[str, str]:
+    """Open an experiment made as `mlflow experiments create` or an older version leaves it
+    (without our kind tag), the tag written through `set_experiment_tag`; returns its tags."""
+    mlflow.MlflowClient().create_experiment("elsewhere")
+    assert tracking.EXPERIMENT_KIND_TAG not in mlflow.get_experiment_by_name("elsewhere").tags
+    monkeypatch.setattr(mlflow.MlflowClient, "set_experiment_tag", set_experiment_tag)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "elsewhere")
+    tracking.setup()
+    return mlflow.get_experiment_by_name("elsewhere").tags
 
 
 def test_an_experiment_another_process_tags_meanwhile_is_used(mlflow_store, monkeypatch):
     """Workers opening an untagged experiment at once: the one whose tag write loses the race
     (PostgreSQL: duplicate key value violates unique constraint "experiment_tag_pk") finds the
     tag set and goes on."""
-    _experiment_made_elsewhere("elsewhere")
     real = mlflow.MlflowClient.set_experiment_tag
 
     def racing(client, experiment_id, key, value):
         real(client, experiment_id, key, value)  # the other worker's write
         raise MlflowException('duplicate key value violates unique constraint "experiment_tag_pk"')
 
-    monkeypatch.setattr(mlflow.MlflowClient, "set_experiment_tag", racing)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "elsewhere")
-    tracking.setup()
-    tags = mlflow.get_experiment_by_name("elsewhere").tags
+    tags = _open_made_elsewhere(monkeypatch, racing)
     assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
 
 
 def test_a_kind_tag_the_store_refuses_is_one_line(mlflow_store, monkeypatch):
-    _experiment_made_elsewhere("elsewhere")
-
     def refused(*args, **kwargs):
         raise MlflowException("permission denied for table experiment_tags\nDETAIL: more")
 
-    monkeypatch.setattr(mlflow.MlflowClient, "set_experiment_tag", refused)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "elsewhere")
     with pytest.raises(StoreError) as err:
-        tracking.setup()
+        _open_made_elsewhere(monkeypatch, refused)
     assert "\n" not in str(err.value)
     assert "MLflow tracking store" in str(err.value) and "permission denied" in str(err.value)
 
