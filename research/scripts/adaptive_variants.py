@@ -16,14 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from run_weights import generator, mse_by_part
 
 from sibeatgan.config import load_params
 from sibeatgan.data.preprocess import ensure_prepared, load_data
-from sibeatgan.data.split import TEST, VAL
-from sibeatgan.evaluation import scores
 from sibeatgan.evaluation.metrics import auc_ap
-from sibeatgan.io import load_state_dict
-from sibeatgan.models import build_models
 
 
 def q(s: np.ndarray, level: float) -> float:
@@ -58,13 +55,12 @@ def main() -> None:
     torch.set_num_threads(1)
     p = ensure_prepared(load_params("params.yaml", ["data.split=inter"]), args.data)
     data = load_data(p)
-    g, _ = build_models(p.data.channels, p.model.nz, p.model.width, p.seed)
-    g.load_state_dict(load_state_dict(args.weights / "G.pt"))
-    parts = {}
-    for name, part in (("val", VAL), ("test", TEST)):
-        x, cls = data.part(part, p.data.channels)
-        found, _ = scores.beat_scores("mse", scores.Models(g.eval()), torch.from_numpy(x), {}, 1024)
-        parts[name] = (np.asarray(found), (cls > 0).astype(int), data.records[data.split == part])
+    parts = {
+        name: (mse, (cls > 0).astype(int), data.records[mask])
+        for name, (mse, cls, mask) in mse_by_part(
+            generator(p, args.weights), data, p.data.channels
+        ).items()
+    }
     print("| per-record normalisation of mse | val AUC | test AUC |\n|---|---|---|")
     print(f"| none (per beat) | {auc_ap(*parts['val'][1::-1])[0]:.4f} "
           f"| {auc_ap(*parts['test'][1::-1])[0]:.4f} |")  # fmt: skip

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from run_weights import generator, mse_by_part
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -29,11 +30,8 @@ from sklearn.preprocessing import StandardScaler
 from sibeatgan.config import load_params
 from sibeatgan.data.preprocess import ensure_prepared, load_data
 from sibeatgan.data.rhythm import beat_rhythm
-from sibeatgan.data.split import TEST, VAL
 from sibeatgan.evaluation import scores
 from sibeatgan.evaluation.metrics import auc_ap
-from sibeatgan.io import load_state_dict
-from sibeatgan.models import build_models
 
 NEIGHBOURS = 16  # beats either side whose median mse is a beat's local reference
 
@@ -116,14 +114,10 @@ def main() -> None:
     p = ensure_prepared(load_params("params.yaml", split + fold), args.data)
     data = load_data(p)
     rr = beat_rhythm(data.records, data.samples)
-    g, _ = build_models(p.data.channels, p.model.nz, p.model.width, p.seed)
-    g.load_state_dict(load_state_dict(args.weights / "G.pt"))
     parts = {}
-    for name, part in (("val", VAL), ("test", TEST)):
-        x, cls = data.part(part, p.data.channels)
-        mse, _ = scores.beat_scores("mse", scores.Models(g.eval()), torch.from_numpy(x), {}, 1024)
-        mask = data.split == part
-        mse = np.asarray(mse, np.float64)
+    for name, (mse, cls, mask) in mse_by_part(
+        generator(p, args.weights), data, p.data.channels
+    ).items():
         local = local_mse(mse, data.records[mask], data.samples[mask])
         parts[name] = (mse, cls, data.records[mask], rr[mask], local)
     rows = []
