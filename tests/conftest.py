@@ -6,7 +6,7 @@ import ast
 import multiprocessing as mp
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -253,12 +253,27 @@ def sibeatgan_imports(path: Path) -> set[str]:
     return {n for n in names if n == "sibeatgan" or n.startswith("sibeatgan.")}
 
 
-def in_processes_at_once(target: Callable, args: tuple, n: int) -> None:
-    """`target(*args, barrier, errors)` in `n` fresh (spawned) processes that meet at `barrier`
-    before each racing step; fails the test with what they put on `errors`, or their exit codes."""
+def _open_experiments(uri: str, names: list[str], barrier, errors) -> None:
+    """One process of `open_experiments_at_once`: `tracking.setup()` for each experiment."""
+    from sibeatgan import tracking
+
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    for name in names:
+        os.environ["MLFLOW_EXPERIMENT_NAME"] = name
+        barrier.wait()  # every process opens this experiment at the same moment
+        try:
+            tracking.setup()
+        except Exception as exc:  # reported to the parent, which fails the test
+            errors.put(f"{name}: {type(exc).__name__}: {exc}".splitlines()[0])
+
+
+def open_experiments_at_once(uri: str, names: list[str], n: int = 4) -> None:
+    """`n` fresh (spawned) processes open the store at `uri` and each of `names` in turn, all
+    at the same moment; fails the test with their errors, or their exit codes."""
     ctx = mp.get_context("spawn")
     barrier, errors = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=target, args=(*args, barrier, errors)) for _ in range(n)]
+    args = (uri, names, barrier, errors)
+    procs = [ctx.Process(target=_open_experiments, args=args) for _ in range(n)]
     for proc in procs:
         proc.start()
     for proc in procs:

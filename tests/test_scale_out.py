@@ -12,7 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import dead_pid, in_processes_at_once
+from conftest import dead_pid, open_experiments_at_once
 from mlflow import MlflowClient
 from services import REQUIRED, TrackingServer, postgres_bin, postgres_cluster
 
@@ -150,17 +150,6 @@ def test_a_grid_on_ray_logs_to_a_postgres_server_that_restarts_mid_grid(
     json.dumps(decision)  # the decision is plain data
 
 
-def _open_experiments(uri: str, names: list[str], barrier, errors) -> None:
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    for name in names:
-        os.environ["MLFLOW_EXPERIMENT_NAME"] = name
-        barrier.wait()  # every worker opens this experiment at the same moment
-        try:
-            tracking.setup()
-        except Exception as exc:  # reported to the parent, which fails the test
-            errors.put(f"{name}: {type(exc).__name__}: {exc}".splitlines()[0])
-
-
 def test_workers_opening_one_experiment_at_once_on_a_postgres_server_all_start(server):
     """A grid's workers start together. On PostgreSQL two writes of the same experiment tag
     collide (duplicate key), which once failed a worker of the grid above: opening a new
@@ -170,7 +159,7 @@ def test_workers_opening_one_experiment_at_once_on_a_postgres_server_all_start(s
     for name in untagged:  # as `mlflow experiments create` leaves it
         client.create_experiment(name)
     names = [*untagged, "new"]
-    in_processes_at_once(_open_experiments, (server.url, names), n=4)
+    open_experiments_at_once(server.url, names)
     for name in names:
         tags = client.get_experiment_by_name(name).tags
         assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development", name

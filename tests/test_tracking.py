@@ -7,7 +7,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import dead_pid, in_processes_at_once
+from conftest import dead_pid, open_experiments_at_once
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS
 
@@ -15,20 +15,11 @@ from sibeatgan import tracking
 from sibeatgan.io import StoreError
 
 
-def _open_store(uri: str, barrier, errors) -> None:
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    barrier.wait()  # all at once: the store does not exist yet
-    try:
-        tracking.setup()
-    except Exception as exc:  # reported to the parent, which fails the test
-        errors.put(f"{type(exc).__name__}: {exc}".splitlines()[0])
-
-
 def test_processes_starting_together_create_one_store(tmp_path: Path):
     """`study run` in two shells at once on a fresh machine: both must get a working store
     (SQLite store creation runs schema migrations; two at once used to collide)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    in_processes_at_once(_open_store, (uri,), n=4)
+    open_experiments_at_once(uri, [tracking.DEFAULT_EXPERIMENT])  # the store is new
     mlflow.set_tracking_uri(uri)
     names = [e.name for e in mlflow.search_experiments()]
     assert tracking.DEFAULT_EXPERIMENT in names
@@ -150,6 +141,9 @@ def test_a_kind_tag_the_store_refuses_is_one_line(mlflow_store, monkeypatch):
 
     with pytest.raises(StoreError) as err:
         _open_made_elsewhere(monkeypatch, refused)
+    # nor does the failure leave MLFLOW_EXPERIMENT_ID behind, which would make the next
+    # setup in this process skip opening its experiment
+    assert "MLFLOW_EXPERIMENT_ID" not in os.environ
     assert "\n" not in str(err.value)
     assert "MLflow tracking store" in str(err.value) and "permission denied" in str(err.value)
 

@@ -81,13 +81,16 @@ def _open_experiment(uri: str) -> None:
         # the first call creates a SQLite store by running its schema migrations, which collide
         # when two processes (two `study run` shells, `--jobs`) create the same store at once
         lock = store_lock_path(uri)
-        with FileLock(lock) if lock else nullcontext():
-            name = os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
-            _create_experiment(name)
-            _mark_model_training(mlflow.set_experiment(name))
-        # set_experiment also exports MLFLOW_EXPERIMENT_ID, which would pin every later call
-        # in this process to this experiment; only `mlflow run` should set it
-        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        try:
+            with FileLock(lock) if lock else nullcontext():
+                name = os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+                _create_experiment(name)
+                _mark_model_training(mlflow.set_experiment(name))
+        finally:
+            # set_experiment also exports MLFLOW_EXPERIMENT_ID, which would pin every later
+            # call in this process to this experiment (and, left behind by a failure here,
+            # skip opening the next one); only `mlflow run` should set it
+            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
 
 
 # Several processes (a grid's workers, other machines on a tracking server) may open the same
